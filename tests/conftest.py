@@ -1,0 +1,65 @@
+"""Shared fixtures: an isolated TUNERY_HOME per test, a tiny random model with the bundled model's
+real tokenizer, and the real bundled model for tests marked slow. No test touches the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# Converted base models are shared by all tests (and kept between runs) so the bundled GGUF is
+# dequantized once per machine, not once per test.
+SHARED_MODEL_CACHE = Path(os.environ.get("TUNERY_TEST_MODEL_CACHE", REPO / ".cache" / "models"))
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TUNERY_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True)
+def tunery_home(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own empty TUNERY_HOME; only the model cache is shared."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("TUNERY_HOME", str(home))
+    monkeypatch.setenv("TUNERY_MODEL_CACHE", str(SHARED_MODEL_CACHE))
+    monkeypatch.delenv("TUNERY_DATABASE_URL", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def bundled_model_dir() -> Path:
+    """The bundled SmolLM2-135M-Instruct as a safetensors directory (converted once)."""
+    from tunery.models import materialize
+    from tunery.settings import Settings
+
+    SHARED_MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    settings = Settings.from_env(home=SHARED_MODEL_CACHE.parent / "home", model_cache=SHARED_MODEL_CACHE)
+    return materialize("smollm2-135m-instruct", settings)
+
+
+def build_tiny_model(out: Path, tokenizer_dir: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+    """A randomly initialised Llama-architecture causal LM with the bundled model's real tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(bundled_model_dir, tmp_path_factory) -> Path:
+    """Path of a tiny (2-layer, hidden 64) model directory usable anywhere a model name is."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), bundled_model_dir)

@@ -1,0 +1,121 @@
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tunery.cli import app
+from tunery.errors import InvalidRequest, ModelNotFound, ModelUnavailable
+from tunery.models import registry
+
+
+def test_openai_names_resolve_to_bundled_model():
+    for name in ("gpt-3.5-turbo", "gpt-3.5-turbo-0125", "gpt-4o-mini", "babbage-002", "davinci-002"):
+        r = registry.resolve(name)
+        assert r.spec.name == "smollm2-135m-instruct"
+        assert r.alias_of == "smollm2-135m-instruct"
+    assert registry.resolve("smollm2-135m-instruct").alias_of is None
+
+
+def test_user_alias_overrides_default_and_persists(tunery_home, tiny_model_dir):
+    registry.set_alias("gpt-4o-mini", str(tiny_model_dir))
+    assert registry.resolve("gpt-4o-mini").spec.kind == "local"
+    assert json.loads((tunery_home / "aliases.json").read_text()) == {"gpt-4o-mini": str(tiny_model_dir)}
+    registry.remove_alias("gpt-4o-mini")
+    assert registry.resolve("gpt-4o-mini").spec.name == "smollm2-135m-instruct"
+
+
+def test_alias_to_unknown_model_is_refused():
+    with pytest.raises(ModelNotFound):
+        registry.set_alias("mine", "no-such-model")
+    with pytest.raises(InvalidRequest):
+        registry.set_alias("smollm2-135m-instruct", "gpt-4o-mini")
+
+
+def test_unknown_and_empty_names():
+    with pytest.raises(ModelNotFound) as exc:
+        registry.resolve("definitely not a model")
+    assert exc.value.param == "model" and exc.value.status_code == 404
+    with pytest.raises(InvalidRequest):
+        registry.resolve("")
+
+
+def test_local_directory_loads_and_reports_context(tiny_model_dir):
+    info = registry.spec_info(str(tiny_model_dir))
+    assert info["kind"] == "local" and info["context_length"] == 1024 and info["available"]
+    model, tok = registry.load_model(str(tiny_model_dir))
+    assert model.config.num_hidden_layers == 2
+    registry.require_chat_template(tok, "tiny")
+
+
+def test_local_directory_with_only_pickle_weights_is_refused(tmp_path, tiny_model_dir):
+    (tmp_path / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelUnavailable) as exc:
+        registry.materialize(str(tmp_path))
+    assert "pickle" in exc.value.message and "pytorch_model.bin" in exc.value.message
+
+
+def test_hf_repo_without_network_gives_one_clear_error():
+    r = registry.resolve("someorg/some-model")
+    assert r.spec.kind == "hf"
+    with pytest.raises(ModelUnavailable) as exc:
+        registry.materialize("someorg/some-model")
+    assert "someorg/some-model" in exc.value.message and "local directory" in exc.value.message
+
+
+def test_missing_chat_template_names_the_fix(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = None
+    with pytest.raises(ModelUnavailable) as exc:
+        registry.require_chat_template(tok, "base-model")
+    assert "chat_template" in exc.value.message and exc.value.code == "no_chat_template"
+
+
+def test_uninstalled_package_model_says_how_to_pull(monkeypatch):
+    monkeypatch.setattr(registry, "_package_dir", lambda module: None)
+    spec = registry.BUILTIN["gemma-3-270m"]
+    assert not registry.is_available(spec)
+    with pytest.raises(ModelUnavailable) as exc:
+        registry._locate_gguf(spec)
+    assert "tunery models pull gemma-3-270m" in exc.value.message
+
+
+def test_cli_models_list_json_and_show():
+    runner = CliRunner()
+    res = runner.invoke(app, ["models", "list", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.output)}
+    assert rows["gpt-4o-mini"]["resolves_to"] == "smollm2-135m-instruct"
+    assert rows["smollm2-135m-instruct"]["context_length"] == 8192
+    res = runner.invoke(app, ["models", "show", "davinci-002"])
+    assert res.exit_code == 0 and '"alias_of": "smollm2-135m-instruct"' in res.output
+
+
+def test_every_command_has_help():
+    runner = CliRunner()
+    for args in (["--help"], ["models", "--help"], ["models", "list", "--help"], ["models", "pull", "--help"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0 and "Usage" in res.output
+
+
+@pytest.mark.slow
+def test_bundled_model_is_cached_as_safetensors_and_answers(bundled_model_dir):
+    import time
+
+    import torch
+
+    assert (bundled_model_dir / "model.safetensors").exists()
+    t = time.perf_counter()
+    model, tok = registry.load_model("gpt-3.5-turbo", registry.get_settings())
+    load_s = time.perf_counter() - t
+    registry.require_chat_template(tok, "gpt-3.5-turbo")
+    enc = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=12, do_sample=False)
+    answer = tok.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in answer
+    print(f"cached load {load_s:.2f}s")
