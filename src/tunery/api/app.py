@@ -1,0 +1,32 @@
+"""FastAPI app factory: settings and shared services on app.state, one router per resource."""
+
+from __future__ import annotations
+
+import importlib
+
+from fastapi import FastAPI
+
+from tunery import __version__
+from tunery.api.errors import install_error_handlers
+from tunery.settings import Settings, get_settings
+
+# Route modules, each exposing `router` (mounted under /v1). Listed here, not discovered, so a
+# missing module is an import error at start-up rather than a silently absent endpoint.
+ROUTE_MODULES: list[str] = []
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = (settings or get_settings()).ensure_dirs()
+    app = FastAPI(title="tunery", version=__version__,
+                  description="OpenAI-compatible fine-tuning and inference on your own hardware.")
+    app.state.settings = settings
+    install_error_handlers(app)
+    for name in ROUTE_MODULES:
+        module = importlib.import_module(name)
+        app.include_router(module.router, prefix="/v1")
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict:
+        return {"status": "ok", "version": __version__}
+
+    return app
