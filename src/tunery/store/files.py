@@ -1,0 +1,225 @@
+"""Files: blobs on disk named by file id, one row each, validated on upload for purpose fine-tune.
+
+Nothing is half-written: an upload goes to a temp file, is validated, then renamed to its
+final name inside the transaction that inserts its row; if the transaction fails the blob
+is removed. A crash between rename and commit leaves only an orphan blob (no row), which
+`sweep_orphans` removes at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import delete, select
+
+from tunery.errors import InvalidRequest, NotFound
+from tunery.ids import file_id
+from tunery.store.common import Page, org_id_of, paginate
+from tunery.store.db import Store, now
+from tunery.store.tables import File
+
+log = logging.getLogger("tunery.store")
+
+# What users may upload (the SDK's FilePurpose); fine-tune-results files are written by the worker.
+UPLOAD_PURPOSES = ("fine-tune", "assistants", "batch", "vision", "user_data", "evals")
+ALL_PURPOSES = UPLOAD_PURPOSES + ("fine-tune-results", "assistants_output", "batch_output")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def clean_filename(name: str | None) -> str:
+    """The name to show: the last path component, no control characters, at most 255 chars."""
+    name = _CONTROL.sub("", name or "")
+    name = re.split(r"[/\\]", name)[-1].strip()
+    if name in ("", ".", ".."):
+        name = "upload"
+    return name[:255]
+
+
+def check_purpose(purpose: str | None, *, upload: bool = True) -> str:
+    allowed = UPLOAD_PURPOSES if upload else ALL_PURPOSES
+    if purpose not in allowed:
+        shown = (purpose or "")[:64]
+        raise InvalidRequest(f"'{shown}' is not a supported purpose. Use one of: {', '.join(allowed)}.",
+                             param="purpose", code="invalid_value")
+    return purpose
+
+
+def new_upload_tempfile(store: Store) -> tuple[int, Path]:
+    """An open fd and path for streaming an upload to disk next to its final location."""
+    store.files_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".tmp", dir=store.files_dir)
+    return fd, Path(tmp)
+
+
+# --- validation hook (the one place the data toolkit is called) --------------------------------
+
+def validate_upload(path: Path, purpose: str) -> tuple[str, str | None, dict | None]:
+    """(status, status_details, report dict) for a freshly uploaded file."""
+    if purpose != "fine-tune":
+        return "processed", None, None
+    try:
+        from tunery.data import validate_file
+    except ImportError:  # the data toolkit is not installed yet: a basic JSONL check stands in
+        return _basic_validation(path)
+    try:
+        report = validate_file(path)
+    except Exception as exc:  # a validator crash must not lose the upload; report it as the status
+        log.exception("validate_file failed on %s", path)
+        return "error", f"The file could not be validated: {type(exc).__name__}: {exc}"[:4000], None
+    info = _report_dict(report)
+    if getattr(report, "ok", False):
+        return "processed", None, info
+    return "error", str(report.summary())[:20000], info
+
+
+def _report_dict(report) -> dict:
+    try:
+        info = dict(report.to_dict())
+    except Exception:  # to_dict is best effort; format and count are what the store needs
+        info = {}
+    info.setdefault("format", getattr(report, "format", None))
+    info.setdefault("n_examples", getattr(report, "n_examples", None))
+    return json.loads(json.dumps(info, default=str))
+
+
+def _basic_validation(path: Path) -> tuple[str, str | None, dict]:
+    kinds: dict[str, int] = {}
+    problems: list[str] = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                problems.append(f"line {n}: not valid JSON")
+                continue
+            if not isinstance(obj, dict):
+                problems.append(f"line {n}: not a JSON object")
+            elif "preferred_output" in obj and "input" in obj:
+                kinds["preference"] = kinds.get("preference", 0) + 1
+            elif isinstance(obj.get("messages"), list):
+                kinds["chat"] = kinds.get("chat", 0) + 1
+            elif "prompt" in obj and "completion" in obj:
+                kinds["completion"] = kinds.get("completion", 0) + 1
+            else:
+                problems.append(f"line {n}: neither chat, prompt/completion nor preference format")
+    fmt = max(kinds, key=kinds.get) if kinds else None
+    n = sum(kinds.values())
+    if n == 0 and not problems:
+        problems.append("the file has no examples")
+    info = {"format": fmt, "n_examples": n, "errors": problems[:50]}
+    if problems:
+        return "error", f"{len(problems)} problem(s): " + "; ".join(problems[:5]), info
+    return "processed", None, info
+
+
+# --- rows ----------------------------------------------------------------------------------------
+
+def commit_upload(store: Store, org, tmp_path: Path, *, filename: str, purpose: str, nbytes: int,
+                  validate: bool = True) -> File:
+    """Validate a fully written temp file, move it to its final name and insert its row, atomically."""
+    tmp_path = Path(tmp_path)
+    try:
+        status, details, info = validate_upload(tmp_path, purpose) if validate else ("processed", None, None)
+        fid = file_id()
+        final = store.files_dir / fid
+        row = File(id=fid, org_id=org_id_of(org), filename=clean_filename(filename), purpose=purpose,
+                   bytes=int(nbytes), created_at=now(), status=status, status_details=details,
+                   path=str(final), validation=info)
+        try:
+            with store.session() as s:
+                s.add(row)
+                s.flush()
+                os.replace(tmp_path, final)
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+        return row
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def create_file(store: Store, org, *, filename: str, purpose: str, content: bytes,
+                validate: bool = True) -> File:
+    """Store `content` as a file (used by the worker for fine-tune-results CSVs)."""
+    check_purpose(purpose, upload=False)
+    fd, tmp = new_upload_tempfile(store)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return commit_upload(store, org, tmp, filename=filename, purpose=purpose, nbytes=len(content),
+                         validate=validate)
+
+
+def _not_found(fid: str) -> NotFound:
+    return NotFound(f"No such File object: {str(fid)[:100]}", param="file_id", code="file_not_found")
+
+
+def get_file(store: Store, org, fid: str) -> File:
+    with store.read() as s:
+        row = s.execute(select(File).where(File.id == fid, File.org_id == org_id_of(org))).scalar_one_or_none()
+    if row is None:
+        raise _not_found(fid)
+    return row
+
+
+def list_files(store: Store, org, *, purpose: str | None = None, after: str | None = None,
+               limit: int = 10000, order: str = "desc") -> Page[File]:
+    with store.read() as s:
+        stmt = select(File).where(File.org_id == org_id_of(org))
+        if purpose is not None:
+            stmt = stmt.where(File.purpose == purpose)
+        return paginate(s, stmt, File, order_col=File.pk, after=after, limit=limit, desc=order != "asc")
+
+
+def file_content_path(store: Store, org, fid: str) -> Path:
+    row = get_file(store, org, fid)
+    path = Path(row.path)
+    if not path.is_file():
+        raise NotFound(f"The content of {fid} is missing from the file store", param="file_id",
+                       code="file_not_found")
+    return path
+
+
+def delete_file(store: Store, org, fid: str) -> str:
+    with store.session() as s:
+        row = s.execute(select(File).where(File.id == fid, File.org_id == org_id_of(org))).scalar_one_or_none()
+        if row is None:
+            raise _not_found(fid)
+        path = Path(row.path)
+        s.execute(delete(File).where(File.pk == row.pk))
+    path.unlink(missing_ok=True)
+    return fid
+
+
+def sweep_orphans(store: Store, *, min_age_seconds: float = 3600) -> int:
+    """Remove stale temp uploads and blobs that no row names (left by a crash). Returns the count."""
+    d = store.files_dir
+    if not d.is_dir():
+        return 0
+    cutoff = time.time() - min_age_seconds
+    with store.read() as s:
+        known = {Path(p).name for p in s.execute(select(File.path)).scalars()}
+    removed = 0
+    for p in d.iterdir():
+        try:
+            if not p.is_file() or p.stat().st_mtime > cutoff or p.name in known:
+                continue
+            if p.name.startswith(".upload-") or p.name.startswith("file-"):
+                p.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed

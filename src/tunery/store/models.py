@@ -1,0 +1,139 @@
+"""Fine-tuned models (rows written by the worker on success) and what inference may serve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from tunery.errors import InvalidRequest, ModelNotFound, PermissionDenied
+from tunery.ids import parse_fine_tuned_name
+from tunery.store.common import org_id_of
+from tunery.store.db import Store, now
+from tunery.store.tables import FineTuningJob, FineTuningJobCheckpoint, Model
+
+
+@dataclass(frozen=True)
+class ServableModel:
+    """What the inference engine loads for a requested name."""
+
+    id: str
+    base_model: str
+    """A registry name (tunery.models.materialize accepts it)."""
+    adapter_dir: Path | None
+    """The fine-tuned model or checkpoint dir (PEFT adapter or full weights); None for base models."""
+
+
+def _missing(name: str) -> ModelNotFound:
+    return ModelNotFound(f"The model '{str(name)[:300]}' does not exist or you do not have access to it.",
+                         param="model", code="model_not_found")
+
+
+def register_model(store: Store, org, *, model_id: str, base_model: str, job_id: str | None, path: str | Path,
+                   session=None) -> Model:
+    """Insert a fine-tuned model row (the worker calls this inside its success transaction)."""
+    row = Model(id=model_id, org_id=org_id_of(org), created_at=now(), base_model=base_model, job_id=job_id,
+                path=str(path), deleted=False)
+    if session is not None:
+        session.add(row)
+        return row
+    with store.session() as s:
+        s.add(row)
+    return row
+
+
+def list_fine_tuned_models(store: Store, org) -> list[Model]:
+    with store.read() as s:
+        return list(s.execute(select(Model).where(Model.org_id == org_id_of(org), Model.deleted.is_(False))
+                              .order_by(Model.pk.desc())).scalars())
+
+
+def get_fine_tuned_model(store: Store, org, name: str) -> Model:
+    with store.read() as s:
+        row = s.execute(select(Model).where(Model.id == name, Model.org_id == org_id_of(org),
+                                            Model.deleted.is_(False))).scalar_one_or_none()
+    if row is None:
+        raise _missing(name)
+    return row
+
+
+def _checkpoint(store: Store, org, name: str) -> tuple[FineTuningJobCheckpoint, FineTuningJob]:
+    parsed = parse_fine_tuned_name(name)
+    with store.read() as s:
+        found = s.execute(
+            select(FineTuningJobCheckpoint, FineTuningJob)
+            .join(FineTuningJob, FineTuningJob.id == FineTuningJobCheckpoint.job_id)
+            .where(FineTuningJobCheckpoint.fine_tuned_model_checkpoint == name,
+                   FineTuningJob.org_id == org_id_of(org))).first()
+        if found is None or parsed is None:
+            raise _missing(name)
+        deleted = s.execute(select(Model.deleted).where(Model.id == parsed.model)).scalar_one_or_none()
+    if deleted:
+        raise _missing(name)
+    return found[0], found[1]
+
+
+def find_servable_model(store: Store, org, name: str) -> ServableModel:
+    """Base names/aliases → adapter_dir None; ft:… and ft:…:ckpt-step-N → their dir; else ModelNotFound."""
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest("model must be a non-empty string", param="model")
+    if name.startswith("ft:"):
+        parsed = parse_fine_tuned_name(name)
+        if parsed is None:
+            raise _missing(name)
+        if parsed.step is not None:
+            ckpt, job = _checkpoint(store, org, name)
+            return ServableModel(name, job.base_model, Path(ckpt.path))
+        row = get_fine_tuned_model(store, org, name)
+        return ServableModel(name, row.base_model, Path(row.path))
+    from tunery.models import resolve
+
+    try:
+        resolved = resolve(name, store.settings)
+    except (OSError, ValueError) as exc:
+        raise _missing(name) from exc
+    return ServableModel(name, resolved.name, None)
+
+
+def describe_model(store: Store, org, name: str) -> dict:
+    """{id, created, owned_by} for a base model, alias, fine-tuned model or checkpoint name."""
+    if name.startswith("ft:"):
+        parsed = parse_fine_tuned_name(name)
+        if parsed is not None and parsed.step is not None:
+            ckpt, _job = _checkpoint(store, org, name)
+            return {"id": name, "created": ckpt.created_at, "owned_by": parsed.org}
+        row = get_fine_tuned_model(store, org, name)
+        return {"id": row.id, "created": row.created_at, "owned_by": parsed.org if parsed else "user"}
+    from tunery.models import resolve
+
+    try:
+        resolve(name, store.settings)
+    except (OSError, ValueError) as exc:
+        raise _missing(name) from exc
+    except ModelNotFound as exc:
+        raise _missing(name) from exc
+    return {"id": name, "created": BASE_MODEL_CREATED, "owned_by": "tunery"}
+
+
+# A fixed date for base models (they have no creation in this store): tunery 0.1.0.
+BASE_MODEL_CREATED = 1763683200
+
+
+def delete_model(store: Store, org, name: str) -> str:
+    """Mark a fine-tuned model deleted (its files stay with the job). Base models cannot be deleted."""
+    if not name.startswith("ft:"):
+        describe_model(store, org, name)  # 404 for unknown names, before 403 for known base models
+        raise PermissionDenied(f"'{name[:300]}' is a base model; only fine-tuned models can be deleted.",
+                               param="model", code="model_not_deletable")
+    parsed = parse_fine_tuned_name(name)
+    if parsed is not None and parsed.step is not None:
+        _checkpoint(store, org, name)
+        raise InvalidRequest("A checkpoint cannot be deleted on its own; delete its fine-tuned model.",
+                             param="model", code="model_not_deletable")
+    with store.session() as s:
+        res = s.execute(update(Model).where(Model.id == name, Model.org_id == org_id_of(org),
+                                            Model.deleted.is_(False)).values(deleted=True))
+    if not res.rowcount:
+        raise _missing(name)
+    return name

@@ -1,0 +1,66 @@
+"""Rows → the SDK's object shapes (FileObject, FineTuningJob, events, checkpoints, Model)."""
+
+from __future__ import annotations
+
+from tunery.store.tables import File, FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, Organization
+
+METRIC_KEYS = ("step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
+               "full_valid_loss", "full_valid_mean_token_accuracy")
+
+
+def file_object(row: File) -> dict:
+    return {"id": row.id, "object": "file", "bytes": row.bytes, "created_at": row.created_at,
+            "filename": row.filename, "purpose": row.purpose, "status": row.status,
+            "status_details": row.status_details, "expires_at": None}
+
+
+def job_hyperparameters(row: FineTuningJob) -> dict:
+    """Requested values with "auto" replaced by the resolved numbers once the trainer knows them."""
+    hp = dict(row.hyperparameters or {})
+    for key, value in (row.resolved_hyperparameters or {}).items():
+        if key in hp and value is not None:
+            hp[key] = value
+    return hp
+
+
+def job_object(row: FineTuningJob, org: Organization | str | None = None) -> dict:
+    hp = job_hyperparameters(row)
+    mtype = (row.method or {}).get("type", "supervised")
+    top = {k: hp.get(k, "auto") for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
+    return {
+        "id": row.id, "object": "fine_tuning.job", "created_at": row.created_at,
+        "error": row.error or None, "fine_tuned_model": row.fine_tuned_model, "finished_at": row.finished_at,
+        "hyperparameters": top, "model": row.model,
+        "organization_id": getattr(org, "id", org) or row.org_id,
+        "result_files": list(row.result_files or []), "seed": row.seed, "status": row.status,
+        "trained_tokens": row.trained_tokens, "training_file": row.training_file,
+        "validation_file": row.validation_file, "estimated_finish": row.estimated_finish,
+        "integrations": row.integrations or None, "metadata": row.metadata_ or None,
+        "method": {"type": mtype, mtype: {"hyperparameters": hp}},
+        "suffix": row.suffix,
+    }
+
+
+def event_object(row: FineTuningJobEvent) -> dict:
+    return {"id": row.id, "object": "fine_tuning.job.event", "created_at": row.created_at, "level": row.level,
+            "message": row.message, "type": row.type, "data": row.data if row.data is not None else {}}
+
+
+def checkpoint_object(row: FineTuningJobCheckpoint) -> dict:
+    metrics = {k: (row.metrics or {}).get(k) for k in METRIC_KEYS}
+    if metrics["step"] is None:
+        metrics["step"] = float(row.step_number)
+    return {"id": row.id, "object": "fine_tuning.job.checkpoint", "created_at": row.created_at,
+            "fine_tuned_model_checkpoint": row.fine_tuned_model_checkpoint, "fine_tuning_job_id": row.job_id,
+            "metrics": metrics, "step_number": row.step_number}
+
+
+def model_object(info: dict) -> dict:
+    return {"id": info["id"], "object": "model", "created": int(info["created"]), "owned_by": info["owned_by"]}
+
+
+def list_object(data: list, has_more: bool | None = None) -> dict:
+    out = {"object": "list", "data": data}
+    if has_more is not None:
+        out["has_more"] = has_more
+    return out
