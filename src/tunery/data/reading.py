@@ -1,0 +1,56 @@
+"""Streaming line reader: a JSONL file is read one line at a time, never whole into memory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from os import PathLike
+from typing import Any
+
+from tunery.data.formats import Example, Format, check_object
+
+_MISSING = object()
+
+
+def iter_lines(path: str | PathLike) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, stripped bytes) for every non-blank line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            raw = raw.strip()
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark from Windows editors
+                raw = raw[3:].strip()
+            if raw:
+                yield n, raw
+
+
+def parse_line(raw: bytes) -> tuple[Any, tuple[str, str] | None]:
+    """Decode one line: (value, None) or (_MISSING, (kind, detail))."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _MISSING, ("not_utf8", f"byte {exc.start}: {raw[exc.start:exc.start + 4]!r}")
+    try:
+        return json.loads(text), None
+    except RecursionError:
+        return _MISSING, ("invalid_json", "nested too deeply")
+    except ValueError as exc:
+        msg = getattr(exc, "msg", str(exc))
+        col = getattr(exc, "colno", None)
+        return _MISSING, ("invalid_json", f"{msg} at column {col}" if col else msg)
+
+
+def read_examples(path: str | PathLike, format: Format | None = None) -> Iterator[Example]:
+    """The valid examples of a JSONL file, streamed; invalid lines (see validate_file) are skipped.
+
+    The file's format is that of its first valid line unless `format` is given; lines in another
+    format are skipped too.
+    """
+    expected = format
+    for n, raw in iter_lines(path):
+        obj, problem = parse_line(raw)
+        if problem is not None:
+            continue
+        res = check_object(obj, n, expected)
+        if res.example is not None:
+            expected = expected or res.format
+            yield res.example

@@ -1,0 +1,245 @@
+"""Fast, exact token counting with a model's own tokenizer.
+
+Two costs dominate naive counting: rendering every conversation through the Jinja chat template
+(tens of microseconds each) and tokenizing one text per Python call. Here:
+
+- Chat rendering uses a *skeleton* per sequence of roles: the template is rendered once with sentinel
+  contents, split at the sentinels, and real contents are spliced in. The first few renders of every
+  skeleton are checked against the real template, and anything unusual (names, tool calls, templates
+  that trim content) takes the real template, so the text is always what the trainer will see.
+- Texts are tokenized in batches by the Rust tokenizer. When the tokenizer has no normalizer and its
+  added tokens split text cleanly (true of byte-level BPE models like SmolLM2), a text is cut at the
+  added tokens exactly as the tokenizer itself does, and the pieces' counts are cached, so repeated
+  system prompts and role headers are counted once. This is checked against direct encoding on the
+  first texts and switched off on any mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_SENTINEL = "TUNERYSENTINEL{}X"
+_VERIFY_FIRST = 3
+_CACHE_MAX = 200_000
+_PIECE_MAX_CHARS = 4000
+
+
+class TemplateFailure(Exception):
+    """The chat template refused a conversation (e.g. roles out of the order it requires)."""
+
+
+class TokenCounter:
+    """Counts tokens exactly as `tokenizer(apply_chat_template(...), add_special_tokens=False)` would."""
+
+    def __init__(self, tokenizer: Any, name: str = ""):
+        self.tokenizer = tokenizer
+        self.name = name
+        self.raw = getattr(tokenizer, "_tokenizer", None) or getattr(tokenizer, "backend_tokenizer", None)
+        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        template = getattr(tokenizer, "chat_template", None) or ""
+        self._template_trims = isinstance(template, str) and ("trim" in template or "strip" in template)
+        self._skeletons: dict[tuple, list[str] | None] = {}
+        self._verified: dict[tuple, int] = {}
+        self._cache: dict[str, int] = {}
+        self._split = self._piece_splitter()
+        self._piece_checks = 0
+        self.eos_id = getattr(tokenizer, "eos_token_id", None)
+
+    # --- tokenizing -------------------------------------------------------------------------------
+
+    def _piece_splitter(self):
+        """A regex that cuts text at added tokens, when that is provably how the tokenizer works."""
+        if self.raw is None:
+            return None
+        try:
+            spec = json.loads(self.raw.to_str())
+        except Exception:  # a tokenizer that cannot serialise itself: just encode whole texts
+            return None
+        if spec.get("normalizer") is not None or "Metaspace" in json.dumps(spec.get("pre_tokenizer")):
+            return None
+        added = spec.get("added_tokens") or []
+        if not added or any(a.get("lstrip") or a.get("rstrip") or a.get("single_word") for a in added):
+            return None
+        words = sorted({a["content"] for a in added if a.get("content")}, key=len, reverse=True)
+        return re.compile("|".join(re.escape(w) for w in words))
+
+    def _encode_lengths(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        if self.raw is not None:
+            encs = self.raw.encode_batch_fast(texts, add_special_tokens=False)
+            return [len(e.ids) for e in encs]
+        out = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(x) for x in out]
+
+    def count_texts(self, texts: list[str]) -> list[int]:
+        """Token counts of plain texts (added tokens like <|im_end|> count as one token each)."""
+        if self._split is None:
+            return self._encode_lengths(texts)
+        cache = self._cache
+        split = self._split.split
+        parts_per_text = [split(t) for t in texts]
+        missing: dict[str, None] = {}
+        for parts in parts_per_text:
+            for p in parts:
+                if p and p not in cache:
+                    missing[p] = None
+        if missing:
+            if len(cache) + len(missing) > _CACHE_MAX:
+                cache.clear()
+            keys = list(missing)
+            for k, n in zip(keys, self._encode_lengths(keys)):
+                cache[k] = n
+        counts = []
+        for parts in parts_per_text:
+            n = len(parts) - 1
+            for p in parts:
+                if p:
+                    n += cache[p]
+            counts.append(n)
+        # Long unique pieces would bloat the cache without ever being reused.
+        for k in [k for k in missing if len(k) > _PIECE_MAX_CHARS]:
+            cache.pop(k, None)
+        if self._piece_checks < _VERIFY_FIRST and texts:
+            self._piece_checks += 1
+            direct = self._encode_lengths(texts[:8])
+            if direct != counts[: len(direct)]:
+                self._split = None
+                return self._encode_lengths(texts)
+        return counts
+
+    # --- rendering --------------------------------------------------------------------------------
+
+    def render_chat(self, messages: list[dict], tools: list | None = None) -> str:
+        """The conversation as the chat template renders it (raises TemplateFailure if it refuses)."""
+        if not self.has_chat_template:  # reported once as no_chat_template; count a plain rendering
+            return "".join(f"{m.get('role')}: {m.get('content') or ''}\n" for m in messages)
+        key = self._skeleton_key(messages, tools)
+        if key is not None:
+            sk = self._skeletons.get(key, _UNSET)
+            if sk is _UNSET:
+                sk = self._skeletons[key] = self._make_skeleton(key)
+            if sk is not None:
+                parts = [sk[0]]
+                for m, lit in zip(messages, sk[1:]):
+                    parts.append(m["content"])
+                    parts.append(lit)
+                text = "".join(parts)
+                seen = self._verified.get(key, 0)
+                if seen < _VERIFY_FIRST:
+                    self._verified[key] = seen + 1
+                    slow = self._render_slow(messages, tools)
+                    if slow != text:
+                        self._skeletons[key] = None
+                        return slow
+                return text
+        return self._render_slow(messages, tools)
+
+    def _skeleton_key(self, messages: list[dict], tools) -> tuple | None:
+        if tools:
+            return None
+        key = []
+        for m in messages:
+            c = m.get("content")
+            if type(c) is not str or len(m) > 2 and (m.keys() - {"role", "content", "weight"}):
+                return None
+            if self._template_trims and c != c.strip():
+                return None
+            key.append(m["role"])
+        return tuple(key)
+
+    def _make_skeleton(self, roles: tuple) -> list[str] | None:
+        msgs = [{"role": r, "content": _SENTINEL.format(i)} for i, r in enumerate(roles)]
+        try:
+            text = self._render_slow(msgs, None)
+        except TemplateFailure:
+            return None
+        lits, pos = [], 0
+        for i in range(len(roles)):
+            s = _SENTINEL.format(i)
+            j = text.find(s, pos)
+            if j < 0 or text.count(s) != 1:
+                return None
+            lits.append(text[pos:j])
+            pos = j + len(s)
+        lits.append(text[pos:])
+        return lits
+
+    def _render_slow(self, messages: list[dict], tools) -> str:
+        if not self.has_chat_template:
+            raise TemplateFailure(f"model {self.name!r} has no chat template")
+        msgs = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+        try:
+            return self.tokenizer.apply_chat_template(msgs, tools=tools or None, tokenize=False)
+        except Exception as exc:  # jinja TemplateError, raise_exception(...), type errors inside templates
+            raise TemplateFailure(str(exc) or type(exc).__name__) from exc
+
+    # --- per-format counts ------------------------------------------------------------------------
+
+    def count_examples(self, examples: list) -> list[int | str]:
+        """Tokens per example (the longer side for preference pairs), or a template error message."""
+        texts: list[str] = []
+        owners: list[int] = []
+        results: list[int | str] = [0] * len(examples)
+        extra = [0] * len(examples)
+        for i, ex in enumerate(examples):
+            try:
+                if ex.kind == "chat":
+                    texts.append(self.render_chat(ex.messages, ex.tools))
+                    owners.append(i)
+                elif ex.kind == "completion":
+                    texts.append(ex.prompt + ex.completion)
+                    owners.append(i)
+                    extra[i] = 1 if self.eos_id is not None else 0
+                else:
+                    for out in (ex.preferred, ex.non_preferred):
+                        texts.append(self.render_chat(ex.messages + out, ex.tools))
+                        owners.append(i)
+            except TemplateFailure as exc:
+                results[i] = str(exc)
+        for i, n in zip(owners, self.count_texts(texts)):
+            if isinstance(results[i], int):
+                results[i] = max(results[i], n + extra[i])
+        return results
+
+    def count_assistant(self, examples: list) -> list[int]:
+        """Tokens in the trained assistant contents (weight != 0; the preferred output for pairs)."""
+        texts, owners = [], []
+        for i, ex in enumerate(examples):
+            if ex.kind == "chat":
+                for m in ex.messages:
+                    if m["role"] == "assistant" and m.get("weight", 1) and isinstance(m.get("content"), str):
+                        texts.append(m["content"])
+                        owners.append(i)
+            elif ex.kind == "completion":
+                texts.append(ex.completion)
+                owners.append(i)
+            else:
+                c = ex.preferred[0].get("content")
+                if isinstance(c, str):
+                    texts.append(c)
+                    owners.append(i)
+        out = [0] * len(examples)
+        for i, n in zip(owners, self.count_texts(texts)):
+            out[i] += n
+        return out
+
+
+_UNSET: Any = object()
+_COUNTERS: dict[str, TokenCounter] = {}
+
+
+def get_counter(model: str) -> TokenCounter:
+    """A TokenCounter for a model name (tokenizer loaded once per process)."""
+    from tunery.models import load_tokenizer, materialize
+
+    key = str(materialize(model))
+    c = _COUNTERS.get(key)
+    if c is None:
+        c = TokenCounter(load_tokenizer(model), model)
+        if len(_COUNTERS) > 4:
+            _COUNTERS.clear()
+        _COUNTERS[key] = c
+    return c
