@@ -12,7 +12,8 @@ from tunery.settings import Settings, get_settings
 
 # Route modules, each exposing `router` (mounted under /v1). Listed here, not discovered, so a
 # missing module is an import error at start-up rather than a silently absent endpoint.
-ROUTE_MODULES: list[str] = []
+ROUTE_MODULES: list[str] = ["tunery.api.routes.files", "tunery.api.routes.fine_tuning",
+                              "tunery.api.routes.models"]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -59,8 +59,9 @@ def new_upload_tempfile(store: Store) -> tuple[int, Path]:
 
 # --- validation hook (the one place the data toolkit is called) --------------------------------
 
-def validate_upload(path: Path, purpose: str) -> tuple[str, str | None, dict | None]:
-    """(status, status_details, report dict) for a freshly uploaded file."""
+def validate_upload(path: Path, purpose: str, display_name: str | None = None
+                    ) -> tuple[str, str | None, dict | None]:
+    """(status, status_details, report dict) for a freshly uploaded file (named display_name in messages)."""
     if purpose != "fine-tune":
         return "processed", None, None
     try:
@@ -72,6 +73,11 @@ def validate_upload(path: Path, purpose: str) -> tuple[str, str | None, dict | N
     except Exception as exc:  # a validator crash must not lose the upload; report it as the status
         log.exception("validate_file failed on %s", path)
         return "error", f"The file could not be validated: {type(exc).__name__}: {exc}"[:4000], None
+    if display_name and hasattr(report, "path"):
+        try:
+            report.path = display_name  # messages name the user's file, not our temp file
+        except AttributeError:
+            pass
     info = _report_dict(report)
     if getattr(report, "ok", False):
         return "processed", None, info
@@ -127,7 +133,8 @@ def commit_upload(store: Store, org, tmp_path: Path, *, filename: str, purpose: 
     """Validate a fully written temp file, move it to its final name and insert its row, atomically."""
     tmp_path = Path(tmp_path)
     try:
-        status, details, info = validate_upload(tmp_path, purpose) if validate else ("processed", None, None)
+        status, details, info = (validate_upload(tmp_path, purpose, clean_filename(filename)) if validate
+                                 else ("processed", None, None))
         fid = file_id()
         final = store.files_dir / fid
         row = File(id=fid, org_id=org_id_of(org), filename=clean_filename(filename), purpose=purpose,

@@ -19,7 +19,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import and_, delete, select, text, update
+from sqlalchemy import and_, delete, or_, select, text, update
 
 from tunery import ids
 from tunery.store.db import Store, now
@@ -105,7 +105,10 @@ def claim_next(store: Store, owner: str, lease_seconds: int) -> ClaimedJob | Non
     values = dict(status=RUNNING, lease_owner=owner, lease_expires_at=t + lease_seconds,
                   attempts=FineTuningJob.attempts + 1, updated_at=t)
     # Creation order (pk breaks ties within one second), which is also creation order per organization.
-    oldest = (select(FineTuningJob.id).where(FineTuningJob.status == QUEUED)
+    # A queued job may still carry the lease of a worker that is saving its paused state (pause then
+    # resume in quick succession): it becomes claimable when that worker lets go or its lease expires.
+    free = or_(FineTuningJob.lease_owner.is_(None), FineTuningJob.lease_expires_at < t)
+    oldest = (select(FineTuningJob.id).where(FineTuningJob.status == QUEUED, free)
               .order_by(FineTuningJob.created_at, FineTuningJob.pk).limit(1))
     with store.session() as s:
         if store.dialect == "postgresql":
@@ -136,10 +139,13 @@ def _held(job_id: str, owner: str, status: str = RUNNING):
 
 
 def renew_lease(store: Store, job_id: str, owner: str, lease_seconds: int) -> bool:
-    """Heartbeat: extend the lease; False when the job is no longer running under this owner."""
+    """Heartbeat: extend the lease; False when this owner no longer holds the job (or it ended).
+    A paused (or paused-then-resumed) job keeps its lease while the worker saves its resume state."""
     t = now()
     with store.session() as s:
-        r = s.execute(update(FineTuningJob).where(_held(job_id, owner))
+        r = s.execute(update(FineTuningJob)
+                      .where(FineTuningJob.id == job_id, FineTuningJob.lease_owner == owner,
+                             FineTuningJob.status.in_((RUNNING, PAUSED, QUEUED)))
                       .values(lease_expires_at=t + lease_seconds))
         return r.rowcount == 1
 

@@ -1,0 +1,95 @@
+"""Request dependencies shared by the route modules: the store, the caller's organization, and the
+OpenAI list/error shapes used in the OpenAPI schema."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Generic, Literal, TypeVar
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from tunery.errors import AuthenticationError
+from tunery.store import Organization, Store, auth_required, ensure_org, open_store, org_for_key
+from tunery.store.files import sweep_orphans
+from tunery.store.jobs import recover_validating_jobs
+
+_lock = threading.Lock()
+_bearer = HTTPBearer(auto_error=False, description="An API key from `tunery keys create --org NAME`. "
+                     "Not needed while no keys exist.")
+
+
+def prepare_store(store: Store) -> Store:
+    """Start-up work that makes the store consistent after a crash (idempotent)."""
+    recover_validating_jobs(store)
+    sweep_orphans(store)
+    return store
+
+
+def get_store(request: Request) -> Store:
+    """The app's Store (opened, migrated and recovered on first use)."""
+    app = request.app
+    store = getattr(app.state, "store", None)
+    if store is None:
+        with _lock:
+            store = getattr(app.state, "store", None)
+            if store is None:
+                store = prepare_store(open_store(app.state.settings))
+                app.state.store = store
+    return store
+
+
+def current_org(request: Request, store: Store = Depends(get_store),
+                credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Organization:
+    """The caller's organization: from the Bearer key once any key exists, else the default ("personal")."""
+    if auth_required(store):
+        if credentials is None or not credentials.credentials:
+            raise AuthenticationError("You didn't provide an API key. Send 'Authorization: Bearer <key>' "
+                                      "(create one with `tunery keys create --org NAME`).",
+                                      code="missing_api_key")
+        org = org_for_key(store, credentials.credentials)
+        if org is None:
+            shown = credentials.credentials[:12]
+            raise AuthenticationError(f"Incorrect API key provided: {shown}…", code="invalid_api_key")
+        return org
+    app = request.app
+    org = getattr(app.state, "default_org", None)
+    if org is None:
+        org = ensure_org(store, app.state.settings.default_org)
+        app.state.default_org = org
+    return org
+
+
+# --- shapes for the OpenAPI schema -------------------------------------------------------------------
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+T = TypeVar("T")
+
+
+class CursorPage(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool
+
+
+class ListPage(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid request (the error names the bad parameter)"},
+    401: {"model": ErrorResponse, "description": "Missing or incorrect API key"},
+    404: {"model": ErrorResponse, "description": "No such object in your organization"},
+}

@@ -1,0 +1,82 @@
+"""/v1/models: base models and aliases plus the organization's fine-tuned models (not checkpoints,
+as OpenAI); retrieve; delete fine-tuned models."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import BaseModel
+
+from tunery.api.deps import ERROR_RESPONSES, ListPage, current_org, get_store
+from tunery.store import Organization, Store
+from tunery.store import models as store_models
+from tunery.store.jobs import list_checkpoints
+from tunery.store.wire import list_object, model_object
+
+router = APIRouter(tags=["models"], responses=ERROR_RESPONSES)
+log = logging.getLogger("tunery.api")
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelDeleted(BaseModel):
+    id: str
+    object: str = "model"
+    deleted: bool
+
+
+def available_models(store: Store, org: Organization) -> list[dict]:
+    from tunery.models import list_models
+
+    out = [model_object(info) for info in (
+        {"id": row.id, "created": row.created_at, "owned_by": org.name}
+        for row in store_models.list_fine_tuned_models(store, org))]
+    seen = {m["id"] for m in out}
+    for row in list_models(store.settings):
+        if row["name"] not in seen:
+            seen.add(row["name"])
+            out.append(model_object({"id": row["name"], "created": store_models.BASE_MODEL_CREATED,
+                                     "owned_by": "tunery"}))
+    return out
+
+
+@router.get("/models", response_model=ListPage[Model], summary="List models")
+def list_models(store: Store = Depends(get_store), org: Organization = Depends(current_org)):
+    return list_object(available_models(store, org))
+
+
+_MODEL = Path(..., max_length=2048)
+
+
+@router.get("/models/{model:path}", response_model=Model, summary="Retrieve a model")
+def retrieve_model(model: str = _MODEL, store: Store = Depends(get_store),
+                   org: Organization = Depends(current_org)):
+    """Base models, aliases, fine-tuned models and their checkpoints (ft:…:ckpt-step-N)."""
+    return model_object(store_models.describe_model(store, org, model))
+
+
+@router.delete("/models/{model:path}", response_model=ModelDeleted, summary="Delete a fine-tuned model")
+def delete_model(request: Request, model: str = _MODEL, store: Store = Depends(get_store),
+                 org: Organization = Depends(current_org)):
+    """Fine-tuned models only (403 for base models). The model stops answering at once."""
+    row = store_models.get_fine_tuned_model(store, org, model) if model.startswith("ft:") else None
+    store_models.delete_model(store, org, model)
+    engine = getattr(request.app.state, "engine", None)
+    if engine is not None:
+        names = [model]
+        if row is not None and row.job_id:
+            names += [c.fine_tuned_model_checkpoint
+                      for c in list_checkpoints(store, org, row.job_id, limit=1000).data]
+        for name in names:
+            try:
+                engine.unload(name)
+            except Exception:  # the model is deleted either way; a failed unload only costs memory
+                log.exception("engine.unload(%s) failed", name)
+    return {"id": model, "object": "model", "deleted": True}
