@@ -1,0 +1,589 @@
+"""The worker: claims queued jobs, runs each in a training child process, and turns what the trainer
+reports into job events, checkpoint rows and, on success, a registered model and a result file.
+
+One supervisor thread per running job (up to `concurrency`) owns that job's lease: it renews it,
+polls the job's status (the API writes cancelled/paused), relays stop requests to the child, and
+writes every event. The main loop claims jobs for free slots and periodically recovers jobs whose
+worker vanished (expired lease, or a dead process on this host).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunery.settings import Settings, get_settings
+
+log = logging.getLogger("tunery.worker")
+
+
+def _env_num(name: str, default, cast=float):
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return cast(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass
+class WorkerConfig:
+    """How a worker runs jobs; each field can be set with the TUNERY_WORKER_* variable named in it."""
+
+    concurrency: int = 1
+    """Jobs trained at once by this worker (TUNERY_WORKER_CONCURRENCY). 1 suits a CPU or one GPU."""
+    lease_seconds: int = 30
+    """A claimed job belongs to this worker this long past its last heartbeat (TUNERY_WORKER_LEASE_SECONDS)."""
+    poll_seconds: float = 1.0
+    """How often an idle worker looks for queued jobs and a busy one re-reads its jobs' status
+    (TUNERY_WORKER_POLL_SECONDS); bounds how fast cancel and pause take effect."""
+    max_attempts: int = 3
+    """A job whose trainer crashes (or whose worker dies) this many times fails (TUNERY_WORKER_MAX_ATTEMPTS)."""
+    cancel_grace_seconds: float = 5.0
+    """After a cancel, the child gets this long to stop by itself before it is killed."""
+    pause_grace_seconds: float = 300.0
+    """After a pause, the child gets this long to save its resume state before it is killed."""
+    owner: str | None = None
+    """Lease owner id; default host:pid:random."""
+    extra_env: dict = field(default_factory=dict)
+    """Environment for the training child on top of the settings (e.g. TUNERY_NUM_THREADS)."""
+
+    @classmethod
+    def from_env(cls, **overrides) -> "WorkerConfig":
+        c = cls(
+            concurrency=int(_env_num("TUNERY_WORKER_CONCURRENCY", 1, int)),
+            lease_seconds=int(_env_num("TUNERY_WORKER_LEASE_SECONDS", 30, int)),
+            poll_seconds=_env_num("TUNERY_WORKER_POLL_SECONDS", 1.0),
+            max_attempts=int(_env_num("TUNERY_WORKER_MAX_ATTEMPTS", 3, int)),
+        )
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(c, k, v)
+        if c.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if c.lease_seconds < 2:
+            raise ValueError("TUNERY_WORKER_LEASE_SECONDS must be at least 2")
+        return c
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return max(0.5, self.lease_seconds / 3)
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _tail(path: Path, n: int = 5) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])[-800:]
+
+
+def _model_name_base(job) -> str:
+    """The <base> part of ft:<base>:<org>:<suffix>:<id>: the model as requested (a directory's name)."""
+    base = job.model
+    if "/" in base or os.sep in base:
+        base = Path(base.rstrip("/")).name or "model"
+    return base.replace(":", "-")
+
+
+def fine_tuned_name(job) -> str:
+    """Stable across attempts (the id part comes from the job id), so checkpoint names never change."""
+    from tunery import ids
+
+    return ids.fine_tuned_model_name(_model_name_base(job), job.org_name, job.suffix, rand=job.id[-8:])
+
+
+def _metrics_message(d: dict) -> str:
+    msg = f"Step {d.get('step')}/{d.get('total_steps')}: training loss={d.get('train_loss', float('nan')):.4f}"
+    if d.get("valid_loss") is not None:
+        msg += f", validation loss={d['valid_loss']:.4f}"
+    if d.get("full_valid_loss") is not None:
+        msg += f", full validation loss={d['full_valid_loss']:.4f}"
+    return msg
+
+
+_METRIC_KEYS = ("step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "valid_loss",
+                "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy",
+                "trained_tokens", "tokens_per_second")
+
+
+class JobRun:
+    """Supervises one claimed job from spawn to outcome (runs in its own thread)."""
+
+    def __init__(self, worker: "Worker", job):
+        self.worker = worker
+        self.store = worker.store
+        self.settings = worker.settings
+        self.cfg = worker.config
+        self.owner = worker.owner
+        self.job = job
+        self.ft_name = fine_tuned_name(job)
+        self.lost = False
+        self.proc = None
+
+    # --- small helpers -------------------------------------------------------------------------
+    def event(self, level: str, message: str, **kw) -> bool:
+        from tunery.store import queue
+
+        return queue.append_event(self.store, self.job.id, self.owner, level, message, **kw)
+
+    def fail(self, code: str, message: str, param: str | None = None) -> None:
+        from tunery.store import queue
+
+        queue.finish_failed(self.store, self.job.id, self.owner, code=code, message=message, param=param)
+        log.info("job %s failed: %s", self.job.id, message)
+
+    # --- preparation ---------------------------------------------------------------------------
+    def _file_path(self, file_id: str) -> Path | None:
+        from sqlalchemy import select
+
+        from tunery.store.tables import File
+
+        with self.store.read() as s:
+            p = s.execute(select(File.path).where(File.id == file_id, File.org_id == self.job.org_id)).scalar()
+        return Path(p) if p else None
+
+    def _check_base_model(self) -> str | None:
+        """None when the base model can be loaded here, else the reason (the job fails with it)."""
+        from tunery.errors import TuneryError
+        from tunery.models import is_available, resolve
+
+        try:
+            spec = resolve(self.job.base_model, self.settings).spec
+        except TuneryError as exc:
+            return f"The base model {self.job.model!r} is unavailable: {exc.message}"
+        if not is_available(spec, self.settings):
+            hint = (f"run `tunery models pull {spec.name}` on the worker's machine" if spec.kind != "local"
+                    else "the directory is missing or has no config.json and *.safetensors")
+            return (f"The base model {self.job.model!r} ({spec.name}) is not available on this worker's machine "
+                    f"and cannot be downloaded here: {hint}.")
+        return None
+
+    def _resume_point(self, output_dir: Path) -> tuple[Path | None, int]:
+        """Where an earlier attempt left off: the paused run's resume/ dir or the newest checkpoint."""
+        from tunery.store import queue
+
+        best: tuple[Path | None, int] = (None, 0)
+        for row in queue.list_checkpoints(self.store, self.job.id):
+            p = Path(row.path)
+            if (p / "tunery.json").exists() and (p / "trainer_state.pt").exists() and row.step_number > best[1]:
+                best = (p, row.step_number)
+        resume = output_dir / "resume"
+        if (resume / "tunery.json").exists():
+            step = _meta_step(resume)
+            if step is not None and step >= best[1]:
+                best = (resume, step)
+        return best
+
+    def _train_config(self, output_dir: Path, resume_from: Path | None) -> dict:
+        job = self.job
+        hp = dict(job.hyperparameters or {})
+        mtype = (job.method or {}).get("type", "supervised")
+        method_hp = ((job.method or {}).get(mtype) or {}).get("hyperparameters") or {}
+        hp.update({k: v for k, v in method_hp.items() if v is not None})
+        train_path = self._file_path(job.training_file)
+        valid_path = self._file_path(job.validation_file) if job.validation_file else None
+        cfg = {
+            "model": job.base_model,
+            "training_file": str(train_path),
+            "validation_file": str(valid_path) if valid_path else None,
+            "output_dir": str(output_dir),
+            "n_epochs": hp.get("n_epochs", "auto"),
+            "batch_size": hp.get("batch_size", "auto"),
+            "learning_rate_multiplier": hp.get("learning_rate_multiplier", "auto"),
+            "seed": job.seed,
+            "resume_from": str(resume_from) if resume_from else None,
+        }
+        # tunery's own extension: a "training_type" of lora (default) or full inside the hyperparameters.
+        if hp.get("training_type") in ("lora", "full"):
+            cfg["method"] = hp["training_type"]
+        if isinstance(hp.get("lora_rank"), int):
+            cfg["lora_rank"] = hp["lora_rank"]
+        return cfg
+
+    def _child_env(self) -> dict:
+        s = self.settings
+        env = {"TUNERY_HOME": str(s.home), "TUNERY_DATABASE_URL": s.database_url,
+               "TUNERY_MODEL_CACHE": str(s.model_cache), "TUNERY_DEVICE": s.device,
+               "TOKENIZERS_PARALLELISM": "false"}
+        threads = s.num_threads
+        if not threads and self.cfg.concurrency > 1:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            threads = max(1, cores // self.cfg.concurrency)
+        if threads:
+            env["TUNERY_NUM_THREADS"] = str(threads)
+        env.update(self.cfg.extra_env)
+        return env
+
+    # --- the run -------------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception:  # a bug here must not kill the worker; the lease expiry will recover the job
+            log.exception("supervising job %s failed", self.job.id)
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.kill()
+
+    def _run(self) -> None:
+        from tunery.store import queue
+
+        job = self.job
+        if (job.method or {}).get("type", "supervised") not in ("supervised",):
+            self.fail("unsupported_method", f"method type {job.method.get('type')!r} is not supported by this "
+                      "worker's trainer (supervised only)", "method")
+            return
+        reason = self._check_base_model()
+        if reason:
+            self.fail("model_unavailable", reason, "model")
+            return
+        train_path = self._file_path(job.training_file)
+        if train_path is None or not train_path.exists():
+            self.fail("invalid_training_file", f"training file {job.training_file} is missing from the file store",
+                      "training_file")
+            return
+        if job.validation_file:
+            vp = self._file_path(job.validation_file)
+            if vp is None or not vp.exists():
+                self.fail("invalid_validation_file",
+                          f"validation file {job.validation_file} is missing from the file store", "validation_file")
+                return
+        output_dir = Path(job.output_dir) if job.output_dir else self.settings.jobs_dir / job.id
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if not job.output_dir:
+            queue.update_running(self.store, job.id, self.owner, output_dir=str(output_dir))
+        resume_from, resume_step = self._resume_point(output_dir)
+        if resume_from is not None:
+            dropped = queue.drop_metrics_after(self.store, job.id, self.owner, resume_step)
+            where = "its paused state" if resume_from.name == "resume" else f"the checkpoint at step {resume_step}"
+            self.event("info", f"Resuming training from {where} (attempt {job.attempts})"
+                       + (f"; {dropped} metrics events past that step were discarded" if dropped else ""))
+        elif job.attempts > 1:
+            self.event("info", f"Starting training from the beginning (attempt {job.attempts}; no checkpoint yet)")
+        log_path = output_dir / f"attempt-{job.attempts}.log"
+        payload = {"parent_pid": os.getpid(), "log_path": str(log_path), "env": self._child_env(),
+                   "config": self._train_config(output_dir, resume_from)}
+        outcome = self._supervise(payload)
+        self._conclude(outcome, log_path, output_dir)
+
+    def _supervise(self, payload: dict) -> dict:
+        """Run the child to its end; returns what happened: {result|domain_error|crash, exitcode, stop, lost}."""
+        from tunery.store import queue
+
+        proc, parent_conn = self._spawn(payload)
+        self.proc = proc
+        out: dict = {"stop": None}
+        kill_at = None
+        next_beat = time.monotonic() + self.cfg.heartbeat_seconds
+        next_poll = time.monotonic() + self.cfg.poll_seconds
+        self._t0 = None
+        self._last_eta_write = 0.0
+        try:
+            while True:
+                try:
+                    if parent_conn.poll(0.2):
+                        self._handle(parent_conn.recv(), out)
+                        continue
+                except (EOFError, OSError):
+                    break  # the child exited and its end of the pipe closed
+                now = time.monotonic()
+                if self.worker.stopping.is_set() and not out.get("shutdown"):
+                    out["shutdown"] = True
+                    kill_at = now
+                if now >= next_beat:
+                    next_beat = now + self.cfg.heartbeat_seconds
+                    if not queue.renew_lease(self.store, self.job.id, self.owner, self.cfg.lease_seconds):
+                        next_poll = now  # find out why at once
+                if now >= next_poll and out["stop"] is None:
+                    next_poll = now + self.cfg.poll_seconds
+                    state = queue.job_state(self.store, self.job.id)
+                    status, owner = state if state else ("cancelled", None)
+                    if owner != self.owner and status in ("running", "queued"):
+                        # Another worker recovered this job (our lease expired): stop without writing anything.
+                        out["lost"] = self.lost = True
+                        kill_at = now
+                    elif status in ("cancelled", "paused", "failed", "succeeded"):
+                        kind = "pause" if status == "paused" else "cancel"
+                        out["stop"] = kind
+                        try:
+                            parent_conn.send(("stop", kind))
+                        except (OSError, EOFError):
+                            pass
+                        grace = self.cfg.pause_grace_seconds if kind == "pause" else self.cfg.cancel_grace_seconds
+                        kill_at = now + grace
+                if kill_at is not None and now >= kill_at and proc.poll() is None:
+                    proc.kill()
+                    kill_at = None
+                if proc.poll() is not None and not parent_conn.poll(0):
+                    break
+        finally:
+            try:
+                proc.wait(timeout=30)
+            except Exception:  # still running after its pipe closed: make sure it is gone
+                proc.kill()
+                proc.wait(timeout=10)
+            parent_conn.close()
+        out["exitcode"] = proc.returncode
+        return out
+
+    def _spawn(self, payload: dict):
+        """Start `python -m tunery.worker.child` connected by a socketpair; returns (Popen, Connection)."""
+        import socket
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+
+        ours, theirs = socket.socketpair()
+        log_file = open(payload["log_path"], "ab")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tunery.worker.child", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C at the terminal reaches the worker, which stops the child itself.
+                start_new_session=True, env={**os.environ, **payload["env"]})
+        finally:
+            log_file.close()
+            theirs.close()
+        conn = Connection(ours.detach())
+        conn.send(payload)
+        return proc, conn
+
+    def _handle(self, msg: tuple, out: dict) -> None:
+        from tunery.store import queue
+
+        kind = msg[0]
+        if kind == "event":
+            self.event(msg[1], msg[2], statuses=("running", "paused"))
+        elif kind == "metrics":
+            data = {k: msg[1][k] for k in _METRIC_KEYS if msg[1].get(k) is not None}
+            self.event("info", _metrics_message(data), type="metrics", data=data)
+            self._update_eta(data)
+        elif kind == "resolved":
+            hp = msg[1]
+            resolved = {k: hp[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier") if k in hp}
+            values = {"resolved_hyperparameters": resolved}
+            if hp.get("estimated_seconds"):
+                values["estimated_finish"] = int(time.time() + float(hp["estimated_seconds"]))
+            queue.update_running(self.store, self.job.id, self.owner, **values)
+            out["resolved"] = resolved
+        elif kind == "checkpoint":
+            info = msg[1]
+            from tunery import ids
+
+            metrics = {k: v for k, v in (info.get("metrics") or {}).items() if k in _METRIC_KEYS}
+            metrics.setdefault("step", info["step"])
+            queue.add_checkpoint(self.store, self.job.id, self.owner, step=int(info["step"]),
+                                 model_name=ids.checkpoint_model_name(self.ft_name, int(info["step"])),
+                                 metrics=metrics, path=info["path"])
+        elif kind in ("result", "domain_error", "crash"):
+            out[kind] = msg[1]
+
+    def _update_eta(self, data: dict) -> None:
+        from tunery.store import queue
+
+        step, total = data.get("step"), data.get("total_steps")
+        if not step or not total:
+            return
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = (now, step)
+            return
+        t0, s0 = self._t0
+        if step <= s0 or now - self._last_eta_write < 5:
+            return
+        per_step = (now - t0) / (step - s0)
+        self._last_eta_write = now
+        queue.update_running(self.store, self.job.id, self.owner,
+                             estimated_finish=int(time.time() + per_step * max(0, total - step)))
+
+    def _conclude(self, out: dict, log_path: Path, output_dir: Path) -> None:
+        from tunery.store import queue
+
+        job = self.job
+        if out.get("lost"):
+            log.warning("job %s: lease lost to another worker; attempt abandoned", job.id)
+            return
+        if out.get("shutdown") and "result" not in out:
+            queue.requeue(self.store, job.id, self.owner, count_attempt=False,
+                          reason="The worker shut down; the job is queued again and will resume from its last "
+                                 "checkpoint")
+            return
+        result = out.get("result")
+        if result is not None:
+            status = result["status"]
+            if status == "succeeded":
+                self._succeed(result)
+            elif status == "paused":
+                step = _meta_step(Path(result["resume_dir"])) if result.get("resume_dir") else None
+                where = f" at step {step}" if step is not None else ""
+                if not queue.release_paused(self.store, job.id, self.owner,
+                                            f"Training paused{where}; resume the job to continue from there"):
+                    queue.release_stopped(self.store, job.id, self.owner)
+            else:
+                queue.release_stopped(self.store, job.id, self.owner)
+            return
+        if out.get("stop"):
+            # Stopped on request (cancel, or a pause that had to be forced): nothing to record but the lease.
+            if out["stop"] == "pause":
+                queue.release_paused(self.store, job.id, self.owner,
+                                     "Training paused; resume continues from the last checkpoint")
+            queue.release_stopped(self.store, job.id, self.owner)
+            return
+        err = out.get("domain_error")
+        if err is not None:
+            self.fail(err.get("code") or "invalid_request", err["message"], err.get("param"))
+            return
+        code = out.get("exitcode")
+        if out.get("crash"):
+            reason = out["crash"]
+        elif code is not None and code < 0:
+            reason = f"the training process was killed by {_signal_name(code)}"
+            if code == -signal.SIGKILL:
+                reason += " (most often the machine ran out of memory)"
+        else:
+            tail = _tail(log_path)
+            reason = f"the training process exited with code {code}" + (f": {tail}" if tail else "")
+        where = f" (log: {log_path})"
+        if job.attempts >= self.cfg.max_attempts:
+            self.fail("training_crashed", f"Training crashed on all {job.attempts} attempts; last error: "
+                      f"{reason}{where}")
+        else:
+            self.event("error", f"Training attempt {job.attempts} failed: {reason}{where}")
+            queue.requeue(self.store, job.id, self.owner,
+                          reason=f"Retrying (attempt {job.attempts + 1} of {self.cfg.max_attempts}) from the last "
+                                 "checkpoint")
+
+    def _succeed(self, result: dict) -> None:
+        from tunery.store import queue
+
+        model_dir = result.get("model_dir")
+        if not model_dir or not Path(model_dir).exists():
+            self.fail("training_crashed", "the trainer reported success but wrote no model directory")
+            return
+        csv_text = queue.result_csv(queue.metrics_events(self.store, self.job.id))
+        hp = {k: result["hyperparameters"][k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")
+              if k in result.get("hyperparameters", {})}
+        ok = queue.finish_succeeded(self.store, self.job, self.owner, fine_tuned_model=self.ft_name,
+                                    model_path=str(model_dir), trained_tokens=int(result["trained_tokens"]),
+                                    resolved_hyperparameters=hp or None, result_csv_text=csv_text)
+        if ok:
+            log.info("job %s succeeded: %s", self.job.id, self.ft_name)
+        else:
+            queue.release_stopped(self.store, self.job.id, self.owner)
+
+
+def _meta_step(path: Path) -> int | None:
+    import json
+
+    try:
+        meta = json.loads((path / "tunery.json").read_text())
+    except (OSError, ValueError):
+        return None
+    step = meta.get("step")
+    return int(step) if isinstance(step, (int, float)) else None
+
+
+class Worker:
+    """Claims and runs jobs until stop() (or until idle, with run(until_idle=True))."""
+
+    def __init__(self, settings: Settings | None = None, config: WorkerConfig | None = None):
+        from tunery.store import queue
+        from tunery.store.db import open_store
+
+        self.settings = (settings or get_settings()).ensure_dirs()
+        self.config = config or WorkerConfig.from_env()
+        self.owner = self.config.owner or queue.new_owner_id()
+        self.store = open_store(self.settings)
+        self.stopping = threading.Event()
+        self.runs: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        """Stop claiming; running jobs are stopped and queued again (they resume from their checkpoint)."""
+        self.stopping.set()
+
+    def active(self) -> list[str]:
+        with self._lock:
+            return [jid for jid, t in self.runs.items() if t.is_alive()]
+
+    def recover(self) -> None:
+        from tunery.store import queue
+
+        for job_id, action in queue.recover_expired(self.store, max_attempts=self.config.max_attempts):
+            log.warning("recovered job %s from a lost worker: %s", job_id, action)
+
+    def claim_one(self):
+        from tunery.store import queue
+
+        job = queue.claim_next(self.store, self.owner, self.config.lease_seconds)
+        if job is None:
+            return None
+        run = JobRun(self, job)
+        run.event("info", f"Worker {self.owner} started attempt {job.attempts} of this job")
+        t = threading.Thread(target=run.run, name=f"tunery-job-{job.id}", daemon=True)
+        with self._lock:
+            self.runs[job.id] = t
+        t.start()
+        return job
+
+    def run(self, *, until_idle: bool = False) -> None:
+        """The loop: recover lost jobs, fill free slots with queued jobs, wait; returns after stop()."""
+        recover_every = max(1.0, self.config.lease_seconds / 3)
+        next_recover = 0.0
+        try:
+            while not self.stopping.is_set():
+                now = time.monotonic()
+                if now >= next_recover:
+                    next_recover = now + recover_every
+                    self._safely(self.recover)
+                claimed = None
+                if len(self.active()) < self.config.concurrency:
+                    claimed = self._safely(self.claim_one)
+                if claimed is not None:
+                    continue  # maybe more slots to fill
+                if until_idle and not self.active():
+                    break
+                self.stopping.wait(self.config.poll_seconds)
+        finally:
+            self.stopping.set()
+            for t in list(self.runs.values()):
+                t.join(timeout=60)
+
+    def _safely(self, fn):
+        try:
+            return fn()
+        except Exception:  # a database hiccup must not end the worker loop; try again next tick
+            log.exception("worker %s: %s failed", self.owner, getattr(fn, "__name__", fn))
+            return None
+
+
+class BackgroundWorker:
+    """A Worker on a daemon thread (the one `tunery serve` embeds)."""
+
+    def __init__(self, settings: Settings | None = None, config: WorkerConfig | None = None):
+        self.worker = Worker(settings, config)
+        self.thread = threading.Thread(target=self.worker.run, name="tunery-worker", daemon=True)
+
+    def start(self) -> "BackgroundWorker":
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 60) -> None:
+        self.worker.stop()
+        self.thread.join(timeout=timeout)
+
+
+def start_background_worker(settings: Settings | None = None, **config) -> BackgroundWorker:
+    return BackgroundWorker(settings, WorkerConfig.from_env(**config)).start()
