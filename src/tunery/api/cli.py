@@ -1,0 +1,118 @@
+"""`tunery serve` and `tunery keys create|list|revoke`."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunery.errors import InvalidRequest
+
+console = Console()
+keys_app = typer.Typer(help="API keys: once any key exists, every request needs one and sees only its "
+                            "organization's files, jobs and models.", no_args_is_help=True)
+
+HomeOpt = typer.Option(None, "--home", help="State directory (default $TUNERY_HOME or ~/.tunery).")
+
+
+def _settings(home: Optional[Path]):
+    from tunery.settings import get_settings
+
+    if home is not None:
+        # Everything started from here (routes, worker, model registry) reads the same home.
+        os.environ["TUNERY_HOME"] = str(home.expanduser().resolve())
+    return get_settings().ensure_dirs()
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(store, host: str, insecure: bool) -> None:
+    """Refuse to serve a non-loopback address without keys (anyone could use it) unless --insecure."""
+    from tunery.store import auth_required
+
+    if not is_loopback(host) and not insecure and not auth_required(store):
+        raise InvalidRequest(
+            f"refusing to listen on {host} without API keys: anyone who can reach it could use it. Create a key "
+            "with `tunery keys create --org NAME`, listen on 127.0.0.1, or pass --insecure.", param="host")
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    home: Optional[Path] = HomeOpt,
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback host with no API keys."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Run the OpenAI-compatible API server (point the openai SDK's base_url at http://HOST:PORT/v1)."""
+    import uvicorn
+
+    from tunery.api.app import create_app
+    from tunery.api.deps import prepare_store
+    from tunery.store import open_store
+
+    settings = _settings(home)
+    store = prepare_store(open_store(settings))  # migrations and crash recovery before accepting requests
+    check_exposure(store, host, insecure)
+    app = create_app(settings)
+    app.state.store = store
+    console.print(f"tunery API on http://{host}:{port}/v1 (docs at /docs), state in {settings.home}")
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+@keys_app.command("create")
+def keys_create(org: str = typer.Option(..., "--org", help="Organization name (created if new)."),
+                name: Optional[str] = typer.Option(None, "--name", help="A label for the key."),
+                home: Optional[Path] = HomeOpt) -> None:
+    """Issue an API key for an organization. The key is shown once."""
+    from tunery.store import create_api_key, open_store
+
+    row, key = create_api_key(open_store(_settings(home)), org, name)
+    console.print(f"Created key [bold]{row.id}[/bold] for organization [bold]{org}[/bold]. "
+                  "Store it now; it is not shown again:")
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(home: Optional[Path] = HomeOpt,
+              all_: bool = typer.Option(False, "--all", help="Include revoked keys.")) -> None:
+    """List API keys (ids and prefixes, never the keys)."""
+    from tunery.store import list_api_keys, open_store
+
+    rows = list_api_keys(open_store(_settings(home)), include_revoked=all_)
+    table = Table("id", "organization", "prefix", "name", "created", "revoked")
+    import datetime as dt
+
+    def when(t):
+        return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M") if t else ""
+
+    for key, org in rows:
+        table.add_row(key.id, org.name, key.prefix + "…", key.name or "", when(key.created_at), when(key.revoked_at))
+    console.print(table if rows else "No API keys: the server serves the 'personal' organization without auth.")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="Key id (key-…) from `tunery keys list`, or the key."),
+                home: Optional[Path] = HomeOpt) -> None:
+    """Revoke an API key at once."""
+    from tunery.store import open_store, revoke_api_key
+
+    row = revoke_api_key(open_store(_settings(home)), key_id)
+    console.print(f"Revoked {row.id}.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` and `keys` to the main `tunery` command."""
+    app.command("serve")(serve)
+    app.add_typer(keys_app, name="keys")
