@@ -54,6 +54,8 @@ def serve(
     home: Optional[Path] = HomeOpt,
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback host with no API keys."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    no_worker: bool = typer.Option(False, "--no-worker", help="API only: run no embedded job worker "
+                                   "(start `tunery worker` processes instead)."),
 ) -> None:
     """Run the OpenAI-compatible API server (point the openai SDK's base_url at http://HOST:PORT/v1)."""
     import uvicorn
@@ -68,7 +70,14 @@ def serve(
     app = create_app(settings)
     app.state.store = store
     console.print(f"tunery API on http://{host}:{port}/v1 (docs at /docs), state in {settings.home}")
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    from tunery.worker import start_background_worker  # the embedded worker (one job at a time by default)
+
+    worker = None if no_worker else start_background_worker(settings)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+    finally:
+        if worker is not None:
+            worker.stop()  # a running job goes back to the queue and resumes from its last checkpoint
 
 
 @keys_app.command("create")

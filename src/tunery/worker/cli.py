@@ -1,0 +1,52 @@
+"""`tunery worker`: run queued fine-tuning jobs from the store (as many workers as you like)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+console = Console(stderr=True)
+
+
+def worker(
+    concurrency: int = typer.Option(None, "--concurrency", "-c", min=1,
+                                    help="Jobs trained at once (default 1, or TUNERY_WORKER_CONCURRENCY)."),
+    home: Path = typer.Option(None, "--home", help="TUNERY_HOME to use (default: the environment's)."),
+    until_idle: bool = typer.Option(False, "--until-idle", help="Exit once no job is queued or running."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every step of the queue."),
+) -> None:
+    """Claim queued fine-tuning jobs and train them, each in its own child process.
+
+    Several workers (on one machine or many sharing one PostgreSQL database and file store) never run the same job twice. Ctrl-C or SIGTERM stops cleanly: running jobs go back to the queue and resume from their last checkpoint.
+    """
+    from tunery.settings import Settings, get_settings
+    from tunery.worker.runner import Worker, WorkerConfig
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)])
+    settings = Settings.from_env(home=home) if home else get_settings()
+    w = Worker(settings, WorkerConfig.from_env(concurrency=concurrency))
+    console.print(f"[bold]tunery worker[/bold] {w.owner}: concurrency {w.config.concurrency}, "
+                  f"lease {w.config.lease_seconds}s, home {settings.home}")
+    signal.signal(signal.SIGTERM, lambda *_: w.stop())
+    try:
+        w.run(until_idle=until_idle)
+    except KeyboardInterrupt:
+        console.print("stopping: running jobs go back to the queue")
+        w.stop()
+    console.print("worker stopped")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `worker` and `quickstart` to the tunery command."""
+    app.command(name="worker")(worker)
+    try:
+        from tunery.quickstart import quickstart
+    except ImportError:  # quickstart not written yet
+        return
+    app.command(name="quickstart")(quickstart)
