@@ -1,0 +1,145 @@
+"""The evaluation report as data (JSON), as rich tables for the terminal, and written to disk."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+
+from tunery.eval.score import COST, QUALITY
+
+REPORT_VERSION = 1
+
+LABELS = {
+    "exact_match": "exact", "key_fact_recall": "key facts", "token_f1": "token F1", "chrf": "chrF",
+    "semantic_similarity": "semantic", "decline_rate": "declined",
+    "answered_when_should_decline": "answered¹", "answer_words": "words", "latency_s": "latency s",
+    "completion_tokens": "out tok", "tokens_total": "tokens", "errors": "errors", "n": "n",
+}
+
+
+def build_report(*, cases, results, summary, models, kinds, config: dict, jobs=None,
+                 model_labels: dict | None = None, embedding_model: str | None = None) -> dict:
+    """Everything the JSON, terminal and HTML views show, JSON-able."""
+    return {
+        "tunery_eval": REPORT_VERSION,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": config,
+        "embedding_model": embedding_model,
+        "models": models,
+        "model_labels": model_labels or {},
+        "kinds": kinds,
+        "cases": [c.to_dict() for c in cases],
+        "results": results,
+        "summary": summary,
+        "jobs": [j.to_dict() for j in (jobs or [])],
+    }
+
+
+def write_json(report: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    return path
+
+
+def fmt(key: str, v) -> str:
+    if v is None:
+        return "–"
+    if key in ("n", "errors", "tokens_total", "n_should_decline"):
+        return str(int(v))
+    if key in QUALITY or key in ("decline_rate", "answered_when_should_decline"):
+        return f"{v:.2f}"
+    if key == "latency_s":
+        return f"{v:.2f}"
+    return f"{v:.0f}" if abs(v) >= 10 else f"{v:.1f}"
+
+
+def columns(kind: str, groups: list[dict]) -> list[str]:
+    """Metric columns worth showing for a kind (drops columns that are empty for every model)."""
+    cols = ["n", *QUALITY, "decline_rate"]
+    if kind == "off-topic" or any(g.get("n_should_decline") for g in groups):
+        cols.append("answered_when_should_decline")
+    cols += [*COST, "tokens_total", "errors"]
+    keep_always = {"n", "errors", "decline_rate"}
+    return [c for c in cols if c in keep_always or any(g.get(c) is not None for g in groups)]
+
+
+def short_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def last_value(curve: list | None):
+    return curve[-1][1] if curve else None
+
+
+def job_rows(report: dict) -> list[dict]:
+    """One flat row per job: the columns of the jobs table."""
+    rows = []
+    for j in report["jobs"]:
+        hp = j.get("hyperparameters") or {}
+        tr, va = (j.get("dataset") or {}).get("training") or {}, (j.get("dataset") or {}).get("validation") or {}
+        secs = j.get("training_seconds")
+        rows.append({
+            "job": j["id"], "base model": j["model"], "fine-tuned model": j.get("fine_tuned_model") or "–",
+            "status": j["status"], "method": j.get("method") or "–",
+            "epochs": hp.get("n_epochs", "–"), "batch": hp.get("batch_size", "–"),
+            "lr mult": hp.get("learning_rate_multiplier", "–"),
+            "train ex": tr.get("examples", "–"), "valid ex": va.get("examples", "–"),
+            "answer words": f"{tr['mean_answer_words']:.0f}" if tr.get("mean_answer_words") else "–",
+            "trained tokens": j.get("trained_tokens") if j.get("trained_tokens") is not None else "–",
+            "training time": short_duration(secs),
+            "tok/s": f"{j['trained_tokens'] / secs:.0f}" if secs and j.get("trained_tokens") else "–",
+            "final train loss": fmt("x", last_value((j.get("curves") or {}).get("train_loss"))),
+            "final valid loss": fmt("x", last_value((j.get("curves") or {}).get("valid_loss"))),
+        })
+    return rows
+
+
+def terminal_tables(report: dict) -> list:
+    """rich Tables: the jobs (if any), then one metrics table per kind plus 'all'."""
+    from rich.table import Table
+
+    out = []
+    if report["jobs"]:
+        rows = job_rows(report)
+        t = Table(title="Fine-tuning jobs", title_style="bold")
+        for col in rows[0]:
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            t.add_row(*(str(v) for v in r.values()))
+        out.append(t)
+    labels = report.get("model_labels") or {}
+    for kind in [*report["kinds"], "all"]:
+        groups = [report["summary"][m][kind] for m in report["models"]]
+        cols = columns(kind, groups)
+        t = Table(title=f"{kind} ({groups[0]['n'] if groups else 0} cases)" if kind != "all" else "all cases",
+                  title_style="bold")
+        t.add_column("model", overflow="fold")
+        for c in cols:
+            t.add_column(LABELS.get(c, c), justify="right")
+        best = {c: max((g[c] for g in groups if g.get(c) is not None), default=None) for c in QUALITY}
+        for m, g in zip(report["models"], groups):
+            cells = []
+            for c in cols:
+                s = fmt(c, g.get(c))
+                if c in best and best[c] is not None and g.get(c) == best[c] and len(groups) > 1:
+                    s = f"[bold green]{s}[/bold green]"
+                if c == "errors" and g.get(c):
+                    s = f"[red]{s}[/red]"
+                cells.append(s)
+            t.add_row(labels.get(m, m), *cells)
+        out.append(t)
+    return out
+
+
+def write_reports(report: dict, out_dir: Path) -> dict[str, Path]:
+    """report.json and report.html in out_dir."""
+    from tunery.eval.html import render_html
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": write_json(report, out_dir / "report.json"), "html": out_dir / "report.html"}
+    paths["html"].write_text(render_html(report), encoding="utf-8")
+    return paths

@@ -1,0 +1,154 @@
+"""Put every case to every model through an OpenAI-compatible /chat/completions endpoint.
+
+Bounded concurrency (an asyncio semaphore), and retries with exponential backoff and jitter on
+429, 5xx, timeouts and dropped connections (honouring Retry-After). Other errors (400, 404, …)
+are recorded on that answer and the run goes on, so one bad model name does not lose the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from tunery.eval.spec import Case
+
+DEFAULT_PORT = 8000
+
+
+def default_base_url() -> str:
+    """TUNERY_BASE_URL, else the local `tunery serve`."""
+    return os.environ.get("TUNERY_BASE_URL") or f"http://127.0.0.1:{DEFAULT_PORT}/v1"
+
+
+def default_api_key() -> str:
+    # A tunery server without API keys accepts any bearer token; the SDK insists on one.
+    return os.environ.get("TUNERY_API_KEY") or os.environ.get("OPENAI_API_KEY") or "tunery"
+
+
+@dataclass
+class RunConfig:
+    """How to call the endpoint."""
+
+    base_url: str = field(default_factory=default_base_url)
+    api_key: str = field(default_factory=default_api_key)
+    concurrency: int = 4
+    """Requests in flight at once (over all models)."""
+    max_tokens: int = 256
+    temperature: float = 0.0
+    """0 = greedy, so a re-run gives the same answers and models are compared fairly."""
+    retries: int = 4
+    """Extra attempts after a 429 / 5xx / timeout / connection error."""
+    timeout: float = 300.0
+    """Seconds for one request (a CPU server answering long prompts is slow)."""
+    backoff: float = 0.5
+    """First retry delay in seconds; doubles each attempt (with jitter), at most max_backoff."""
+    max_backoff: float = 20.0
+    seed: int | None = 0
+
+
+@dataclass
+class Answer:
+    """One model's reply to one case, with what it cost."""
+
+    case_id: str
+    model: str
+    text: str | None = None
+    latency_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    attempts: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _retryable(exc: Exception) -> bool:
+    import openai
+
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError)):
+        return True
+    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+
+
+def _retry_after(exc: Exception) -> float | None:
+    resp = getattr(exc, "response", None)
+    raw = resp.headers.get("retry-after") if resp is not None else None
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _describe(exc: Exception) -> str:
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        inner = body.get("error", body)  # the SDK usually unwraps {"error": {...}} already
+        msg = inner.get("message") if isinstance(inner, dict) else None
+        return f"HTTP {exc.status_code}: {msg or exc.message}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _ask(client, case: Case, model: str, cfg: RunConfig, sem: asyncio.Semaphore) -> Answer:
+    ans = Answer(case_id=case.id, model=model)
+    async with sem:
+        for attempt in range(cfg.retries + 1):
+            ans.attempts = attempt + 1
+            t0 = time.perf_counter()
+            try:
+                extra = {"seed": cfg.seed} if cfg.seed is not None else {}
+                resp = await client.chat.completions.create(
+                    model=model, messages=case.messages, temperature=cfg.temperature,
+                    max_tokens=case.max_tokens or cfg.max_tokens, **extra)
+            except Exception as exc:  # noqa: BLE001 - classified right below
+                if _retryable(exc) and attempt < cfg.retries:
+                    delay = min(cfg.max_backoff, cfg.backoff * 2 ** attempt) * (0.5 + random.random() / 2)
+                    hint = _retry_after(exc)
+                    await asyncio.sleep(min(cfg.max_backoff, hint) if hint is not None else delay)
+                    continue
+                ans.error = _describe(exc)
+                return ans
+            ans.latency_s = time.perf_counter() - t0
+            choice = resp.choices[0] if resp.choices else None
+            ans.text = (choice.message.content or "") if choice else ""
+            ans.finish_reason = choice.finish_reason if choice else None
+            if resp.usage is not None:
+                ans.prompt_tokens = resp.usage.prompt_tokens
+                ans.completion_tokens = resp.usage.completion_tokens
+            return ans
+    return ans  # pragma: no cover - the loop always returns
+
+
+async def run_async(cases: list[Case], models: list[str], cfg: RunConfig,
+                    on_answer: Callable[[Answer], None] | None = None) -> list[Answer]:
+    """All answers, ordered model by model then case by case."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=cfg.api_key, max_retries=0,
+                                timeout=cfg.timeout)
+    sem = asyncio.Semaphore(max(1, cfg.concurrency))
+
+    async def one(case: Case, model: str) -> Answer:
+        a = await _ask(client, case, model, cfg, sem)
+        if on_answer:
+            on_answer(a)
+        return a
+
+    try:
+        # Model-major order: a local server keeps one adapter hot instead of swapping per request.
+        return list(await asyncio.gather(*(one(c, m) for m in models for c in cases)))
+    finally:
+        await client.close()
+
+
+def run(cases: list[Case], models: list[str], cfg: RunConfig | None = None,
+        on_answer: Callable[[Answer], None] | None = None) -> list[Answer]:
+    """Synchronous wrapper around run_async."""
+    return asyncio.run(run_async(cases, models, cfg or RunConfig(), on_answer))
