@@ -32,6 +32,7 @@ def _register() -> None:
     from tunery.models.cli import app as models_app
 
     app.add_typer(models_app, name="models")
+    app.add_typer(__import__("tunery.data.cli", fromlist=["app"]).app, name="data")
     __import__("tunery.api.cli", fromlist=["register"]).register(app)  # serve, keys
     __import__("tunery.worker.cli", fromlist=["register"]).register(app)  # worker, quickstart
 

@@ -12,10 +12,15 @@ from tunery.data.formats import Example, Format, check_object
 _MISSING = object()
 
 
-def iter_lines(path: str | PathLike) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, stripped bytes) for every non-blank line."""
+def iter_lines(path: str | PathLike, progress=None) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, stripped bytes) for every non-blank line; progress(bytes read) now and then."""
+    done = 0
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
+            if progress is not None:
+                done += len(raw)
+                if not n % 4096:
+                    progress(done)
             raw = raw.strip()
             if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark from Windows editors
                 raw = raw[3:].strip()

@@ -168,11 +168,12 @@ class _Pass:
     """One streaming pass over one file, feeding a report."""
 
     def __init__(self, report: ValidationReport, file: str, counter, seen: dict[int, int] | None,
-                 train_keys: dict[int, int] | None, on_batch: Callable | None):
+                 train_keys: dict[int, int] | None, on_batch: Callable | None, progress: Callable | None = None):
         self.report, self.file, self.counter = report, file, counter
         self.seen: dict[int, int] = seen if seen is not None else {}
         self.train_keys = train_keys
         self.on_batch = on_batch
+        self.progress = (lambda done: progress(file, done)) if progress else None
         self.pending: list[Example] = []
         self.lengths = array("l")
         self.lines = array("l")
@@ -183,7 +184,7 @@ class _Pass:
     def run(self, path) -> None:
         rep, file = self.report, self.file
         expected: Format | None = None
-        for n, raw in iter_lines(path):
+        for n, raw in iter_lines(path, self.progress):
             self.n_lines += 1
             obj, problem = parse_line(raw)
             if problem is not None:
@@ -257,12 +258,13 @@ def _check_uneven(p: _Pass, report: ValidationReport, stats: dict | None) -> Non
 
 
 def validate_file(path: str | PathLike, *, model: str | None = None, validation_path: str | PathLike | None = None,
-                  _on_batch: Callable | None = None) -> ValidationReport:
+                  _on_batch: Callable | None = None, progress: Callable | None = None) -> ValidationReport:
     """Validate a training file (and optionally its validation file) in one streaming pass each.
 
     With `model`, examples are tokenized with that model's own tokenizer and checked against its
     context. Never raises for bad data: every problem is in the report. Raises ModelNotFound /
-    ModelUnavailable for a model that cannot be loaded.
+    ModelUnavailable for a model that cannot be loaded. `progress(file, bytes_read)` is called now and
+    then, file being "training" or "validation".
     """
     report = ValidationReport(path=str(path), model=model)
     counter = None
@@ -272,7 +274,7 @@ def validate_file(path: str | PathLike, *, model: str | None = None, validation_
 
         counter = get_counter(model)
         report.context_length = context_length(model)
-    train = _Pass(report, "training", counter, None, None, _on_batch)
+    train = _Pass(report, "training", counter, None, None, _on_batch, progress)
     train.run(path)
     report.format, report.n_lines, report.n_examples = train.format, train.n_lines, train.n_examples
     if train.n_lines == 0:
@@ -289,7 +291,7 @@ def validate_file(path: str | PathLike, *, model: str | None = None, validation_
         report.token_stats = {"tokens": stats}
     if validation_path is not None:
         report.validation_path = str(validation_path)
-        valid = _Pass(report, "validation", counter, {}, train.seen, _on_batch)
+        valid = _Pass(report, "validation", counter, {}, train.seen, _on_batch, progress)
         valid.run(validation_path)
         report.n_validation_examples = valid.n_examples
         if valid.n_lines == 0:
