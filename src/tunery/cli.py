@@ -35,6 +35,7 @@ def _register() -> None:
     app.add_typer(__import__("tunery.data.cli", fromlist=["app"]).app, name="data")
     __import__("tunery.api.cli", fromlist=["register"]).register(app)  # serve, keys
     __import__("tunery.worker.cli", fromlist=["register"]).register(app)  # worker, quickstart
+    __import__("tunery.eval.cli", fromlist=["register"]).register(app)  # eval, compare
 
 
 _register()

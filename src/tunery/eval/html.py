@@ -369,6 +369,9 @@ def render_html(report: dict) -> str:
                      + "".join("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
                      + "</table></div>")
         parts.append(_curve_charts(report))
+    if not models:
+        parts.append("</main></body></html>")
+        return "".join(parts)
     parts.append("<h2>Metrics</h2><p class='note'>Means over the cases of each kind; best value per column "
                  "highlighted; small numbers are the change against the first model. "
                  + "; ".join(f"<b>{e(LABELS[k])}</b>: {e(v)}" for k, v in METRIC_HELP.items()) + ".</p>")

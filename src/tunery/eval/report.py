@@ -112,7 +112,7 @@ def terminal_tables(report: dict) -> list:
             t.add_row(*(str(v) for v in r.values()))
         out.append(t)
     labels = report.get("model_labels") or {}
-    for kind in [*report["kinds"], "all"]:
+    for kind in [*report["kinds"], "all"] if report["models"] else []:
         groups = [report["summary"][m][kind] for m in report["models"]]
         cols = columns(kind, groups)
         t = Table(title=f"{kind} ({groups[0]['n'] if groups else 0} cases)" if kind != "all" else "all cases",
