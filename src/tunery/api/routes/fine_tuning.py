@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any, Literal, Union
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from typing_extensions import Annotated
 
 from tunery.api.deps import ERROR_RESPONSES, CursorPage, current_org, get_store
 from tunery.errors import InvalidRequest
@@ -23,14 +24,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Typed for the schema only: the store checks values and ranges with messages naming the field.
+AutoInt = Annotated[Any, WithJsonSchema({"anyOf": [{"type": "string", "enum": ["auto"]}, {"type": "integer"}]})]
+AutoFloat = Annotated[Any, WithJsonSchema({"anyOf": [{"type": "string", "enum": ["auto"]}, {"type": "number"}]})]
+
+
 class Hyperparameters(_Strict):
-    n_epochs: Union[Auto, int, None] = None
-    batch_size: Union[Auto, int, None] = None
-    learning_rate_multiplier: Union[Auto, float, None] = None
+    n_epochs: AutoInt = None
+    batch_size: AutoInt = None
+    learning_rate_multiplier: AutoFloat = None
 
 
 class DpoHyperparameters(Hyperparameters):
-    beta: Union[Auto, float, None] = None
+    beta: AutoFloat = None
 
 
 class SupervisedMethod(_Strict):
