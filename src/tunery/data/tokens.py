@@ -24,6 +24,37 @@ _SENTINEL = "TUNERYSENTINEL{}X"
 _VERIFY_FIRST = 3
 _CACHE_MAX = 200_000
 _PIECE_MAX_CHARS = 4000
+_WORDS_MAX = 500_000
+# The byte-level pre-tokenizer's own pattern (tokenizers' ByteLevel with use_regex=true, as in GPT-2).
+_GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def _word_regex(spec: dict):
+    """The pre-tokenizer's split as a Python regex, for byte-level BPE tokenizers where BPE then runs on
+    each piece alone (so a text's count is the sum of its pieces' counts); None otherwise."""
+    pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
+    if model.get("type") != "BPE" or model.get("dropout"):
+        return None
+    pattern = None
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        pattern = _GPT2_PATTERN
+    elif pre.get("type") == "Sequence":
+        steps = pre.get("pretokenizers") or []
+        if (len(steps) == 2 and steps[0].get("type") == "Split" and steps[0].get("behavior") == "Isolated"
+                and not steps[0].get("invert") and "Regex" in (steps[0].get("pattern") or {})
+                and steps[1].get("type") == "ByteLevel" and not steps[1].get("use_regex", True)
+                and not steps[1].get("add_prefix_space")):
+            pattern = steps[0]["pattern"]["Regex"]
+    if pattern is None:
+        return None
+    try:
+        import regex
+    except ImportError:
+        return None
+    try:
+        return regex.compile(pattern)
+    except regex.error:
+        return None
 
 
 class TemplateFailure(Exception):
@@ -43,8 +74,10 @@ class TokenCounter:
         self._skeletons: dict[tuple, list[str] | None] = {}
         self._verified: dict[tuple, int] = {}
         self._cache: dict[str, int] = {}
+        self._words: dict[str, int] = {}
+        self._word_re = None
         self._split = self._piece_splitter()
-        self._piece_checks = 0
+        self._checks = 0
         self.eos_id = getattr(tokenizer, "eos_token_id", None)
 
     # --- tokenizing -------------------------------------------------------------------------------
@@ -62,6 +95,7 @@ class TokenCounter:
         added = spec.get("added_tokens") or []
         if not added or any(a.get("lstrip") or a.get("rstrip") or a.get("single_word") for a in added):
             return None
+        self._word_re = _word_regex(spec)
         words = sorted({a["content"] for a in added if a.get("content")}, key=len, reverse=True)
         return re.compile("|".join(re.escape(w) for w in words))
 
@@ -73,6 +107,26 @@ class TokenCounter:
             return [len(e.ids) for e in encs]
         out = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [len(x) for x in out]
+
+    def _count_pieces(self, pieces: list[str]) -> list[int]:
+        """Counts of texts without added tokens: by pre-token words (cached) when possible."""
+        if self._word_re is None:
+            return self._encode_lengths(pieces)
+        words = self._words
+        findall = self._word_re.findall
+        per = [findall(p) for p in pieces]
+        unknown: dict[str, None] = {}
+        for ws in per:
+            for w in ws:
+                if w not in words:
+                    unknown[w] = None
+        if unknown:
+            if len(words) + len(unknown) > _WORDS_MAX:
+                words.clear()
+            keys = list(unknown)
+            words.update(zip(keys, self._encode_lengths(keys)))
+        get = words.__getitem__
+        return [sum(map(get, ws)) for ws in per]
 
     def count_texts(self, texts: list[str]) -> list[int]:
         """Token counts of plain texts (added tokens like <|im_end|> count as one token each)."""
@@ -90,8 +144,7 @@ class TokenCounter:
             if len(cache) + len(missing) > _CACHE_MAX:
                 cache.clear()
             keys = list(missing)
-            for k, n in zip(keys, self._encode_lengths(keys)):
-                cache[k] = n
+            cache.update(zip(keys, self._count_pieces(keys)))
         counts = []
         for parts in parts_per_text:
             n = len(parts) - 1
@@ -100,15 +153,36 @@ class TokenCounter:
                     n += cache[p]
             counts.append(n)
         # Long unique pieces would bloat the cache without ever being reused.
-        for k in [k for k in missing if len(k) > _PIECE_MAX_CHARS]:
-            cache.pop(k, None)
-        if self._piece_checks < _VERIFY_FIRST and texts:
-            self._piece_checks += 1
-            direct = self._encode_lengths(texts[:8])
-            if direct != counts[: len(direct)]:
-                self._split = None
+        for k in missing:
+            if len(k) > _PIECE_MAX_CHARS:
+                del cache[k]
+        if self._checks < _VERIFY_FIRST and texts:
+            # The shortcuts must give exactly the tokenizer's own counts; check, and drop them if not.
+            self._checks += 1
+            sample = texts[:: max(1, len(texts) // 64)][:64]
+            direct = self._encode_lengths(sample)
+            if direct != self.count_texts_uncached(sample):
+                self._split = self._word_re = None
+                self._cache.clear()
                 return self._encode_lengths(texts)
         return counts
+
+    def count_texts_uncached(self, texts: list[str]) -> list[int]:
+        """Same as count_texts, recomputed through the same shortcuts without the caches (for checks)."""
+        if self._split is None:
+            return self._encode_lengths(texts)
+        out = []
+        for t in texts:
+            parts = [p for p in self._split.split(t)]
+            n = len(parts) - 1
+            real = [p for p in parts if p]
+            if self._word_re is not None:
+                n += sum(len(self.raw.encode(w, add_special_tokens=False).ids)
+                         for p in real for w in self._word_re.findall(p))
+            else:
+                n += sum(self._encode_lengths(real))
+            out.append(n)
+        return out
 
     # --- rendering --------------------------------------------------------------------------------
 
