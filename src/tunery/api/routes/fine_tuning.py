@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Literal, Union
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema
 from typing_extensions import Annotated
 
 from tunery.api.deps import ERROR_RESPONSES, CursorPage, current_org, get_store
@@ -73,7 +73,7 @@ class JobCreate(_Strict):
     training_file: str = Field(max_length=256)
     validation_file: str | None = Field(None, max_length=256)
     suffix: str | None = Field(None, max_length=64)
-    seed: int | None = None
+    seed: StrictInt | None = None
     hyperparameters: Hyperparameters | None = Field(None, description="Deprecated; use method")
     method: Method | None = None
     metadata: dict[str, str] | None = None
