@@ -42,6 +42,7 @@ class Embedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from tunery.models.runtime import setup_threads
 
@@ -49,6 +50,7 @@ class Embedder:
         path = path or model_dir()
         self._torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        hf_logging.disable_progress_bar()  # a per-load progress bar would break the CLI's rich display
         self.model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
 
     def encode(self, texts: list[str], batch_size: int = 32):

@@ -48,6 +48,10 @@ th,td{padding:6px 10px;border-bottom:1px solid var(--line);text-align:right;whit
 th{background:#f3f4f6;font-weight:600;color:#374151}
 td:first-child,th:first-child{text-align:left;white-space:normal}
 tr:last-child td{border-bottom:none}
+table.jobs td.wrap{white-space:normal;word-break:break-all;text-align:left}
+table.jobs th{text-align:left}
+table.jobs td:first-child{color:#374151;font-weight:600;width:160px}
+table.jobs tr.differs td{background:#fffbeb}table.jobs tr.differs td:first-child{box-shadow:inset 3px 0 #f59e0b}
 td.best{background:var(--good);font-weight:650}
 td.err{color:#b91c1c;font-weight:600}
 .delta{color:var(--muted);font-size:11px;margin-left:4px}
@@ -169,9 +173,19 @@ def line_chart(series: list[dict], *, title: str, x_label: str = "step", y_label
 
 def bar_chart(groups: list[str], bars: list[dict], *, title: str, width: int = 600, height: int = 260) -> str:
     """Grouped bars on a 0–1 scale. bars: [{label, color, values [per group or None]}]."""
+    keep = [i for i in range(len(groups)) if any(b["values"][i] is not None for b in bars)]
+    groups = [groups[i] for i in keep]
+    bars = [{**b, "values": [b["values"][i] for i in keep]} for b in bars]
     if not groups or not bars:
         return ""
-    ml, mr, mt, mb = 40, 12, 34, 46
+    legend_rows, lx = 1, 0.0
+    for b in bars:
+        w = 26 + 6.2 * len(b["label"])
+        if lx + w > width - 52 and lx > 0:
+            legend_rows, lx = legend_rows + 1, 0.0
+        lx += w
+    height += 15 * (legend_rows - 1)
+    ml, mr, mt, mb = 40, 12, 34, 32 + 15 * legend_rows
     pw, ph = width - ml - mr, height - mt - mb
     gw = pw / len(groups)
     bw = min(34, (gw - 14) / len(bars))
@@ -198,11 +212,14 @@ def bar_chart(groups: list[str], bars: list[dict], *, title: str, width: int = 6
         out.append(f'<text x="{ml + gi * gw + gw / 2:.1f}" y="{mt + ph + 17}" font-size="11.5" fill="#374151" '
                    f'text-anchor="middle">{e(g)}</text>')
     out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{mt + ph}" y2="{mt + ph}" stroke="#9ca3af"/>')
-    lx = ml
+    lx, ly = ml, mt + ph + 36
     for b in bars:
-        out.append(f'<rect x="{lx}" y="{height - 18}" width="10" height="10" fill="{b["color"]}" rx="2"/>'
-                   f'<text x="{lx + 14}" y="{height - 9}" font-size="11" fill="#374151">{e(b["label"])}</text>')
-        lx += 26 + 6.2 * len(b["label"])
+        w = 26 + 6.2 * len(b["label"])
+        if lx + w > width - mr and lx > ml:
+            lx, ly = ml, ly + 15
+        out.append(f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{b["color"]}" rx="2"/>'
+                   f'<text x="{lx + 14}" y="{ly}" font-size="11" fill="#374151">{e(b["label"])}</text>')
+        lx += w
     out.append("</svg>")
     return "".join(out)
 
@@ -319,8 +336,20 @@ def _case_card(report: dict, case: dict, results: dict, colors: dict) -> str:
             f'{"".join(cols)}</div></div>')
 
 
+def job_colors(report: dict) -> list[str]:
+    """A job's color is its fine-tuned model's color in the answers, so charts and tables agree."""
+    colors = _colors(report["models"])
+    used = set(colors.values())
+    spare = [c for c in PALETTE if c not in used] or PALETTE
+    out = []
+    for i, j in enumerate(report["jobs"]):
+        out.append(colors.get(j.get("fine_tuned_model")) or spare[i % len(spare)])
+    return out
+
+
 def _curve_charts(report: dict) -> str:
     jobs = report["jobs"]
+    jcolors = job_colors(report)
     if not jobs or not any(j.get("curves") for j in jobs):
         return ""
     charts = []
@@ -334,7 +363,7 @@ def _curve_charts(report: dict) -> str:
                 pts = cv.get(f"{split}_{metric}")
                 if not pts:
                     continue
-                color = PALETTE[ji % len(PALETTE)] if many else PALETTE[col_i]
+                color = jcolors[ji] if many else PALETTE[col_i]
                 label = f"{name} {split.replace('_', ' ')}".strip()
                 series.append({"label": label, "color": color, "dash": dash, "points": pts,
                                "opacity": 0.85 if split == "train" and many else 1})
@@ -343,6 +372,7 @@ def _curve_charts(report: dict) -> str:
     if not charts:
         return ""
     return ('<h2>Training curves</h2><p class="note">Solid: training batches; dashed: validation. '
+            'Rows of the jobs table where the jobs differ are shaded. '
             'From the jobs\' metrics events.</p><div class="charts">' + "".join(charts) + "</div>")
 
 
@@ -364,10 +394,15 @@ def render_html(report: dict) -> str:
                        for m in models) + "</div></header><main>"]
     if report["jobs"]:
         rows = job_rows(report)
-        parts.append("<h2>Fine-tuning jobs</h2><div class='scroll'><table><tr>"
-                     + "".join(f"<th>{e(k)}</th>" for k in rows[0]) + "</tr>"
-                     + "".join("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
-                     + "</table></div>")
+        jc = job_colors(report)
+        head = "".join(f'<th><span class="dot" style="background:{jc[i]}"></span> '
+                       f'{e(r["job"])}</th>' for i, r in enumerate(rows))
+        # Rows where the jobs differ are what a comparison is about: mark them.
+        body = "".join(f"<tr class='{'differs' if len(rows) > 1 and len({str(r[k]) for r in rows}) > 1 else ''}'>"
+                       f"<td>{e(k)}</td>" + "".join(f"<td class='wrap'>{e(str(r[k]))}</td>" for r in rows)
+                       + "</tr>" for k in list(rows[0])[1:])
+        parts.append("<h2>Fine-tuning jobs</h2><div class='scroll'><table class='jobs'><tr><th></th>"
+                     f"{head}</tr>{body}</table></div>")
         parts.append(_curve_charts(report))
     if not models:
         parts.append("</main></body></html>")

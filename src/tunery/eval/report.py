@@ -104,12 +104,14 @@ def terminal_tables(report: dict) -> list:
 
     out = []
     if report["jobs"]:
+        # One column per job, one row per attribute: jobs are compared by reading across.
         rows = job_rows(report)
         t = Table(title="Fine-tuning jobs", title_style="bold")
-        for col in rows[0]:
-            t.add_column(col, overflow="fold")
+        t.add_column("")
         for r in rows:
-            t.add_row(*(str(v) for v in r.values()))
+            t.add_column(r["job"], overflow="fold")
+        for key in list(rows[0])[1:]:
+            t.add_row(key, *(str(r[key]) for r in rows))
         out.append(t)
     labels = report.get("model_labels") or {}
     for kind in [*report["kinds"], "all"] if report["models"] else []:
