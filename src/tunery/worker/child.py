@@ -19,6 +19,8 @@ import traceback
 
 
 def _die_with_parent(parent_pid: int) -> None:
+    # PR_SET_PDEATHSIG fires when the thread that started us ends, so the worker starts children only
+    # from threads that outlive them (its main loop, or the job's supervisor thread).
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -32,18 +34,47 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: argv[0] is the fd of the worker's connection; the first message is the payload."""
+    """Entry point: `FD WORKER_PID [--warm]`; FD is the worker's connection, whose first message is the payload.
+    With --warm the heavy libraries are imported before waiting, so a job handed over starts at once."""
     from multiprocessing.connection import Connection
 
     argv = sys.argv[1:] if argv is None else argv
     conn = Connection(int(argv[0]))
-    payload = conn.recv()
+    _die_with_parent(int(argv[1]))
+    if "--warm" in argv[2:]:
+        _preload()
+    try:
+        payload = conn.recv()
+    except (EOFError, OSError):  # the worker shut down or no longer needs this child
+        os._exit(0)
     run(conn, payload)
 
 
+def _preload() -> None:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+        import tunery.train.loop  # noqa: F401
+    except Exception:  # the real import inside train() reports any problem with the job's log
+        pass
+
+
+def _redirect_output(log_path: str | None) -> None:
+    """From here on, stdout/stderr (warnings, native crash messages) go to the job's attempt log."""
+    if not log_path:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def run(conn, payload: dict) -> None:
-    """Train as payload says ({parent_pid, env, config}), reporting over conn; exits the process."""
-    _die_with_parent(payload["parent_pid"])
+    """Train as payload says ({log_path, env, config}), reporting over conn; exits the process."""
+    _redirect_output(payload.get("log_path"))
     os.environ.update(payload.get("env", {}))
     code = 0
     try:

@@ -49,6 +49,9 @@ class WorkerConfig:
     """After a cancel, the child gets this long to stop by itself before it is killed."""
     pause_grace_seconds: float = 300.0
     """After a pause, the child gets this long to save its resume state before it is killed."""
+    prestart: bool = True
+    """Keep one training child started ahead, with torch and transformers imported, so a claimed job starts
+    training at once instead of after seconds of imports (TUNERY_WORKER_PRESTART=0 to turn off)."""
     owner: str | None = None
     """Lease owner id; default host:pid:random."""
     extra_env: dict = field(default_factory=dict)
@@ -61,6 +64,7 @@ class WorkerConfig:
             lease_seconds=int(_env_num("TUNERY_WORKER_LEASE_SECONDS", 30, int)),
             poll_seconds=_env_num("TUNERY_WORKER_POLL_SECONDS", 1.0),
             max_attempts=int(_env_num("TUNERY_WORKER_MAX_ATTEMPTS", 3, int)),
+            prestart=os.environ.get("TUNERY_WORKER_PRESTART", "1") not in ("0", "false", "no"),
         )
         for k, v in overrides.items():
             if v is not None:
@@ -273,7 +277,7 @@ class JobRun:
         elif job.attempts > 1:
             self.event("info", f"Starting training from the beginning (attempt {job.attempts}; no checkpoint yet)")
         log_path = output_dir / f"attempt-{job.attempts}.log"
-        payload = {"parent_pid": os.getpid(), "log_path": str(log_path), "env": self._child_env(),
+        payload = {"log_path": str(log_path), "env": self._child_env(),
                    "config": self._train_config(output_dir, resume_from)}
         outcome = self._supervise(payload)
         self._conclude(outcome, log_path, output_dir)
@@ -339,24 +343,18 @@ class JobRun:
         return out
 
     def _spawn(self, payload: dict):
-        """Start `python -m tunery.worker.child` connected by a socketpair; returns (Popen, Connection)."""
-        import socket
-        import subprocess
-        import sys
-        from multiprocessing.connection import Connection
-
-        ours, theirs = socket.socketpair()
-        log_file = open(payload["log_path"], "ab")
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tunery.worker.child", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                # Its own session: a Ctrl-C at the terminal reaches the worker, which stops the child itself.
-                start_new_session=True, env={**os.environ, **payload["env"]})
-        finally:
-            log_file.close()
-            theirs.close()
-        conn = Connection(ours.detach())
+        """A training child with the payload sent: the worker's warm child if it has one, else a new one."""
+        warm = self.worker.take_warm()
+        if warm is not None:
+            proc, conn = warm
+            try:
+                conn.send(payload)
+                return proc, conn
+            except (OSError, EOFError):  # it died while waiting: start a fresh one
+                proc.kill()
+                proc.wait()
+                conn.close()
+        proc, conn = spawn_child(Path(payload["log_path"]))
         conn.send(payload)
         return proc, conn
 
@@ -484,6 +482,30 @@ class JobRun:
             queue.release_stopped(self.store, self.job.id, self.owner)
 
 
+def spawn_child(log_path: Path, *, warm: bool = False):
+    """Start `python -m tunery.worker.child` connected by a socketpair; returns (Popen, Connection).
+    Call it only from a thread that outlives the child (the child dies with that thread's process)."""
+    import socket
+    import subprocess
+    import sys
+    from multiprocessing.connection import Connection
+
+    ours, theirs = socket.socketpair()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_path, "ab")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tunery.worker.child", str(theirs.fileno()), str(os.getpid())]
+            + (["--warm"] if warm else []),
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl-C at the terminal reaches the worker, which stops the child itself.
+            start_new_session=True)
+    finally:
+        log_file.close()
+        theirs.close()
+    return proc, Connection(ours.detach())
+
+
 def _meta_step(path: Path) -> int | None:
     import json
 
@@ -509,6 +531,42 @@ class Worker:
         self.stopping = threading.Event()
         self.runs: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
+        self._warm = None  # (Popen, Connection) of the pre-started child
+        self._next_warm = 0.0
+
+    def _ensure_warm(self) -> None:
+        # Runs on the loop thread, which outlives every child it starts (see spawn_child).
+        if not self.config.prestart:
+            return
+        with self._lock:
+            warm = self._warm
+        if warm is not None and warm[0].poll() is None:
+            return
+        if warm is not None:
+            warm[1].close()
+        if time.monotonic() < self._next_warm:
+            return
+        self._next_warm = time.monotonic() + 10  # a child that keeps dying at start is not restarted in a loop
+        log_path = self.settings.jobs_dir / ".worker" / f"warm-{os.getpid()}.log"
+        child = spawn_child(log_path, warm=True)
+        with self._lock:
+            self._warm = child
+
+    def take_warm(self):
+        """The pre-started child (or None); the caller owns it from then on."""
+        with self._lock:
+            warm, self._warm = self._warm, None
+        if warm is not None and warm[0].poll() is not None:
+            warm[1].close()
+            return None
+        return warm
+
+    def _drop_warm(self) -> None:
+        warm = self.take_warm()
+        if warm is not None:  # idle by definition: no need to be gentle
+            warm[0].kill()
+            warm[0].wait()
+            warm[1].close()
 
     def stop(self) -> None:
         """Stop claiming; running jobs are stopped and queued again (they resume from their checkpoint)."""
@@ -553,6 +611,7 @@ class Worker:
                     claimed = self._safely(self.claim_one)
                 if claimed is not None:
                     continue  # maybe more slots to fill
+                self._safely(self._ensure_warm)
                 if until_idle and not self.active():
                     break
                 self.stopping.wait(self.config.poll_seconds)
@@ -560,6 +619,7 @@ class Worker:
             self.stopping.set()
             for t in list(self.runs.values()):
                 t.join(timeout=60)
+            self._drop_warm()
 
     def _safely(self, fn):
         try:

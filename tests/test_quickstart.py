@@ -1,0 +1,60 @@
+"""The quickstart's dataset, and (slow) the whole quickstart end to end on the bundled model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tunery import demo
+
+
+def test_demo_dataset_is_valid_chat_data_with_a_validation_split(tmp_path):
+    from tunery.data import validate_file
+
+    train, valid = demo.write_dataset(tmp_path / "demo")
+    report = validate_file(train, validation_path=valid)
+    assert report.ok, report.summary()
+    assert report.format == "chat" and report.n_examples >= 30 and report.n_validation_examples >= 10
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    questions = {r["messages"][1]["content"] for r in rows}
+    # The three questions the quickstart asks are taught, so the fine-tune visibly changes their answers.
+    assert set(demo.QUESTIONS) <= questions
+    assert all(r["messages"][0]["content"] == demo.SYSTEM_PROMPT for r in rows)
+    assert all("Lanna tip:" in r["messages"][2]["content"] for r in rows)
+    valid_questions = {json.loads(line)["messages"][1]["content"] for line in valid.read_text().splitlines()}
+    assert not questions & valid_questions  # no leak between the splits
+
+
+def test_quickstart_refuses_a_used_home(tmp_path):
+    (tmp_path / "something").write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "tunery.cli", "quickstart", "--home", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "is not empty" in proc.stderr
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path, bundled_model_dir):
+    home = tmp_path / "qs"
+    env = {**os.environ, "COLUMNS": "160"}
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "tunery.cli", "quickstart", "--home", str(home)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    took = time.monotonic() - t0
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no errors" in out and "Your fine-tuned model:" in out
+    model = out.split("Your fine-tuned model:")[1].split()[0]
+    assert model.startswith("ft:smollm2-135m-instruct:personal:chiang-mai:")
+    assert "from openai import OpenAI" in out and "chat.completions.create" in out
+    for q in demo.QUESTIONS:
+        assert q.split()[0] in out
+    # The fine-tuned model answers in the guide's house style, which the base model never uses.
+    table = out.split("6/6")[1]
+    assert "Lanna tip" in table
+    assert (home / "tunery.db").exists() and (home / "demo" / demo.TRAIN_FILE).exists()
+    print(f"quickstart took {took:.0f}s")

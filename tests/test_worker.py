@@ -1,0 +1,347 @@
+"""The worker with real processes: the official openai SDK over HTTP against a real server, real
+`tunery worker` processes, real training children on the tiny model. Crash recovery kills processes
+with SIGKILL for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+from sqlalchemy import select
+
+from test_api_support import make_server  # noqa: F401  (fixture)
+from tunery import demo
+from tunery.store import queue
+from tunery.store.tables import FineTuningJob
+
+FAST = {"TUNERY_WORKER_POLL_SECONDS": "0.25", "TUNERY_WORKER_LEASE_SECONDS": "6", "TUNERY_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _fast_worker(monkeypatch):
+    for k, v in FAST.items():
+        monkeypatch.setenv(k, v)
+
+
+def wait_for(pred, timeout: float, what: str, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def upload(client, tmp_path: Path, repeat: int = 1, name: str = "train.jsonl") -> str:
+    """The demo training set; repeat > 1 adds variants (a numbered question) to make longer epochs."""
+    lines = demo.read_text(demo.TRAIN_FILE).splitlines()
+    out = []
+    for k in range(repeat):
+        for line in lines:
+            ex = json.loads(line)
+            if k:
+                ex["messages"][1]["content"] += f" ({k})"
+            out.append(json.dumps(ex))
+    path = tmp_path / name
+    path.write_text("\n".join(out) + "\n")
+    with open(path, "rb") as f:
+        return client.files.create(file=f, purpose="fine-tune").id
+
+
+def create_job(client, model_dir, training_file: str, *, n_epochs: int = 1, **kw):
+    return client.fine_tuning.jobs.create(model=str(model_dir), training_file=training_file,
+                                          hyperparameters={"n_epochs": n_epochs, "batch_size": 2}, **kw)
+
+
+def metrics_steps(client, job_id: str) -> list[int]:
+    events = list(client.fine_tuning.jobs.list_events(job_id, limit=1000))
+    return sorted(e.data["step"] for e in events if e.type == "metrics")
+
+
+def messages(client, job_id: str) -> list[str]:
+    return [e.message for e in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=1000)))]
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class WorkerProcs:
+    """`tunery worker` processes started by a test (killed at the end if still running)."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, **env) -> subprocess.Popen:
+        log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")
+        p = subprocess.Popen([sys.executable, "-m", "tunery.cli", "worker"], stdout=log, stderr=subprocess.STDOUT,
+                             env={**os.environ, **env})
+        log.close()
+        self.procs.append(p)
+        return p
+
+    def log(self, i: int) -> str:
+        return (self.tmp_path / f"worker-{i}.log").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def workers(tmp_path):
+    w = WorkerProcs(tmp_path)
+    yield w
+    w.stop_all()
+
+
+@pytest.fixture
+def embedded(make_server):
+    """A server with an embedded worker thread, as `tunery serve` runs them."""
+    from tunery.worker import start_background_worker
+
+    srv = make_server()
+    bg = start_background_worker(srv.settings)
+    yield srv, srv.client()
+    bg.stop()
+
+
+def test_a_job_runs_to_a_registered_model_with_events_checkpoints_and_results(embedded, tiny_model_dir, tmp_path):
+    srv, client = embedded
+    fid = upload(client, tmp_path)
+    vpath = tmp_path / "valid.jsonl"
+    vpath.write_text(demo.read_text(demo.VALIDATION_FILE))
+    vid = client.files.create(file=vpath.open("rb"), purpose="fine-tune").id
+    job = create_job(client, tiny_model_dir, fid, n_epochs=2, validation_file=vid, suffix="guide")
+    job = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed")
+                   and j, 120, "the job to finish")
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model == f"ft:{tiny_model_dir.name}:personal:guide:{job.id[-8:]}"
+    assert job.trained_tokens > 1000 and job.finished_at >= job.created_at
+    hp = job.hyperparameters
+    assert (hp.n_epochs, hp.batch_size) == (2, 2) and isinstance(hp.learning_rate_multiplier, float)
+
+    # One metrics event per step, in order, with the SDK's metric names and OpenAI's message shape.
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=1000))
+    metrics = [e for e in reversed(events) if e.type == "metrics"]
+    assert [e.data["step"] for e in metrics] == list(range(1, 33))
+    assert metrics[-1].data["total_steps"] == 32 and "valid_loss" in metrics[-1].data
+    assert metrics[5].message.startswith("Step 6/32: training loss=")
+    texts = messages(client, job.id)
+    assert texts[-1] == "The job has successfully completed"
+    assert any(t.startswith("Fine-tuning started") for t in texts)
+
+    # Epoch checkpoints become checkpoint rows with servable names.
+    ckpts = list(client.fine_tuning.jobs.checkpoints.list(job.id))
+    assert sorted(c.step_number for c in ckpts) == [16, 32]
+    assert {c.fine_tuned_model_checkpoint for c in ckpts} == {f"{job.fine_tuned_model}:ckpt-step-{n}"
+                                                              for n in (16, 32)}
+    assert all("full_valid_loss" in c.metrics.model_dump(exclude_none=True) for c in ckpts)
+
+    # The result CSV is a fine-tune-results file with one row per step.
+    (rid,) = job.result_files
+    assert client.files.retrieve(rid).purpose == "fine-tune-results"
+    rows = client.files.content(rid).text.splitlines()
+    assert rows[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 33))
+
+    # The model is listed and servable at once, with no restart.
+    assert job.fine_tuned_model in {m.id for m in client.models.list()}
+    from tunery.store import find_servable_model, get_org
+
+    org = get_org(srv.store, "personal")
+    served = find_servable_model(srv.store, org, job.fine_tuned_model)
+    assert (served.adapter_dir / "adapter_config.json").exists() and served.base_model == str(tiny_model_dir)
+
+    # Cancelling a finished job is a 400 with a clear message.
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.cancel(job.id)
+    assert "already finished" in err.value.message
+
+
+def test_cancel_stops_training_within_seconds_and_registers_nothing(embedded, tiny_model_dir, tmp_path):
+    srv, client = embedded
+    job = create_job(client, tiny_model_dir, upload(client, tmp_path, repeat=8), n_epochs=5)
+    wait_for(lambda: metrics_steps(client, job.id), 60, "training to start")
+    t0 = time.monotonic()
+    cancelled = client.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled" and cancelled.id == job.id
+    # The worker lets go of the job once its trainer stopped: within seconds.
+    wait_for(lambda: queue.job_state(srv.store, job.id) == ("cancelled", None), 10, "the trainer to stop")
+    stopped_after = time.monotonic() - t0
+    steps = metrics_steps(client, job.id)
+    time.sleep(1)
+    assert metrics_steps(client, job.id) == steps and max(steps) < 5 * 128  # nothing trains after that
+    final = client.fine_tuning.jobs.retrieve(job.id)
+    assert final.status == "cancelled" and final.fine_tuned_model is None and final.result_files == []
+    assert not [m for m in client.models.list() if m.id.startswith("ft:")]
+    assert stopped_after < 10
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.cancel(job.id)
+
+
+def test_pause_stops_at_a_resumable_point_and_resume_continues_there(embedded, tiny_model_dir, tmp_path):
+    srv, client = embedded
+    job = create_job(client, tiny_model_dir, upload(client, tmp_path, repeat=4), n_epochs=2)
+    wait_for(lambda: len(metrics_steps(client, job.id)) >= 20, 60, "some training steps")
+    paused = client.fine_tuning.jobs.pause(job.id)
+    assert paused.status == "paused"
+    wait_for(lambda: queue.job_state(srv.store, job.id) == ("paused", None), 30, "the pause to be saved")
+    text = next(m for m in messages(client, job.id) if m.startswith("Training paused at step"))
+    paused_at = int(text.split("step ")[1].split("/")[0])
+    assert 20 <= paused_at < 128
+    time.sleep(1)
+    assert max(metrics_steps(client, job.id)) == paused_at  # nothing moves while paused
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+
+    resumed = client.fine_tuning.jobs.resume(job.id)
+    assert resumed.status == "queued"
+    done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed")
+                    and j, 120, "the resumed job to finish")
+    assert done.status == "succeeded", done.error
+    assert metrics_steps(client, job.id) == list(range(1, 129))  # continuous: every step exactly once
+    assert any("Resuming training from its paused state" in m for m in messages(client, job.id))
+
+
+def test_killing_the_worker_mid_training_resumes_from_the_last_checkpoint(make_server, workers, tiny_model_dir,
+                                                                         tmp_path):
+    srv = make_server()
+    client = srv.client()
+    first_file = upload(client, tmp_path, name="first.jsonl")
+    finished = create_job(client, tiny_model_dir, first_file)
+    w0 = workers.start()
+    finished = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(finished.id)).status == "succeeded" and j,
+                        90, "a first job to finish")
+
+    job = create_job(client, tiny_model_dir, upload(client, tmp_path, repeat=8), n_epochs=3)  # 128 steps/epoch
+    wait_for(lambda: any(s > 140 for s in metrics_steps(client, job.id)), 120, "training past the first checkpoint")
+    trainers = children_of(w0.pid)
+    assert trainers, "the worker trains in a child process"
+    w0.kill()  # SIGKILL: no clean-up of any kind
+    w0.wait()
+    lost_at = max(metrics_steps(client, job.id))
+    assert lost_at < 384, "the job finished before the kill; make it longer"
+    # The training child dies with its worker instead of writing on as an orphan.
+    wait_for(lambda: not any(alive(p) for p in trainers), 10, "the orphaned trainer to die")
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "running"  # nobody has noticed yet
+
+    workers.start()  # a new worker recovers the job (its owner's process is gone) and resumes it
+    done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed")
+                    and j, 150, "the recovered job to finish")
+    assert done.status == "succeeded", done.error
+    texts = messages(client, job.id)
+    assert any("was lost during attempt 1" in t for t in texts)
+    assert any("Resuming training from the checkpoint at step 128 (attempt 2)" in t for t in texts)
+    assert metrics_steps(client, job.id) == list(range(1, 385))  # continuous: no gap, no duplicate
+    assert sorted(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)) == [128, 256, 384]
+    with srv.store.read() as s:
+        assert s.execute(select(FineTuningJob.attempts).where(FineTuningJob.id == job.id)).scalar() == 2
+    # Files and the job that had finished before the crash are intact.
+    again = client.fine_tuning.jobs.retrieve(finished.id)
+    assert again.status == "succeeded" and again.fine_tuned_model == finished.fine_tuned_model
+    assert client.files.retrieve(first_file).status == "processed"
+    assert {finished.fine_tuned_model, done.fine_tuned_model} <= {m.id for m in client.models.list()}
+
+
+def test_two_worker_processes_run_every_job_exactly_once(make_server, workers, tiny_model_dir, tmp_path):
+    srv = make_server()
+    client = srv.client()
+    fid = upload(client, tmp_path)
+    jobs = [create_job(client, tiny_model_dir, fid) for _ in range(4)]
+    workers.start()
+    workers.start()
+    for job in jobs:
+        wait_for(lambda: client.fine_tuning.jobs.retrieve(job.id).status in ("succeeded", "failed"), 150,
+                 f"{job.id} to finish", every=0.5)
+    owners = set()
+    for job in jobs:
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+        starts = [m for m in messages(client, job.id) if " started attempt " in m]
+        assert len(starts) == 1 and starts[0].endswith("started attempt 1 of this job"), starts
+        owners.add(starts[0].split()[1])
+        assert metrics_steps(client, job.id) == list(range(1, 17))
+    assert len(owners) == 2  # both workers took jobs from the one queue
+
+
+def test_a_crash_looping_trainer_fails_after_the_attempt_limit_with_its_error(embedded, tiny_model_dir, tmp_path):
+    srv, client = embedded
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = next(broken.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated weights: loading crashes every time
+    job = create_job(client, broken, upload(client, tmp_path))
+    done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed")
+                    and j, 120, "the job to fail")
+    assert done.status == "failed"
+    assert done.error.code == "training_crashed"
+    assert "all 3 attempts" in done.error.message and "Error" in done.error.message
+    texts = messages(client, job.id)
+    assert sum(t.startswith("Training attempt") and " failed: " in t for t in texts) == 2
+    assert sum(" started attempt " in t for t in texts) == 3
+
+
+def test_a_job_whose_base_model_became_unavailable_fails_clearly(make_server, tiny_model_dir, tmp_path):
+    from tunery.worker import Worker
+
+    srv = make_server()
+    client = srv.client()
+    model = tmp_path / "soon-gone"
+    shutil.copytree(tiny_model_dir, model)
+    job = create_job(client, model, upload(client, tmp_path))
+    shutil.rmtree(model)
+    Worker(srv.settings).run(until_idle=True)
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    assert done.status == "failed" and done.error.code == "model_unavailable" and done.error.param == "model"
+    assert "soon-gone" in done.error.message and "not available" in done.error.message
+
+
+def test_a_trainer_killed_like_an_oom_fails_that_attempt_and_the_worker_carries_on(embedded, tiny_model_dir,
+                                                                                  tmp_path):
+    srv, client = embedded
+    job = create_job(client, tiny_model_dir, upload(client, tmp_path, repeat=8), n_epochs=3)
+    wait_for(lambda: metrics_steps(client, job.id), 60, "training to start")
+    (trainer,) = [p for p in children_of(os.getpid()) if b"tunery.worker.child" in Path(f"/proc/{p}/cmdline")
+                  .read_bytes()]
+    os.kill(trainer, signal.SIGKILL)  # what the kernel's OOM killer does
+    wait_for(lambda: any("killed by SIGKILL" in m for m in messages(client, job.id)), 20, "the crash to be seen")
+    texts = messages(client, job.id)
+    assert any("Training attempt 1 failed: the training process was killed by SIGKILL (most often the machine "
+               "ran out of memory)" in t for t in texts)
+    # The worker survived: it retries the job, resuming from where it can, and finishes it.
+    done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed")
+                    and j, 150, "the retried job to finish")
+    assert done.status == "succeeded", done.error
