@@ -132,7 +132,7 @@ def test_json_and_terminal_reports(report, tmp_path):
     for t in terminal_tables(report):
         con.print(t)
     text = con.export_text()
-    assert "verbatim (1 cases)" in text and "ft:tuned" in text and "answered¹" in text
+    assert "verbatim (1 case)" in text and "ft:tuned" in text and "ans¹" in text
     assert re.search(r"ft:tuned\s.*1\.00", text)
 
 

@@ -147,7 +147,7 @@ def _run(cases, models, cfg, semantic: bool, jobs, labels: dict, out: Optional[P
     for table in terminal_tables(report):
         console.print(table)
     if any(report["summary"][m]["all"].get("n_should_decline") for m in models):
-        console.print("[dim]¹ answered¹ = share of should-decline cases the model answered anyway[/dim]")
+        console.print("[dim]ans¹ = share of should-decline cases the model answered anyway (lower is better)[/dim]")
     first_errors = {}
     for r in report["results"]:
         if r["error"] and r["model"] not in first_errors:

@@ -376,6 +376,10 @@ def _curve_charts(report: dict) -> str:
             'From the jobs\' metrics events.</p><div class="charts">' + "".join(charts) + "</div>")
 
 
+def _n_cases(n: int) -> str:
+    return f"{n} case" if n == 1 else f"{n} cases"
+
+
 def render_html(report: dict) -> str:
     """The whole page."""
     models = report["models"]
@@ -424,7 +428,7 @@ def render_html(report: dict) -> str:
         parts.append(f'<div class="chart">{bar_chart(kinds, sem, title=sem_title)}</div></div>')
     for kind in [*kinds, "all"]:
         parts.append(f"<h3>{e(kind if kind != 'all' else 'all cases')}"
-                     f" <span class='badge {e(kind)}'>{report['summary'][models[0]][kind]['n']} cases</span></h3>")
+                     f" <span class='badge {e(kind)}'>{_n_cases(report['summary'][models[0]][kind]['n'])}</span></h3>")
         if kind in KIND_TEXT:
             parts.append(f"<p class='note'>{e(KIND_TEXT[kind])}</p>")
         parts.append(_metric_table(report, kind, colors))

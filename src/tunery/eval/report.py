@@ -18,6 +18,12 @@ LABELS = {
 }
 
 
+# Narrow headers for the terminal, where a dozen columns must fit 80-120 characters.
+TERM_LABELS = {**LABELS, "exact_match": "EM", "key_fact_recall": "facts", "token_f1": "F1",
+               "semantic_similarity": "sem", "decline_rate": "decl", "answered_when_should_decline": "ans¹",
+               "latency_s": "lat s", "tokens_total": "tok", "errors": "err"}
+
+
 def build_report(*, cases, results, summary, models, kinds, config: dict, jobs=None,
                  model_labels: dict | None = None, embedding_model: str | None = None) -> dict:
     """Everything the JSON, terminal and HTML views show, JSON-able."""
@@ -116,12 +122,13 @@ def terminal_tables(report: dict) -> list:
     labels = report.get("model_labels") or {}
     for kind in [*report["kinds"], "all"] if report["models"] else []:
         groups = [report["summary"][m][kind] for m in report["models"]]
-        cols = columns(kind, groups)
-        t = Table(title=f"{kind} ({groups[0]['n'] if groups else 0} cases)" if kind != "all" else "all cases",
+        cols = [c for c in columns(kind, groups) if c != "completion_tokens"]
+        n = groups[0]["n"] if groups else 0
+        t = Table(title=f"{kind} ({n} case{'s' if n != 1 else ''})" if kind != "all" else "all cases",
                   title_style="bold")
         t.add_column("model", overflow="fold")
         for c in cols:
-            t.add_column(LABELS.get(c, c), justify="right")
+            t.add_column(TERM_LABELS.get(c, c), justify="right", no_wrap=True)
         best = {c: max((g[c] for g in groups if g.get(c) is not None), default=None) for c in QUALITY}
         for m, g in zip(report["models"], groups):
             cells = []
