@@ -93,3 +93,20 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or incorrect API key"},
     404: {"model": ErrorResponse, "description": "No such object in your organization"},
 }
+
+
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def add_method_not_allowed(router, path: str, allowed: list[str]) -> None:
+    """Answer other methods on `path` with 405 and an Allow header naming every method the path has
+    (Starlette's own 405 names only the first route that matched the path)."""
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    allow = ", ".join(allowed)
+
+    async def method_not_allowed():
+        raise StarletteHTTPException(405, "Method Not Allowed", headers={"Allow": allow})
+
+    others = [m for m in _METHODS if m not in allowed and not (m == "HEAD" and "GET" in allowed)]
+    router.add_api_route(path, method_not_allowed, methods=others, include_in_schema=False)

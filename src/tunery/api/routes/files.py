@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
-from tunery.api.deps import ERROR_RESPONSES, CursorPage, current_org, get_store
+from tunery.api.deps import ERROR_RESPONSES, CursorPage, add_method_not_allowed, current_org, get_store
 from tunery.errors import InvalidRequest, PayloadTooLarge
 from tunery.store import Organization, Store
 from tunery.store import files as store_files
@@ -205,3 +205,8 @@ def file_content(file_id: str = _FILE_ID, store: Store = Depends(get_store),
                  org: Organization = Depends(current_org)):
     path = store_files.file_content_path(store, org, file_id)
     return FileResponse(path, media_type="application/octet-stream")
+
+
+add_method_not_allowed(router, "/files", ["GET", "POST"])
+add_method_not_allowed(router, "/files/{file_id}", ["GET", "DELETE"])
+add_method_not_allowed(router, "/files/{file_id}/content", ["GET"])

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema
 from typing_extensions import Annotated
 
-from tunery.api.deps import ERROR_RESPONSES, CursorPage, current_org, get_store
+from tunery.api.deps import ERROR_RESPONSES, CursorPage, add_method_not_allowed, current_org, get_store
 from tunery.errors import InvalidRequest
 from tunery.store import Organization, Store
 from tunery.store import jobs as store_jobs
@@ -69,8 +69,9 @@ class Integration(_Strict):
 class JobCreate(_Strict):
     """POST /v1/fine_tuning/jobs (the SDK's JobCreateParams)."""
 
-    model: str = Field(max_length=1024, description="A base model, alias (gpt-4o-mini, …) or local directory")
-    training_file: str = Field(max_length=256)
+    model: str = Field(min_length=1, max_length=1024,
+                       description="A base model, alias (gpt-4o-mini, …) or local directory")
+    training_file: str = Field(min_length=1, max_length=256)
     validation_file: str | None = Field(None, max_length=256)
     suffix: str | None = Field(None, max_length=64)
     seed: StrictInt | None = None
@@ -240,3 +241,11 @@ def list_checkpoints(fine_tuning_job_id: str = _JOB_ID, store: Store = Depends(g
                      limit: int = Query(10, ge=1, le=1000)):
     page = store_jobs.list_checkpoints(store, org, fine_tuning_job_id, after=after, limit=limit)
     return list_object([checkpoint_object(r) for r in page.data], page.has_more)
+
+
+add_method_not_allowed(router, "/fine_tuning/jobs", ["GET", "POST"])
+add_method_not_allowed(router, "/fine_tuning/jobs/{fine_tuning_job_id}", ["GET"])
+for _action in ("cancel", "pause", "resume"):
+    add_method_not_allowed(router, f"/fine_tuning/jobs/{{fine_tuning_job_id}}/{_action}", ["POST"])
+for _listing in ("events", "checkpoints"):
+    add_method_not_allowed(router, f"/fine_tuning/jobs/{{fine_tuning_job_id}}/{_listing}", ["GET"])

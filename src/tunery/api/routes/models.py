@@ -9,7 +9,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel
 
-from tunery.api.deps import ERROR_RESPONSES, ListPage, current_org, get_store
+from tunery.api.deps import ERROR_RESPONSES, ListPage, add_method_not_allowed, current_org, get_store
 from tunery.store import Organization, Store
 from tunery.store import models as store_models
 from tunery.store.jobs import list_checkpoints
@@ -80,3 +80,7 @@ def delete_model(request: Request, model: str = _MODEL, store: Store = Depends(g
             except Exception:  # the model is deleted either way; a failed unload only costs memory
                 log.exception("engine.unload(%s) failed", name)
     return {"id": model, "object": "model", "deleted": True}
+
+
+add_method_not_allowed(router, "/models", ["GET"])
+add_method_not_allowed(router, "/models/{model:path}", ["GET", "DELETE"])
