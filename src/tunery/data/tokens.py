@@ -23,6 +23,7 @@ from typing import Any
 _SENTINEL = "TUNERYSENTINEL{}X"
 _VERIFY_FIRST = 3
 _CACHE_MAX = 200_000
+_CACHE_MAX_CHARS = 20_000_000
 _PIECE_MAX_CHARS = 4000
 _WORDS_MAX = 500_000
 # The byte-level pre-tokenizer's own pattern (tokenizers' ByteLevel with use_regex=true, as in GPT-2).
@@ -75,6 +76,7 @@ class TokenCounter:
         self._verified: dict[tuple, int] = {}
         self._cache: dict[str, int] = {}
         self._words: dict[str, int] = {}
+        self._cache_chars = 0
         self._word_re = None
         self._split = self._piece_splitter()
         self._checks = 0
@@ -123,6 +125,7 @@ class TokenCounter:
         if unknown:
             if len(words) + len(unknown) > _WORDS_MAX:
                 words.clear()
+                unknown = dict.fromkeys(w for ws in per for w in ws)
             keys = list(unknown)
             words.update(zip(keys, self._encode_lengths(keys)))
         get = words.__getitem__
@@ -141,8 +144,13 @@ class TokenCounter:
                 if p and p not in cache:
                     missing[p] = None
         if missing:
-            if len(cache) + len(missing) > _CACHE_MAX:
+            size = sum(map(len, missing))
+            if len(cache) + len(missing) > _CACHE_MAX or self._cache_chars + size > _CACHE_MAX_CHARS:
                 cache.clear()
+                missing = dict.fromkeys(p for parts in parts_per_text for p in parts if p)
+                size = sum(map(len, missing))
+                self._cache_chars = 0
+            self._cache_chars += size
             keys = list(missing)
             cache.update(zip(keys, self._count_pieces(keys)))
         counts = []
@@ -156,6 +164,7 @@ class TokenCounter:
         for k in missing:
             if len(k) > _PIECE_MAX_CHARS:
                 del cache[k]
+                self._cache_chars -= len(k)
         if self._checks < _VERIFY_FIRST and texts:
             # The shortcuts must give exactly the tokenizer's own counts; check, and drop them if not.
             self._checks += 1
