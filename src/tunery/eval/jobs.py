@@ -129,7 +129,8 @@ def cases_from_examples(examples: list[Example], kind: str, prefix: str, *, limi
                         seed: int = 0, source: str | None = None) -> list[Case]:
     """Cases from training-file examples; key facts are derived from each expected answer."""
     return [Case(id=f"{prefix}-L{e.line}", messages=e.messages, kind=kind, expected=e.expected,
-                 key_facts=derive_key_facts(e.expected), line=e.line, source=source)
+                 key_facts=derive_key_facts(e.expected, exclude=" ".join(
+                     str(m.get("content") or "") for m in e.messages)), line=e.line, source=source)
             for e in _sample(examples, limit, seed)]
 
 

@@ -80,19 +80,42 @@ def answer_length(answer: str) -> dict:
 
 
 # Auto key facts (for cases built from a job's files, which carry no key_facts): the parts of an
-# answer that are most likely to be the fact the training taught — numbers, capitalised names that
-# do not start a sentence, and quoted strings.
+# answer most likely to be what the training taught — names (runs of capitalised words that are not
+# just a sentence's first word), quoted strings and numbers (multi-digit ones first).
 _QUOTED = re.compile(r"[\"“«]([^\"”»]{2,60})[\"”»]")
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,:]\d+)*(?:\s?%)?")
-_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][\w'’-]+(?:\s+(?:of|de|la|van|von)?\s*[A-Z][\w'’-]+)*)")
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,:]\d+)*")
+_CAPS = re.compile(r"\b[A-Z][\w'’-]*(?:\s+(?:of\s+|de\s+|la\s+)?[A-Z][\w'’-]*)*")
+_LEADING = {"the", "a", "an", "this", "that", "these", "those", "it", "its", "every", "each", "our", "your",
+            "my", "on", "in", "at", "from", "to", "for", "and", "but", "if", "when", "while", "yes", "no"}
 
 
-def derive_key_facts(text: str, limit: int = 5) -> list[list[str]]:
-    """Salient strings of a reference answer (numbers, inner capitalised names, quotes)."""
+def _names(text: str) -> list[str]:
+    out = []
+    for m in _CAPS.finditer(text):
+        words = m.group(0).split()
+        before = text[:m.start()].rstrip()
+        if not before or before[-1] in ".!?:;\n\"“(":
+            # A sentence's first word is capitalised anyway: keep it only inside a longer name.
+            if len(words) == 1:
+                continue
+            if words[0].lower() in _LEADING:
+                words = words[1:]
+        name = re.sub(r"['’]s$", "", " ".join(words))
+        if name and name.lower() not in _LEADING:
+            out.append(name)
+    return out
+
+
+def derive_key_facts(text: str, limit: int = 5, *, exclude: str = "") -> list[list[str]]:
+    """Salient strings of a reference answer: names, quoted text, then numbers (longest first).
+    Strings that already occur in `exclude` (the question) are skipped: repeating them proves nothing."""
+    text = text or ""
+    asked = f" {normalize(exclude)} "
+    numbers = _NUMBER.findall(text)
+    ranked = _names(text) + [m.group(1).strip() for m in _QUOTED.finditer(text)] \
+        + [n for n in numbers if len(n) > 1] + [n for n in numbers if len(n) == 1]
     found: list[str] = []
-    for rx in (_QUOTED, _NUMBER, _NAME):
-        for m in rx.finditer(text or ""):
-            s = (m.group(1) if m.groups() else m.group(0)).strip()
-            if s and normalize(s) and all(normalize(s) != normalize(f) for f in found):
-                found.append(s)
+    for f in ranked:
+        if normalize(f) and f" {normalize(f)} " not in asked and all(normalize(f) != normalize(g) for g in found):
+            found.append(f)
     return [[f] for f in found[:limit]]
