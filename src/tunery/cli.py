@@ -36,6 +36,7 @@ def _register() -> None:
     __import__("tunery.api.cli", fromlist=["register"]).register(app)  # serve, keys
     __import__("tunery.worker.cli", fromlist=["register"]).register(app)  # worker, quickstart
     __import__("tunery.eval.cli", fromlist=["register"]).register(app)  # eval, compare
+    __import__("tunery.train.cli", fromlist=["register"]).register(app)  # train, export
 
 
 _register()

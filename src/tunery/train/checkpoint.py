@@ -1,0 +1,95 @@
+"""Checkpoint folders: a servable model (PEFT adapter or full weights) + tunery.json + resume state.
+
+trainer_state.pt holds only tensors, numbers and strings, and is loaded with torch.load(weights_only=True),
+so a checkpoint never runs code when resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+STATE_FILE = "trainer_state.pt"
+META_FILE = "tunery.json"
+FORMAT_VERSION = 1
+
+
+def save_model_dir(model, tokenizer, path: Path, meta: dict) -> None:
+    """Write the servable model and tunery.json into path (atomically: tmp dir then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / META_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2, default=str))
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def save_state(path: Path, *, optimizer, step: int, trained_tokens: int, metrics: dict, history: list) -> None:
+    import torch
+
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "trained_tokens": trained_tokens,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # Python's random state as JSON text: weights_only loading accepts strings, not arbitrary tuples.
+        "py_rng": json.dumps(_py_state()),
+        "metrics": json.dumps(metrics),
+        "history": json.dumps(history),
+    }
+    tmp = Path(path) / (STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, Path(path) / STATE_FILE)
+
+
+def _py_state():
+    v, s, g = random.getstate()
+    return [v, list(s), g]
+
+
+def load_state(path: Path) -> dict:
+    import torch
+
+    state = torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+    state["metrics"] = json.loads(state["metrics"])
+    state["history"] = json.loads(state["history"])
+    v, s, g = json.loads(state.pop("py_rng"))
+    state["py_rng"] = (v, tuple(s), g)
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    random.setstate(state["py_rng"])
+
+
+def read_meta(path: Path) -> dict:
+    p = Path(path) / META_FILE
+    if not p.exists():
+        from tunery.errors import InvalidRequest
+
+        raise InvalidRequest(f"{path} is not a tunery checkpoint (no {META_FILE})", param="resume_from")
+    return json.loads(p.read_text())
+
+
+def prune(checkpoints_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` step-N folders; returns the removed paths."""
+    dirs = sorted((p for p in Path(checkpoints_dir).glob("step-*") if p.is_dir() and p.name[5:].isdigit()),
+                  key=lambda p: int(p.name[5:]))
+    gone = dirs[:-keep] if keep > 0 else dirs
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone

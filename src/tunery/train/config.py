@@ -1,0 +1,133 @@
+"""Training configuration and the "auto" hyperparameter rules.
+
+Learning rate = BASE_LEARNING_RATE[method] × learning_rate_multiplier, so the multiplier means the same
+thing for every model: 1.0 is a sound default for that method, 2.0 twice as aggressive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from tunery.errors import InvalidRequest
+
+BASE_LEARNING_RATE = {
+    # AdamW peak rates at multiplier 1.0 (linear warmup, then linear decay to 10% of the peak).
+    # LoRA on all linear layers with alpha = 2 × rank; full fine-tuning updates every weight, so it needs a
+    # rate ~20x smaller to avoid wrecking what the model knows.
+    "lora": 2e-4,
+    "full": 1e-5,
+}
+
+# OpenAI's documented "auto" batch size is ~0.2% of the examples; small sets use batch 1.
+MAX_AUTO_BATCH = 32
+
+
+@dataclass
+class TrainConfig:
+    """What to train. Fields mirror the OpenAI job's hyperparameters plus what a local run needs."""
+
+    model: str
+    """Base model: a registry name, alias, local HF directory or HF repo id."""
+    training_file: Path | str
+    """JSONL with chat ({"messages": [...]}) or prompt/completion examples."""
+    output_dir: Path | str
+    """Where checkpoints/, final/ and (on pause) resume/ are written."""
+    validation_file: Path | str | None = None
+    """Optional JSONL in the same format; gives valid_* and full_valid_* metrics."""
+    method: Literal["lora", "full"] = "lora"
+    """"lora" trains a PEFT LoRA adapter on every linear layer; "full" updates all weights."""
+    n_epochs: int | str = "auto"
+    """Passes over the training file; "auto" follows OpenAI's cookbook heuristic."""
+    batch_size: int | str = "auto"
+    """Examples per optimizer step; "auto" is ~0.2% of the examples (1 for small sets), capped at 32."""
+    learning_rate_multiplier: float | str = "auto"
+    """Multiplies BASE_LEARNING_RATE[method]; "auto" picks from batch size (see auto_multiplier)."""
+    lora_rank: int = 16
+    """LoRA rank r (alpha = 2r)."""
+    seed: int | None = None
+    """Data order and initialisation seed; None picks one (reported in the resolved hyperparameters)."""
+    resume_from: Path | str | None = None
+    """A checkpoint dir (checkpoints/step-N) or the resume/ dir of a paused run: continue exactly."""
+    max_length: int | None = None
+    """Longest example in tokens (longer ones are truncated with a warning); None → model context."""
+    device: str | None = None
+    """None → TUNERY_DEVICE / auto (cuda, then mps, then cpu)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """bf16 autocast on CUDA with bf16 support; fp32 on CPU (bf16 autocast measured slower here)."""
+    max_tokens_per_micro_batch: int | None = None
+    """Split a batch into micro-batches of at most this many tokens (gradient accumulation); None → auto."""
+    eval_every: int | None = None
+    """Steps between validation-batch evaluations; None → ~20 times per run."""
+    keep_checkpoints: int = 3
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.method not in BASE_LEARNING_RATE:
+            raise InvalidRequest(f"method must be 'lora' or 'full', got {self.method!r}", param="method")
+        _check_auto_int(self.n_epochs, "n_epochs", 1, 50)
+        _check_auto_int(self.batch_size, "batch_size", 1, 256)
+        m = self.learning_rate_multiplier
+        if m != "auto" and (not isinstance(m, (int, float)) or isinstance(m, bool) or not (0 < m <= 10)):
+            raise InvalidRequest(f"learning_rate_multiplier must be 'auto' or a number in (0, 10], got {m!r}",
+                                 param="hyperparameters.learning_rate_multiplier")
+        if not isinstance(self.lora_rank, int) or not (1 <= self.lora_rank <= 256):
+            raise InvalidRequest(f"lora_rank must be an integer in [1, 256], got {self.lora_rank!r}",
+                                 param="lora_rank")
+        if self.max_length is not None and self.max_length < 8:
+            raise InvalidRequest("max_length must be at least 8 tokens", param="max_length")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise InvalidRequest(f"seed must be a non-negative integer, got {self.seed!r}", param="seed")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("training_file", "validation_file", "output_dir", "resume_from"):
+            d[k] = None if d[k] is None else str(d[k])
+        return d
+
+
+def _check_auto_int(v, name: str, lo: int, hi: int) -> None:
+    if v == "auto":
+        return
+    if not isinstance(v, int) or isinstance(v, bool) or not (lo <= v <= hi):
+        raise InvalidRequest(f"{name} must be 'auto' or an integer in [{lo}, {hi}], got {v!r}",
+                             param=f"hyperparameters.{name}")
+
+
+def auto_epochs(n_examples: int) -> int:
+    """OpenAI cookbook heuristic (tunery.data.auto_epochs when that module is present)."""
+    try:
+        from tunery.data import auto_epochs as data_auto_epochs
+    except ImportError:
+        data_auto_epochs = None
+    if data_auto_epochs is not None:
+        return int(data_auto_epochs(n_examples))
+    target, lo, hi, min_tok, max_tok = 3, 1, 25, 100, 25000
+    n = max(1, n_examples)
+    if n * target < min_tok:
+        return min(hi, min_tok // n)
+    if n * target > max_tok:
+        return max(lo, max_tok // n)
+    return target
+
+
+def auto_batch_size(n_examples: int) -> int:
+    return max(1, min(MAX_AUTO_BATCH, round(0.002 * n_examples)))
+
+
+def auto_multiplier(batch_size: int, method: str) -> float:
+    """Larger batches average out noise and take fewer steps, so they tolerate a larger rate (sqrt rule)."""
+    return round(min(4.0, max(1.0, math.sqrt(batch_size))), 4)
+
+
+def resolve_hyperparameters(config: TrainConfig, n_examples: int) -> dict:
+    """Turn "auto" into numbers: {n_epochs, batch_size, learning_rate_multiplier, learning_rate}."""
+    n_epochs = auto_epochs(n_examples) if config.n_epochs == "auto" else int(config.n_epochs)
+    batch = auto_batch_size(n_examples) if config.batch_size == "auto" else int(config.batch_size)
+    batch = max(1, min(batch, n_examples))
+    mult = (auto_multiplier(batch, config.method) if config.learning_rate_multiplier == "auto"
+            else float(config.learning_rate_multiplier))
+    return {"n_epochs": n_epochs, "batch_size": batch, "learning_rate_multiplier": mult,
+            "learning_rate": BASE_LEARNING_RATE[config.method] * mult}

@@ -1,0 +1,389 @@
+"""The training loop: load → tokenize+mask → (forward, masked loss, backward, step, log, checkpoint)*.
+
+Batches are padding-free: the examples of a micro-batch are concatenated into one row with position ids
+restarting at each example, which transformers turns into a block-diagonal causal mask, so no compute is
+spent on padding. Logits are computed only at positions whose next token is trained (assistant tokens),
+which skips most of the vocabulary projection — on a small model that head is a large share of the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunery.errors import InvalidRequest
+from tunery.train import checkpoint as ckpt
+from tunery.train.callbacks import CheckpointInfo, TrainCallbacks, TrainResult
+from tunery.train.config import BASE_LEARNING_RATE, TrainConfig, resolve_hyperparameters
+from tunery.train.tokenize import Encoded, encode_example, truncate
+
+DEFAULT_CPU_THROUGHPUT = 150.0  # trained tokens/s for the bundled model, LoRA, this class of CPU
+
+
+# --- data -------------------------------------------------------------------------------------
+
+def load_encoded(path, tokenizer, max_length: int, callbacks: TrainCallbacks, what: str) -> list[Encoded]:
+    """Read a JSONL file with tunery.data and encode it; warn about truncation and untrainable examples."""
+    try:
+        from tunery.data import read_examples
+    except ImportError:  # the package __init__ may not export it yet
+        from tunery.data.reading import read_examples
+
+    if not Path(path).exists():
+        raise InvalidRequest(f"{what} {path} does not exist", param=what)
+    out: list[Encoded] = []
+    truncated: list[Encoded] = []
+    empty: list[int] = []
+    for ex in read_examples(path):
+        enc = encode_example(tokenizer, ex)
+        if len(enc) > max_length:
+            enc = truncate(enc, max_length)
+            truncated.append(enc)
+        if enc.n_trained == 0 or len(enc) < 2:
+            empty.append(enc.line)
+            continue
+        out.append(enc)
+    if truncated:
+        lines = ", ".join(f"line {e.line} ({e.original_length} tokens)" for e in truncated[:5])
+        more = f" and {len(truncated) - 5} more" if len(truncated) > 5 else ""
+        callbacks.on_event("warn", f"{what}: {len(truncated)} example(s) longer than {max_length} tokens were "
+                                   f"truncated: {lines}{more}")
+    if empty:
+        callbacks.on_event("warn", f"{what}: {len(empty)} example(s) have no trained tokens (no assistant "
+                                   f"message with weight 1 inside the length limit) and were skipped: lines "
+                                   f"{', '.join(map(str, empty[:10]))}")
+    if not out:
+        raise InvalidRequest(f"{what} has no trainable examples", param=what)
+    return out
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The example order of one epoch: a pure function of (seed, epoch), so resume needs no saved order."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def micro_batches(examples: list[Encoded], max_tokens: int) -> list[list[Encoded]]:
+    """Split one batch into consecutive groups of at most max_tokens tokens (at least one example each)."""
+    groups: list[list[Encoded]] = [[]]
+    used = 0
+    for e in examples:
+        if groups[-1] and used + len(e) > max_tokens:
+            groups.append([])
+            used = 0
+        groups[-1].append(e)
+        used += len(e)
+    return groups
+
+
+@dataclass
+class Packed:
+    input_ids: object  # LongTensor [1, L]
+    position_ids: object  # LongTensor [1, L]
+    keep: object  # LongTensor [K]: positions whose next token is trained
+    targets: object  # LongTensor [K]
+    n_tokens: int
+
+
+def pack(examples: list[Encoded], device) -> Packed:
+    import torch
+
+    ids: list[int] = []
+    pos: list[int] = []
+    keep: list[int] = []
+    tgt: list[int] = []
+    for e in examples:
+        off = len(ids)
+        ids.extend(e.input_ids)
+        pos.extend(range(len(e)))
+        for t in range(1, len(e)):
+            if e.loss_mask[t]:
+                keep.append(off + t - 1)
+                tgt.append(e.input_ids[t])
+    return Packed(torch.tensor([ids], device=device), torch.tensor([pos], device=device),
+                  torch.tensor(keep, device=device), torch.tensor(tgt, device=device), len(ids))
+
+
+def forward_loss(model, p: Packed, autocast):
+    """(sum of token losses, number of correct argmax predictions) over the trained positions."""
+    import torch
+    import torch.nn.functional as F
+
+    with autocast():
+        out = model(input_ids=p.input_ids, position_ids=p.position_ids, logits_to_keep=p.keep, use_cache=False)
+    logits = out.logits[0].float()
+    loss = F.cross_entropy(logits, p.targets, reduction="sum")
+    with torch.no_grad():
+        correct = int((logits.argmax(-1) == p.targets).sum())
+    return loss, correct
+
+
+def evaluate(model, examples: list[Encoded], max_tokens: int, device, autocast) -> tuple[float, float]:
+    """(mean token loss, mean token accuracy) over examples, no gradients."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total = correct = 0
+    loss_sum = 0.0
+    with torch.no_grad():
+        for group in micro_batches(examples, max_tokens):
+            p = pack(group, device)
+            loss, c = forward_loss(model, p, autocast)
+            loss_sum += float(loss)
+            correct += c
+            total += int(p.targets.numel())
+    if was_training:
+        model.train()
+    return loss_sum / max(1, total), correct / max(1, total)
+
+
+# --- schedule ---------------------------------------------------------------------------------
+
+def lr_at(step: int, total: int, peak: float) -> float:
+    """Linear warmup over ~3% of steps (at least 1), then linear decay to 10% of the peak."""
+    warm = max(1, min(20, round(0.03 * total)))
+    if step < warm:
+        return peak * (step + 1) / warm
+    frac = (step - warm) / max(1, total - warm)
+    return peak * (1.0 - 0.9 * frac)
+
+
+# --- model ------------------------------------------------------------------------------------
+
+def _precision(config: TrainConfig, device: str):
+    import torch
+
+    want = config.precision
+    if want == "auto":
+        want = "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "fp32"
+    if want == "bf16":
+        dev_type = "cuda" if device.startswith("cuda") else "cpu"
+        return "bf16", lambda: torch.autocast(device_type=dev_type, dtype=torch.bfloat16)
+    return "fp32", contextlib.nullcontext
+
+
+def _build_model(config: TrainConfig, hp: dict, device: str, resume_dir: Path | None):
+    import torch
+
+    from tunery.models import load_model
+
+    if config.method == "full" and resume_dir is not None:
+        model, tok = load_model(str(resume_dir), device=device)
+    else:
+        model, tok = load_model(config.model, device=device)
+    model.config.use_cache = False
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+        torch.manual_seed(hp["seed"])  # LoRA A matrices are random; same seed → same start
+        lcfg = LoraConfig(r=hp["lora_rank"], lora_alpha=2 * hp["lora_rank"], lora_dropout=0.0,
+                          target_modules="all-linear", task_type="CAUSAL_LM")
+        model = get_peft_model(model, lcfg)
+        if resume_dir is not None:
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(model, load_file(str(resume_dir / "adapter_model.safetensors")))
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    model.train()
+    return model, tok
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
+    """Fine-tune config.model on config.training_file; see TrainConfig and TrainCallbacks."""
+    import torch
+
+    from tunery.models import context_length, pick_device, resolve, setup_threads
+
+    cb = callbacks or TrainCallbacks()
+    config.validate()
+    out_dir = Path(config.output_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    setup_threads()
+    device = config.device or pick_device()
+
+    resume_dir = Path(config.resume_from) if config.resume_from else None
+    resume_meta = ckpt.read_meta(resume_dir) if resume_dir else None
+    if resume_meta:
+        config.method = resume_meta["method"]
+    base_model = resolve(config.model).name
+
+    from tunery.models import load_tokenizer
+
+    tok = load_tokenizer(config.model)
+    ctx = context_length(config.model)
+    max_length = min(config.max_length or ctx, ctx)
+    train_set = load_encoded(config.training_file, tok, max_length, cb, "training_file")
+    valid_set = (load_encoded(config.validation_file, tok, max_length, cb, "validation_file")
+                 if config.validation_file else [])
+
+    if resume_meta:
+        hp = dict(resume_meta["hyperparameters"])
+    else:
+        hp = resolve_hyperparameters(config, len(train_set))
+        hp["seed"] = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+        hp["method"] = config.method
+        hp["lora_rank"] = config.lora_rank if config.method == "lora" else None
+        hp["max_length"] = max_length
+    seed, batch, n_epochs = hp["seed"], hp["batch_size"], hp["n_epochs"]
+    steps_per_epoch = math.ceil(len(train_set) / batch)
+    total_steps = steps_per_epoch * n_epochs
+    precision, autocast = _precision(config, device)
+    max_tokens = config.max_tokens_per_micro_batch or (16384 if device.startswith("cuda") else 4096)
+    eval_every = config.eval_every or max(1, total_steps // 20)
+    epoch_tokens = sum(len(e) for e in train_set)
+
+    throughput = DEFAULT_CPU_THROUGHPUT
+    try:
+        from tunery.data.estimate import measured_throughput
+
+        throughput = float(measured_throughput(base_model, config.method)[0]) or throughput
+    except Exception:  # estimates are advisory: no data module or no measurement yet
+        pass
+    cb.on_resolved({**hp, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                    "n_train_examples": len(train_set), "n_valid_examples": len(valid_set),
+                    "device": device, "precision": precision,
+                    "estimated_seconds": round(epoch_tokens * n_epochs / throughput, 1)})
+
+    model, _ = _build_model(config, hp, device, resume_dir)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=hp["learning_rate"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+
+    step = 0
+    trained_tokens = 0
+    last_metrics: dict = {}
+    history: list[dict] = []
+    if resume_dir is not None:
+        state = ckpt.load_state(resume_dir)
+        opt.load_state_dict(state["optimizer"])
+        step, trained_tokens = state["step"], state["trained_tokens"]
+        last_metrics, history = state["metrics"], state["history"]
+        ckpt.restore_rng(state)
+        cb.on_event("info", f"Resuming from {resume_dir} at step {step}/{total_steps}")
+    else:
+        torch.manual_seed(seed)
+        random.seed(seed)
+        cb.on_event("info", f"Fine-tuning started: {len(train_set)} examples, {n_epochs} epochs, batch size "
+                            f"{batch}, {total_steps} steps, learning rate {hp['learning_rate']:.2e} on {device}")
+
+    meta_base = {"base_model": base_model, "method": config.method, "hyperparameters": hp,
+                 "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
+    checkpoints: list[CheckpointInfo] = []
+
+    def save(path: Path, epoch: int, metrics: dict) -> None:
+        save_model_dir(model, tok, path, {**meta_base, "step": step, "epoch": epoch, "metrics": metrics})
+        ckpt.save_state(path, optimizer=opt, step=step, trained_tokens=trained_tokens, metrics=metrics,
+                        history=history)
+
+    session_tokens = 0
+    session_time = 0.0
+    status = "succeeded"
+    order, order_epoch = [], -1
+    valid_batches = [valid_set[i:i + batch] for i in range(0, len(valid_set), batch)]
+    while step < total_steps:
+        stop = cb.should_stop()
+        if stop == "cancel":
+            status = "cancelled"
+            cb.on_event("info", f"Training cancelled at step {step}/{total_steps}")
+            break
+        if stop == "pause":
+            status = "paused"
+            save(out_dir / "resume", step // steps_per_epoch + 1, last_metrics)
+            cb.on_event("info", f"Training paused at step {step}/{total_steps}; resume state in {out_dir / 'resume'}")
+            break
+        epoch, k = divmod(step, steps_per_epoch)
+        if order_epoch != epoch:
+            order, order_epoch = epoch_order(len(train_set), seed, epoch), epoch
+        batch_ex = [train_set[i] for i in order[k * batch:(k + 1) * batch]]
+        n_target = sum(e.n_trained - (e.loss_mask[0] if e.loss_mask else 0) for e in batch_ex)
+
+        t0 = time.perf_counter()
+        lr = lr_at(step, total_steps, hp["learning_rate"])
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss_sum = 0.0
+        correct = 0
+        for group in micro_batches(batch_ex, max_tokens):
+            p = pack(group, device)
+            loss, c = forward_loss(model, p, autocast)
+            (loss / max(1, n_target)).backward()
+            loss_sum += float(loss.detach())
+            correct += c
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        step_tokens = sum(len(e) for e in batch_ex)
+        step += 1
+        trained_tokens += step_tokens
+        session_tokens += step_tokens
+        session_time += dt
+
+        m = {"step": step, "total_steps": total_steps, "epoch": epoch + 1,
+             "train_loss": loss_sum / max(1, n_target), "train_mean_token_accuracy": correct / max(1, n_target),
+             "learning_rate": lr, "trained_tokens": trained_tokens,
+             "tokens_per_second": session_tokens / session_time if session_time else 0.0}
+        if valid_batches and (step % eval_every == 0 or step == total_steps):
+            vb = valid_batches[(step // eval_every) % len(valid_batches)]
+            m["valid_loss"], m["valid_mean_token_accuracy"] = evaluate(model, vb, max_tokens, device, autocast)
+        epoch_end = step % steps_per_epoch == 0
+        if epoch_end and valid_set:
+            m["full_valid_loss"], m["full_valid_mean_token_accuracy"] = evaluate(
+                model, valid_set, max_tokens, device, autocast)
+        last_metrics = m
+        history.append({k2: v for k2, v in m.items() if k2 not in ("total_steps",)})
+        cb.on_metrics(m)
+        if epoch_end:
+            path = ckpt_dir / f"step-{step}"
+            save(path, epoch + 1, _checkpoint_metrics(m))
+            info = CheckpointInfo(step=step, epoch=epoch + 1, path=path, metrics=_checkpoint_metrics(m))
+            checkpoints.append(info)
+            ckpt.prune(ckpt_dir, config.keep_checkpoints)
+            checkpoints = [c for c in checkpoints if c.path.exists()]
+            cb.on_checkpoint(info)
+            cb.on_event("info", f"Checkpoint created at step {step} (epoch {epoch + 1}/{n_epochs})")
+
+    model_dir = None
+    resume_out = out_dir / "resume" if status == "paused" else None
+    if status == "succeeded":
+        model_dir = out_dir / "final"
+        save_model_dir(model, tok, model_dir, {**meta_base, "step": step, "epoch": n_epochs,
+                                               "metrics": _checkpoint_metrics(last_metrics)})
+        tps = session_tokens / session_time if session_time else 0.0
+        cb.on_event("info", f"Training finished: {step} steps, {trained_tokens} trained tokens, "
+                            f"{tps:.0f} tokens/s")
+        if session_tokens >= 1000:
+            try:
+                from tunery.data.estimate import record_throughput
+            except ImportError:
+                record_throughput = None
+            if record_throughput is not None:
+                record_throughput(base_model, config.method, tps)
+    hp_public = {**hp, "total_steps": total_steps}
+    return TrainResult(status=status, hyperparameters=hp_public, trained_tokens=trained_tokens,
+                       final_metrics=last_metrics, checkpoints=checkpoints, model_dir=model_dir,
+                       resume_dir=resume_out)
+
+
+_CKPT_KEYS = ("step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
+              "full_valid_loss", "full_valid_mean_token_accuracy")
+
+
+def _checkpoint_metrics(m: dict) -> dict:
+    return {k: m[k] for k in _CKPT_KEYS if k in m}
+
+
+def save_model_dir(model, tok, path: Path, meta: dict) -> None:
+    ckpt.save_model_dir(model, tok, path, meta)
+
+
+__all__ = ["train", "BASE_LEARNING_RATE"]

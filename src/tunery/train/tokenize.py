@@ -1,0 +1,119 @@
+"""Examples → token ids with a loss mask, built from rendered prefixes of the chat template.
+
+Chat: only assistant messages are trained (system/user/tool tokens are masked), an assistant message with
+`weight: 0` is excluded, and each trained turn includes its end-of-turn token so the model learns to stop.
+The trained span of assistant message i is the text between render(messages[:i], add_generation_prompt=True)
+and render(messages[:i+1]), minus trailing whitespace after the end-of-turn token. Both prefixes must be
+prefixes of the full rendering; when a template breaks that (it rewrites earlier turns), we refuse rather
+than silently training on every token.
+
+Prompt/completion: prompt and completion are tokenized separately (exactly as /v1/completions sees a prompt
+and then generates) and the completion + EOS is trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunery.errors import InvalidRequest
+
+# Keys the chat template sees; `weight` is ours, not the template's.
+_TEMPLATE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "function_call")
+
+
+@dataclass
+class Encoded:
+    """One tokenized example: ids, a parallel 0/1 loss mask (1 = predict this token), its source line."""
+
+    input_ids: list[int]
+    loss_mask: list[int]
+    line: int
+    truncated: bool = False
+    original_length: int = 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_trained(self) -> int:
+        return sum(self.loss_mask)
+
+
+def _clean(messages: list[dict]) -> list[dict]:
+    out = []
+    for m in messages:
+        c = {k: m[k] for k in _TEMPLATE_KEYS if k in m and m[k] is not None}
+        if c.get("content") is None:
+            c["content"] = ""
+        out.append(c)
+    return out
+
+
+def _render(tokenizer, messages: list[dict], *, gen: bool = False, tools=None) -> str:
+    kw = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen, **kw)
+
+
+def chat_spans(tokenizer, messages: list[dict], line: int = 0, tools=None) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans that are trained."""
+    clean = _clean(messages)
+    full = _render(tokenizer, clean, tools=tools)
+    spans: list[tuple[int, int]] = []
+    for i, m in enumerate(messages):
+        if m.get("role") != "assistant" or m.get("weight", 1) == 0:
+            continue
+        before = _render(tokenizer, clean[:i], gen=True, tools=tools)
+        after = _render(tokenizer, clean[: i + 1], tools=tools)
+        if not full.startswith(before) or not full.startswith(after) or len(after) <= len(before):
+            raise InvalidRequest(
+                f"line {line}: the model's chat template renders earlier turns differently once later turns "
+                "are added, so assistant-only loss masks cannot be built for it; use prompt/completion data "
+                "or a model whose template renders conversations incrementally.", param="training_file")
+        end = len(after.rstrip())  # keep the end-of-turn token, drop the newline the template puts after it
+        if end > len(before):
+            spans.append((len(before), end))
+    return full, spans
+
+
+def encode_chat(tokenizer, messages: list[dict], line: int = 0, tools=None) -> Encoded:
+    full, spans = chat_spans(tokenizer, messages, line, tools)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    mask = [0] * len(ids)
+    for t, (s, e) in enumerate(enc["offset_mapping"]):
+        if e <= s:
+            continue
+        # A token is trained when it starts inside a trained span (a token straddling the start of the
+        # assistant content belongs to the header and stays masked).
+        for a, b in spans:
+            if a <= s < b:
+                mask[t] = 1
+                break
+    return Encoded(ids, mask, line, original_length=len(ids))
+
+
+def encode_completion(tokenizer, prompt: str, completion: str, line: int = 0) -> Encoded:
+    p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    c = list(c) + ([eos] if eos is not None else [])
+    ids = list(p) + c
+    return Encoded(ids, [0] * len(p) + [1] * len(c), line, original_length=len(ids))
+
+
+def encode_example(tokenizer, example) -> Encoded:
+    """Encode a tunery.data Example (chat or prompt/completion)."""
+    kind = example.kind
+    if kind == "chat":
+        return encode_chat(tokenizer, example.messages, example.line, getattr(example, "tools", None))
+    if kind == "completion":
+        return encode_completion(tokenizer, example.prompt or "", example.completion or "", example.line)
+    raise InvalidRequest(
+        f"line {example.line}: {kind} examples need method 'dpo', which this trainer does not support; "
+        "use chat or prompt/completion data for supervised fine-tuning.", param="training_file")
+
+
+def truncate(enc: Encoded, max_length: int) -> Encoded:
+    if len(enc) <= max_length:
+        return enc
+    return Encoded(enc.input_ids[:max_length], enc.loss_mask[:max_length], enc.line, True, enc.original_length)
