@@ -44,6 +44,8 @@ def run_as_worker(srv, job_id: str, *, steps: int, loss0: float, tokens: int) ->
         queue.append_event(store, job_id, owner, "info", f"Step {step}/{steps}", type="metrics", data=data)
         written.append(data)
     ft = f"ft:smollm2-135m-instruct:personal:{claimed.suffix}:{job_id[-8:]}"
+    queue.add_checkpoint(store, job_id, owner, step=steps // 2, model_name=f"{ft}:ckpt-step-{steps // 2}",
+                         metrics=written[steps // 2 - 1], path=str(srv.settings.home / "nowhere"))
     queue.add_checkpoint(store, job_id, owner, step=steps, model_name=f"{ft}:ckpt-step-{steps}",
                          metrics=written[-1], path=str(srv.settings.home / "nowhere"))
     assert queue.finish_succeeded(store, claimed, owner, fine_tuned_model=ft, model_path=str(srv.settings.home),
@@ -76,7 +78,8 @@ def test_fetch_job_reads_curves_hyperparameters_and_data(jobs):
     assert info.curves["valid_loss"] == [[s, pytest.approx(3.0 / s + 0.1)] for s in (2, 4, 6)]
     assert [p[0] for p in info.curves["valid_mean_token_accuracy"]] == [2, 4, 6]
     assert info.total_steps == 6 and info.training_seconds is not None and info.training_seconds >= 0
-    assert info.checkpoints[0]["step"] == 6 and info.checkpoints[0]["model"].endswith(":ckpt-step-6")
+    assert sorted(c["step"] for c in info.checkpoints) == [3, 6]
+    assert {c["model"] for c in info.checkpoints} == {f"{info.fine_tuned_model}:ckpt-step-{n}" for n in (3, 6)}
     assert info.dataset["training"]["examples"] == 12 and info.dataset["validation"]["examples"] == 10
     assert info.dataset["training"]["mean_turns"] == 3.0
     assert texts["training"].encode() == facts_jsonl(TRAIN)
@@ -191,3 +194,17 @@ def test_eval_command_errors_are_one_line(endpoint, tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(["eval", str(good), "-m", "a", "--base-url", f"http://127.0.0.1:{free_port()}/v1"])
     assert done.value.code == 1 and "is `tunery serve` running?" in capsys.readouterr().err
+
+
+def test_models_of_jobs_with_and_without_checkpoints(jobs):
+    from tunery.eval.cli import _job_models
+
+    srv, client, made = jobs
+    infos = [fetch_job(client, made[k]["id"], with_files=False)[0] for k in ("lr-a", "lr-b")]
+    a, b = made["lr-a"]["ft"], made["lr-b"]["ft"]
+    assert _job_models(infos, include_base=True)[0] == ["smollm2-135m-instruct", a, b]
+    assert _job_models(infos, include_base=False)[0] == [a, b]
+    models, labels = _job_models(infos, include_base=True, checkpoints=True)
+    # Step 6 is the final model itself, so only the mid-training checkpoint is added.
+    assert models == ["smollm2-135m-instruct", f"{a}:ckpt-step-3", a, f"{b}:ckpt-step-3", b]
+    assert labels[f"{a}:ckpt-step-3"] == f"{made['lr-a']['id']} step 3"

@@ -32,6 +32,8 @@ SemanticOpt = typer.Option(True, "--semantic/--no-semantic",
                            help="Semantic similarity with all-MiniLM-L6-v2 (loads in a few seconds).")
 OffTopicOpt = typer.Option(True, "--off-topic/--no-off-topic",
                            help="Add a few generic off-topic questions to cases built from jobs.")
+CkptOpt = typer.Option(False, "--checkpoints", help="Also evaluate every kept epoch checkpoint of the jobs "
+                                                   "(ft:…:ckpt-step-N), to see where training should stop.")
 DeclineOpt = typer.Option(False, "--should-decline", help="The built-in off-topic questions should be declined "
                                                           "(a fine-tune meant to stay on its topic).")
 
@@ -82,12 +84,18 @@ def _fetch_jobs(client, job_ids: list[str], with_files: bool):
     return out
 
 
-def _job_models(infos, include_base: bool) -> tuple[list[str], dict[str, str]]:
+def _job_models(infos, include_base: bool, checkpoints: bool = False) -> tuple[list[str], dict[str, str]]:
     models, labels = [], {}
     for info in infos:
         if include_base and info.model not in models:
             models.append(info.model)
             labels[info.model] = f"{info.model} (base)"
+        if checkpoints:
+            # The last checkpoint is the final model under another name: skip it.
+            for ck in sorted(info.checkpoints, key=lambda c: c["step"])[:-1]:
+                if ck.get("model") and ck["model"] not in models and ck["model"] != info.fine_tuned_model:
+                    models.append(ck["model"])
+                    labels[ck["model"]] = f"{info.id} step {ck['step']}"
         if info.fine_tuned_model:
             if info.fine_tuned_model not in models:
                 models.append(info.fine_tuned_model)
@@ -171,8 +179,8 @@ def eval_cmd(
     base_url: Optional[str] = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt,
     concurrency: int = ConcOpt, max_tokens: int = MaxTokOpt, temperature: float = TempOpt,
     retries: int = RetriesOpt, timeout: float = TimeoutOpt, limit: int = LimitOpt,
-    off_topic: bool = OffTopicOpt, should_decline: bool = DeclineOpt, semantic: bool = SemanticOpt,
-    out: Optional[Path] = OutOpt,
+    off_topic: bool = OffTopicOpt, should_decline: bool = DeclineOpt, checkpoints: bool = CkptOpt,
+    semantic: bool = SemanticOpt, out: Optional[Path] = OutOpt,
 ) -> None:
     """Ask every case of SPEC (and/or of --from-job) to every model; print tables, write JSON and HTML reports."""
     from tunery.eval.spec import load_spec, merge_cases
@@ -188,7 +196,7 @@ def eval_cmd(
     if from_job:
         fetched = _fetch_jobs(client, list(from_job), with_files=True)
         jobs = [info for info, _ in fetched]
-        job_models, labels = _job_models(jobs, include_base=True)
+        job_models, labels = _job_models(jobs, include_base=True, checkpoints=checkpoints)
         if not models:
             models = job_models
         job_cases = _cases_from_jobs(fetched, limit, off_topic, should_decline)
@@ -204,8 +212,8 @@ def compare_cmd(
     base_url: Optional[str] = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt,
     concurrency: int = ConcOpt, max_tokens: int = MaxTokOpt, temperature: float = TempOpt,
     retries: int = RetriesOpt, timeout: float = TimeoutOpt, limit: int = LimitOpt,
-    off_topic: bool = OffTopicOpt, should_decline: bool = DeclineOpt, semantic: bool = SemanticOpt,
-    out: Optional[Path] = OutOpt,
+    off_topic: bool = OffTopicOpt, should_decline: bool = DeclineOpt, checkpoints: bool = CkptOpt,
+    semantic: bool = SemanticOpt, out: Optional[Path] = OutOpt,
 ) -> None:
     """Compare fine-tuning jobs: hyperparameters, dataset stats, loss/accuracy curves overlaid, training time,
     trained tokens, and the same evaluation run against each job's model."""
@@ -226,7 +234,7 @@ def compare_cmd(
         paths = write_reports(report, out or Path(f"tunery-compare-{_dt.datetime.now():%Y%m%d-%H%M%S}"))
         console.print(f"[green]report:[/green] {paths['html']}  [dim](data: {paths['json']})[/dim]")
         return
-    models, labels = _job_models(infos, include_base=base)
+    models, labels = _job_models(infos, include_base=base, checkpoints=checkpoints)
     cases = spec_cases if spec_cases is not None else _cases_from_jobs(fetched, limit, off_topic, should_decline)
     _run(cases, models, cfg, semantic, infos, labels, out, "tunery-compare")
 
