@@ -1,0 +1,70 @@
+"""`tunery serve` and `tunery keys` as a user runs them (subprocesses, real port)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from test_api_support import free_port
+from tunery.api.cli import is_loopback
+
+TUNERY = [sys.executable, "-m", "tunery.cli"]
+
+
+def run(*args, home, timeout=60):
+    return subprocess.run([*TUNERY, *args, "--home", str(home)], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.mark.parametrize("host,loop", [("127.0.0.1", True), ("localhost", True), ("::1", True), ("[::1]", True),
+                                       ("127.3.4.5", True), ("0.0.0.0", False), ("::", False),
+                                       ("192.168.1.2", False), ("example.com", False)])
+def test_is_loopback(host, loop):
+    assert is_loopback(host) is loop
+
+
+def test_serve_refuses_public_host_without_keys(tmp_path):
+    proc = run("serve", "--host", "0.0.0.0", "--port", str(free_port()), home=tmp_path)
+    assert proc.returncode == 1
+    assert "refusing to listen on 0.0.0.0" in proc.stderr and "--insecure" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_keys_and_serve(tmp_path):
+    created = run("keys", "create", "--org", "acme", "--name", "ci", home=tmp_path)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("sk-tunery-")
+    listed = run("keys", "list", home=tmp_path)
+    assert "acme" in listed.stdout and key not in listed.stdout
+    port = free_port()
+    server = subprocess.Popen([*TUNERY, "serve", "--port", str(port), "--home", str(tmp_path), "--log-level",
+                               "warning"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.time() < deadline, server.stderr.read().decode()[-2000:]
+            time.sleep(0.1)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="sk-other", max_retries=0).models.list()
+        models = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0).models.list()
+        assert "gpt-4o-mini" in {m.id for m in models}
+        revoked = run("keys", "revoke", key, home=tmp_path)
+        assert revoked.returncode == 0, revoked.stdout + revoked.stderr
+        # no keys left: the server serves the personal organization without auth again
+        assert openai.OpenAI(base_url=url + "/v1", api_key="anything", max_retries=0).files.list().data == []
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
