@@ -193,7 +193,8 @@ def test_events_and_checkpoints_pages(client, server):
     from tunery.store import add_event
     for step in range(1, 8):
         add_event(store, job.id, f"Step {step}/7: training loss=0.5", type="metrics",
-                  data={"step": step, "total_steps": 7, "train_loss": 0.5, "train_mean_token_accuracy": 0.7})
+                  data={"step": step, "total_steps": 7, "train_loss": 0.5 if step > 1 else float("nan"),
+                        "train_mean_token_accuracy": 0.7})
     with store.session() as s:
         for i, step in enumerate((3, 6)):
             s.add(FineTuningJobCheckpoint(
@@ -205,6 +206,7 @@ def test_events_and_checkpoints_pages(client, server):
     assert page.data[0].type == "metrics" and page.data[0].message.startswith("Step 7/7")
     everything = list(client.fine_tuning.jobs.list_events(job.id, limit=3))
     assert len(everything) == 7 + 3 and len({e.id for e in everything}) == 10
+    assert everything[-4].data["step"] == 1 and everything[-4].data["train_loss"] is None  # NaN → null
     assert everything[-1].message == f"Created fine-tuning job: {job.id}"
     cps = list(client.fine_tuning.jobs.checkpoints.list(job.id, limit=1))
     assert [c.step_number for c in cps] == [6, 3]

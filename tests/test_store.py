@@ -254,3 +254,12 @@ def test_concurrent_writers_lose_nothing(store):
     with store.read() as s:
         seqs = list(s.execute(select(FineTuningJobEvent.seq).where(FineTuningJobEvent.job_id == job.id)).scalars())
     assert len(seqs) == 3 + 40 and len(set(seqs)) == len(seqs)
+
+
+def test_non_finite_numbers_are_stored_as_null(store):
+    org = ensure_org(store, "personal")
+    job = _job(store, org)
+    add_event(store, job.id, "Step 1/2: training loss=nan", type="metrics",
+              data={"step": 1, "train_loss": float("nan"), "nested": [float("inf"), 1.5]})
+    ev = list_events(store, org, job.id, limit=1).data[0]
+    assert ev.data == {"step": 1, "train_loss": None, "nested": [None, 1.5]}

@@ -8,6 +8,7 @@ TUNERY_DATABASE_URL points at one (postgresql://… is read as postgresql+psycop
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from contextlib import contextmanager
@@ -35,13 +36,21 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def _json_serializer(value) -> str:
+    # NaN/inf (a diverged loss) are stored as null: PostgreSQL's JSON rejects them, and so does the wire.
+    from tunery.store.wire import json_safe
+
+    return json.dumps(json_safe(value), allow_nan=False)
+
+
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_MS / 1000, "check_same_thread": False})
+        engine = create_engine(url, json_serializer=_json_serializer,
+                               connect_args={"timeout": SQLITE_BUSY_MS / 1000, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
@@ -60,7 +69,7 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, json_serializer=_json_serializer, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
 def run_migrations(engine: Engine) -> None:

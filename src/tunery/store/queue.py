@@ -198,10 +198,10 @@ def add_event(store: Store, job_id: str, level: str, message: str, *, type: str 
 
 
 def add_checkpoint(store: Store, job_id: str, owner: str, *, step: int, model_name: str, metrics: dict,
-                   path: str) -> str | None:
+                   path: str, statuses: tuple[str, ...] = (RUNNING,)) -> str | None:
     """Record an epoch checkpoint of a held job; returns its ftckpt- id (None when not held)."""
     with store.session() as s:
-        if not _lock_held(s, job_id, owner, (RUNNING,)):
+        if not _lock_held(s, job_id, owner, statuses):
             return None
         # A resumed attempt may re-reach a step an earlier attempt already recorded: keep one row per step.
         s.execute(delete(FineTuningJobCheckpoint).where(FineTuningJobCheckpoint.job_id == job_id,

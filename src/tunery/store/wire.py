@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from tunery.store.tables import File, FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, Organization
 
 METRIC_KEYS = ("step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
@@ -41,18 +43,43 @@ def job_object(row: FineTuningJob, org: Organization | str | None = None) -> dic
     }
 
 
+_LEVELS = {"info": "info", "warn": "warn", "warning": "warn", "error": "error", "debug": "info"}
+
+
 def event_object(row: FineTuningJobEvent) -> dict:
-    return {"id": row.id, "object": "fine_tuning.job.event", "created_at": row.created_at, "level": row.level,
-            "message": row.message, "type": row.type, "data": row.data if row.data is not None else {}}
+    # Events come from several writers (API, worker, trainer); keep the wire values the SDK knows.
+    level = _LEVELS.get(str(row.level).lower(), "info")
+    etype = row.type if row.type in ("message", "metrics") else "message"
+    return {"id": row.id, "object": "fine_tuning.job.event", "created_at": int(row.created_at), "level": level,
+            "message": str(row.message), "type": etype, "data": json_safe(row.data) if row.data is not None else {}}
 
 
 def checkpoint_object(row: FineTuningJobCheckpoint) -> dict:
-    metrics = {k: (row.metrics or {}).get(k) for k in METRIC_KEYS}
+    metrics = {k: _num((row.metrics or {}).get(k)) for k in METRIC_KEYS}
     if metrics["step"] is None:
         metrics["step"] = float(row.step_number)
     return {"id": row.id, "object": "fine_tuning.job.checkpoint", "created_at": row.created_at,
             "fine_tuned_model_checkpoint": row.fine_tuned_model_checkpoint, "fine_tuning_job_id": row.job_id,
             "metrics": metrics, "step_number": row.step_number}
+
+
+def _num(value):
+    try:
+        value = None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if value is None or math.isfinite(value) else None
+
+
+def json_safe(value):
+    """NaN/inf (a diverged loss) become null: strict JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def model_object(info: dict) -> dict:
