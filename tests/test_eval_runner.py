@@ -59,6 +59,15 @@ def test_client_errors_are_recorded_not_retried_and_others_still_run(endpoint):
     assert by_model["nope"].error == "HTTP 404: The model 'nope' does not exist"
 
 
+def test_switches_to_max_completion_tokens_when_the_model_asks(endpoint):
+    endpoint.script.answers = {"reasoner": {}}
+    endpoint.script.new_style = {"reasoner"}
+    answers = run([q(1), q(2)], ["reasoner"], cfg(endpoint, concurrency=1, max_tokens=33))
+    assert all(a.error is None for a in answers)
+    # One rejected call, then every request (including the second case's) uses the new parameter.
+    assert len(endpoint.script.calls) == 3 and {c["max_tokens"] for c in endpoint.script.calls} == {33}
+
+
 def test_concurrency_is_bounded_and_used(endpoint):
     endpoint.script.answers = {"m": {}}
     endpoint.script.delay = 0.15

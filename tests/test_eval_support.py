@@ -23,6 +23,8 @@ class Script:
     """{model: [status, ...]}: for each question, these statuses come first, then the answer."""
     slow_first: dict = field(default_factory=dict)
     """{model: seconds}: the first attempt of each question sleeps this long (to trigger client timeouts)."""
+    new_style: set = field(default_factory=set)
+    """Models that reject max_tokens and want max_completion_tokens (as OpenAI's reasoning models do)."""
     delay: float = 0.0
     in_flight: int = 0
     max_in_flight: int = 0
@@ -50,7 +52,7 @@ def make_app(script: Script):
         key = (model, question)
         n = script._attempts[key] = script._attempts.get(key, 0) + 1
         script.calls.append({"model": model, "question": question, "attempt": n,
-                             "max_tokens": body.get("max_tokens"), "temperature": body.get("temperature")})
+                             "max_tokens": body.get("max_tokens", body.get("max_completion_tokens")), "temperature": body.get("temperature")})
         script.in_flight += 1
         script.max_in_flight = max(script.max_in_flight, script.in_flight)
         try:
@@ -60,6 +62,9 @@ def make_app(script: Script):
                 await asyncio.sleep(script.delay)
             if model not in script.answers:
                 return error(404, f"The model '{model}' does not exist", "model_not_found")
+            if model in script.new_style and "max_tokens" in body:
+                return error(400, "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                                  "Use 'max_completion_tokens' instead.", "unsupported_parameter")
             fails = script.failures.get(model, [])
             if n <= len(fails):
                 status = fails[n - 1]

@@ -96,20 +96,34 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _ask(client, case: Case, model: str, cfg: RunConfig, sem: asyncio.Semaphore) -> Answer:
+def _wants_max_completion_tokens(exc: Exception) -> bool:
+    """OpenAI's reasoning models reject max_tokens and ask for max_completion_tokens instead."""
+    import openai
+
+    return isinstance(exc, openai.BadRequestError) and "max_completion_tokens" in str(exc)
+
+
+async def _ask(client, case: Case, model: str, cfg: RunConfig, sem: asyncio.Semaphore,
+               new_style: set[str]) -> Answer:
     ans = Answer(case_id=case.id, model=model)
     async with sem:
-        for attempt in range(cfg.retries + 1):
+        attempt = 0
+        while attempt <= cfg.retries:
             ans.attempts = attempt + 1
             t0 = time.perf_counter()
+            limit = case.max_tokens or cfg.max_tokens
+            extra = {"seed": cfg.seed} if cfg.seed is not None else {}
+            extra["max_completion_tokens" if model in new_style else "max_tokens"] = limit
             try:
-                extra = {"seed": cfg.seed} if cfg.seed is not None else {}
                 resp = await client.chat.completions.create(
-                    model=model, messages=case.messages, temperature=cfg.temperature,
-                    max_tokens=case.max_tokens or cfg.max_tokens, **extra)
+                    model=model, messages=case.messages, temperature=cfg.temperature, **extra)
             except Exception as exc:  # noqa: BLE001 - classified right below
-                if _retryable(exc) and attempt < cfg.retries:
-                    delay = min(cfg.max_backoff, cfg.backoff * 2 ** attempt) * (0.5 + random.random() / 2)
+                if model not in new_style and _wants_max_completion_tokens(exc):
+                    new_style.add(model)  # remembered for this model's other cases; not a retry
+                    continue
+                attempt += 1
+                if _retryable(exc) and attempt <= cfg.retries:
+                    delay = min(cfg.max_backoff, cfg.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
                     hint = _retry_after(exc)
                     await asyncio.sleep(min(cfg.max_backoff, hint) if hint is not None else delay)
                     continue
@@ -134,9 +148,10 @@ async def run_async(cases: list[Case], models: list[str], cfg: RunConfig,
     client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=cfg.api_key, max_retries=0,
                                 timeout=cfg.timeout)
     sem = asyncio.Semaphore(max(1, cfg.concurrency))
+    new_style: set[str] = set()
 
     async def one(case: Case, model: str) -> Answer:
-        a = await _ask(client, case, model, cfg, sem)
+        a = await _ask(client, case, model, cfg, sem, new_style)
         if on_answer:
             on_answer(a)
         return a
