@@ -11,9 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from test_api_support import chat_jsonl, client, make_server, preference_jsonl, server  # noqa: F401
+from test_api_support import chat_jsonl, preference_jsonl
 from tunery.store import create_api_key, find_servable_model, register_model
 from tunery.store.tables import FineTuningJobCheckpoint
+
+pytest_plugins = ["test_api_support"]  # the server, store and PostgreSQL fixtures
 
 
 def upload(c, data: bytes = None, name: str = "train.jsonl", purpose: str = "fine-tune"):
@@ -320,3 +322,17 @@ def test_openapi_docs_served(server):
     paths = httpx.get(server.url + "/openapi.json").json()["paths"]
     assert {"/v1/files", "/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events",
             "/v1/models"} <= set(paths)
+
+
+def test_api_on_postgresql(make_server, pg_url):
+    """The same server on PostgreSQL: files, jobs, events and concurrent uploads."""
+    srv = make_server(database_url=pg_url)
+    c = srv.client()
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda i: upload(c, chat_jsonl(12, f"pg{i}"), name=f"{i}.jsonl").id, range(12)))
+    assert sorted(f.id for f in c.files.list(limit=5)) == sorted(ids)
+    job = c.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=ids[0], metadata={"db": "pg"})
+    assert job.status == "queued"
+    assert [j.id for j in c.fine_tuning.jobs.list(metadata={"db": "pg"})] == [job.id]
+    assert len(list(c.fine_tuning.jobs.list_events(job.id, limit=1))) == 3
+    assert c.fine_tuning.jobs.cancel(job.id).status == "cancelled"

@@ -8,9 +8,11 @@ import json
 import httpx
 import pytest
 
-from test_api_support import chat_jsonl, make_server, server  # noqa: F401
+from test_api_support import chat_jsonl
 
 JOB = "/v1/fine_tuning/jobs"
+
+pytest_plugins = ["test_api_support"]  # the server, store and PostgreSQL fixtures
 
 
 def assert_client_error(r: httpx.Response) -> dict:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from test_api_support import make_server, server  # noqa: F401
+pytest_plugins = ["test_api_support"]  # the server, store and PostgreSQL fixtures
+
 
 NODE_DIR = Path(__file__).parent / "node"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, select, update
 
-from test_api_support import chat_jsonl, pg_server_url, pg_url, preference_jsonl, store, store_settings  # noqa: F401
+from test_api_support import chat_jsonl, preference_jsonl
 from tunery.errors import InvalidRequest, ModelNotFound, NotFound, PermissionDenied
 from tunery.store import (
     JobRequest, Store, add_event, auth_required, cancel_job, create_api_key, create_file, create_job, delete_file,
@@ -18,6 +18,8 @@ from tunery.store import (
 )
 from tunery.store.files import commit_upload, new_upload_tempfile
 from tunery.store.tables import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent
+
+pytest_plugins = ["test_api_support"]  # the server, store and PostgreSQL fixtures
 
 
 def _job(store, org, **kw):
