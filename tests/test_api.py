@@ -336,3 +336,11 @@ def test_api_on_postgresql(make_server, pg_url):
     assert [j.id for j in c.fine_tuning.jobs.list(metadata={"db": "pg"})] == [job.id]
     assert len(list(c.fine_tuning.jobs.list_events(job.id, limit=1))) == 3
     assert c.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+
+
+def test_validation_file_must_not_overlap_training(client):
+    train = upload(client, chat_jsonl(12, "t"))
+    same = upload(client, chat_jsonl(12, "t"), name="valid.jsonl")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=train.id, validation_file=same.id)
+    assert e.value.body["param"] == "validation_file" and "training file" in e.value.body["message"]

@@ -84,6 +84,24 @@ def validate_upload(path: Path, purpose: str, display_name: str | None = None
     return "error", str(report.summary())[:20000], info
 
 
+def validate_pair(train_path: Path, valid_path: Path) -> str | None:
+    """Problems of a validation file next to its training file (overlap, mixed formats), or None."""
+    try:
+        from tunery.data import validate_file
+    except ImportError:
+        return None
+    try:
+        report = validate_file(train_path, validation_path=valid_path)
+    except Exception:  # pairing is an extra check; each file alone already passed validation
+        log.exception("validate_file(%s, validation_path=%s) failed", train_path, valid_path)
+        return None
+    problems = [p for p in getattr(report, "errors", []) if getattr(p, "file", None) == "validation"]
+    if not problems:
+        return None
+    return "The validation file does not go with the training file: " + "; ".join(
+        p.describe() for p in problems[:5])
+
+
 def _report_dict(report) -> dict:
     try:
         info = dict(report.to_dict())

@@ -333,6 +333,12 @@ def create_job(store: Store, org: Organization, req: JobRequest) -> FineTuningJo
         if req.validation_file is not None:
             valid = _check_file(s, org.id, req.validation_file, "validation_file")
             _check_format(valid, mtype, "validation_file")
+    if valid is not None:
+        from tunery.store.files import validate_pair
+
+        problem = validate_pair(Path(train.path), Path(valid.path))
+        if problem:
+            raise _bad(problem[:4000], "validation_file", "invalid_validation_file")
     job = FineTuningJob(
         id=jid, org_id=org.id, model=req.model, base_model=base_model, training_file=train.id,
         validation_file=valid.id if valid else None, suffix=suffix, seed=seed, hyperparameters=hp,
