@@ -665,6 +665,11 @@ class Engine:
     def _drop_adapter(self, backend: Backend, name: str) -> None:
         if backend.peft is not None and name in backend.peft.peft_config:
             try:
+                if len(backend.peft.peft_config) == 1:
+                    # PEFT cannot be left with no adapter: take the LoRA layers out and serve the plain model.
+                    backend.model = backend.peft.unload()
+                    backend.peft = None
+                    return
                 backend.peft.delete_adapter(name)
             except Exception:  # PEFT refuses odd states (e.g. last adapter); the weights then stay unused
                 log.warning("could not delete adapter %s", name, exc_info=True)

@@ -1,0 +1,41 @@
+"""/v1/chat/completions: chat with base, fine-tuned and checkpoint models (whole or streamed as SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from tunery.api.deps import ERROR_RESPONSES, current_org, get_store
+from tunery.inference.engine import get_engine
+from tunery.inference.wire import Answer, ChatCompletionRequest, chat_messages, chat_params
+from tunery.store import Organization, Store, find_servable_model
+
+router = APIRouter(tags=["chat"], responses={
+    **ERROR_RESPONSES,
+    429: {"model": ERROR_RESPONSES[400]["model"], "description": "Too many requests waiting; retry shortly"}})
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@router.post("/chat/completions", summary="Create a chat completion", response_model=None,
+             responses={200: {"description": "A chat.completion object, or with stream=true server-sent "
+                                             "chat.completion.chunk events ending with data: [DONE]",
+                              "content": {"application/json": {}, "text/event-stream": {}}}})
+async def create_chat_completion(body: ChatCompletionRequest, request: Request,
+                                 store: Store = Depends(get_store), org: Organization = Depends(current_org)):
+    params = chat_params(body)
+    messages = chat_messages(body)
+    servable = await run_in_threadpool(find_servable_model, store, org, body.model)
+    engine = get_engine(request.app)
+    handle = await run_in_threadpool(engine.prepare, servable)
+    ids = await run_in_threadpool(handle.encode_chat, messages)
+    gen = await run_in_threadpool(engine.submit, handle, ids, params, asyncio.get_running_loop(), "messages")
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    answer = Answer("chat", body.model, params.n, include_usage, params.logprobs)
+    if body.stream:
+        return StreamingResponse(answer.stream([gen]), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return JSONResponse(await answer.whole([gen]))
+

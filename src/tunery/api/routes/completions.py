@@ -1,0 +1,74 @@
+"""/v1/completions: the legacy text-completion endpoint (prompt in, text out; whole or streamed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from tunery.api.deps import ERROR_RESPONSES, current_org, get_store
+from tunery.errors import InvalidRequest
+from tunery.inference.engine import get_engine
+from tunery.inference.wire import Answer, CompletionRequest, completion_params
+from tunery.store import Organization, Store, find_servable_model
+
+router = APIRouter(tags=["completions"], responses={
+    **ERROR_RESPONSES,
+    429: {"model": ERROR_RESPONSES[400]["model"], "description": "Too many requests waiting; retry shortly"}})
+
+
+def _prompts(prompt) -> list[str | list[int]]:
+    """The four prompt forms (string, strings, token ids, lists of token ids) as a list of prompts."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise InvalidRequest("prompt must not be empty", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]
+    return list(prompt)
+
+
+@router.post("/completions", summary="Create a completion", response_model=None,
+             responses={200: {"description": "A text_completion object, or with stream=true server-sent "
+                                             "text_completion events ending with data: [DONE]",
+                              "content": {"application/json": {}, "text/event-stream": {}}}})
+async def create_completion(body: CompletionRequest, request: Request,
+                            store: Store = Depends(get_store), org: Organization = Depends(current_org)):
+    params = completion_params(body)
+    prompts = _prompts(body.prompt)
+    if len(prompts) * params.n > 128:
+        raise InvalidRequest("at most 128 choices per request (prompts × n)", param="prompt")
+    servable = await run_in_threadpool(find_servable_model, store, org, body.model)
+    engine = get_engine(request.app)
+    handle = await run_in_threadpool(engine.prepare, servable)
+    vocab = handle.backend.vocab_size
+
+    def encode(p) -> list[int]:
+        if isinstance(p, str):
+            return handle.encode(p)
+        if any(not isinstance(t, int) or not 0 <= t < vocab for t in p):
+            raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab})", param="prompt")
+        return list(p)
+
+    encoded = await run_in_threadpool(lambda: [encode(p) for p in prompts])
+    loop = asyncio.get_running_loop()
+    gens = []
+    try:
+        for ids in encoded:
+            gens.append(await run_in_threadpool(engine.submit, handle, ids, params, loop, "prompt"))
+    except Exception:
+        for g in gens:
+            g.cancel()
+        raise
+    echo = None
+    if body.echo:
+        tok = handle.tokenizer
+        echo = [p if isinstance(p, str) else tok.decode(p) for p in prompts]
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    answer = Answer("text", body.model, params.n, include_usage, params.logprobs, echo=echo)
+    if body.stream:
+        return StreamingResponse(answer.stream(gens), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return JSONResponse(await answer.whole(gens))

@@ -1,0 +1,236 @@
+"""/v1/chat/completions and /v1/completions through the official openai SDK over real HTTP (uvicorn)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from test_api_support import make_server, start_server  # noqa: F401  (make_server is a fixture)
+from test_inference_engine import SCHEMA, make_lora
+from tunery.settings import Settings
+
+MSG = [{"role": "user", "content": "Say something about cats."}]
+
+
+@pytest.fixture(scope="module")
+def srv(tiny_model_dir, tmp_path_factory):
+    """One server (and engine) for the module; the tiny model is served by its directory name."""
+    home = tmp_path_factory.mktemp("inference-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TUNERY_INFERENCE_DTYPE", "float32")
+    server = start_server(Settings.from_env(home=home))
+    yield server
+    engine = getattr(server.app.state, "engine", None)
+    server.stop()
+    if engine is not None:
+        engine.close()
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir) -> str:
+    return str(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def ft_model(srv, tiny_model_dir, tmp_path_factory) -> str:
+    from tunery.store import ensure_org, register_model
+
+    lora = make_lora(tiny_model_dir, tmp_path_factory.mktemp("ft") / "final", seed=11)
+    org = ensure_org(srv.store, "personal")
+    name = "ft:tiny:personal:cats:abc12345"
+    register_model(srv.store, org, model_id=name, base_model=str(tiny_model_dir), job_id=None, path=lora)
+    return name
+
+
+@pytest.fixture
+def client(srv):
+    return srv.client()
+
+
+def test_chat_greedy_with_usage(client, model):
+    a = client.chat.completions.create(model=model, messages=MSG, temperature=0, max_tokens=10)
+    b = client.chat.completions.create(model=model, messages=MSG, temperature=0, max_completion_tokens=10)
+    assert a.object == "chat.completion" and a.id.startswith("chatcmpl-")
+    assert a.choices[0].message.role == "assistant" and a.choices[0].message.content
+    assert a.choices[0].message.content == b.choices[0].message.content
+    assert a.choices[0].finish_reason == "length"
+    assert a.usage.completion_tokens == 10 and a.usage.total_tokens == a.usage.prompt_tokens + 10
+    assert a.model == model
+
+
+def test_chat_stream_stop_split_across_chunks_and_usage(client, model):
+    full = client.chat.completions.create(model=model, messages=MSG, temperature=0, max_tokens=20)
+    text = full.choices[0].message.content
+    pieces = [c.choices[0].delta.content for c in client.chat.completions.create(
+        model=model, messages=MSG, temperature=0, max_tokens=20, stream=True) if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == text
+    cut = len(pieces[0]) + len(pieces[1])
+    stop = text[cut - 2:cut + 2]  # straddles the boundary of two streamed tokens
+    chunks = list(client.chat.completions.create(model=model, messages=MSG, temperature=0, max_tokens=20, stop=stop,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    deltas = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert "".join(deltas) == text[: text.index(stop)]
+    assert all(stop not in d for d in deltas)
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_raw_sse_ends_with_done(srv, model):
+    with httpx.stream("POST", srv.base_url + "/chat/completions", timeout=30, json={
+            "model": model, "messages": MSG, "max_tokens": 3, "stream": True}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        body = r.read().decode()
+    events = [e for e in body.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+
+
+def test_fine_tuned_adapter_served_then_deleted(client, srv, model, ft_model):
+    base = client.chat.completions.create(model=model, messages=MSG, temperature=0, max_tokens=8)
+    tuned = client.chat.completions.create(model=ft_model, messages=MSG, temperature=0, max_tokens=8)
+    assert tuned.model == ft_model
+    assert tuned.choices[0].message.content != base.choices[0].message.content
+    assert ft_model in srv.app.state.engine.loaded()[model]
+    assert client.models.delete(ft_model).deleted
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.chat.completions.create(model=ft_model, messages=MSG, max_tokens=2)
+    assert exc.value.code == "model_not_found"
+    deadline = time.time() + 5
+    while ft_model in srv.app.state.engine.loaded()[model] and time.time() < deadline:
+        time.sleep(0.05)
+    assert ft_model not in srv.app.state.engine.loaded()[model]
+
+
+def test_concurrent_requests_match_sequential(client, model, srv):
+    prompts = [[{"role": "user", "content": f"Tell me about {i}" + "!" * i}] for i in range(6)]
+    alone = [client.chat.completions.create(model=model, messages=p, temperature=0, max_tokens=12)
+             .choices[0].message.content for p in prompts]
+    out: dict[int, str] = {}
+    steps0 = srv.app.state.engine.steps
+
+    def call(i):
+        out[i] = client.chat.completions.create(model=model, messages=prompts[i], temperature=0,
+                                                max_tokens=12).choices[0].message.content
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [out[i] for i in range(6)] == alone
+    assert srv.app.state.engine.steps - steps0 < 6 * 12  # forward passes were shared
+
+
+def test_seed_n_and_logprobs(client, model):
+    kw = dict(model=model, messages=MSG, temperature=1.0, max_tokens=6, n=2, seed=5)
+    a = client.chat.completions.create(**kw)
+    b = client.chat.completions.create(**kw)
+    assert [c.index for c in a.choices] == [0, 1]
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    r = client.chat.completions.create(model=model, messages=MSG, temperature=0, max_tokens=4, logprobs=True,
+                                       top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert len(content) == 4 and "".join(t.token for t in content) == r.choices[0].message.content
+    assert all(len(t.top_logprobs) == 2 and t.top_logprobs[0].token == t.token for t in content)
+
+
+def test_json_schema_response_format(client, model):
+    r = client.chat.completions.create(
+        model=model, messages=MSG, temperature=1.0, seed=3, max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA, "strict": True}})
+    obj = json.loads(r.choices[0].message.content)
+    assert set(obj) == {"ok", "color", "size"} and obj["color"] in ("red", "green", "blue")
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_errors_name_the_problem(client, model):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi " * 1100}], max_tokens=5)
+    assert "1024" in exc.value.message and exc.value.code == "context_length_exceeded"
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.chat.completions.create(model="ft:nope:personal::zzzz", messages=MSG)
+    assert exc.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model=model, messages=MSG, temperature=5)
+    assert exc.value.param == "temperature"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model=model, messages=MSG,
+                                       response_format={"type": "json_schema", "json_schema": {"name": "x",
+                                                        "schema": {"type": "nonsense"}}})
+    assert exc.value.param.startswith("response_format")
+
+
+def test_completions_prompts_n_echo_logprobs(client, model):
+    r = client.completions.create(model=model, prompt=["Once upon", "The cat"], n=2, max_tokens=5, temperature=0,
+                                  logprobs=2)
+    assert r.object == "text_completion" and [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert r.choices[0].text == r.choices[1].text  # greedy: n copies agree
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == 5 and len(lp.token_logprobs) == 5 and all(len(t) <= 2 for t in lp.top_logprobs)
+    assert "".join(lp.tokens) == r.choices[0].text and lp.text_offset[0] == 0
+    assert r.usage.completion_tokens == 20
+    e = client.completions.create(model=model, prompt="Once upon", max_tokens=5, temperature=0, echo=True)
+    assert e.choices[0].text == "Once upon" + r.choices[0].text
+    d = client.completions.create(model=model, prompt="Once upon", temperature=0)
+    assert d.usage.completion_tokens == 16 or d.choices[0].finish_reason == "stop"  # legacy default max_tokens
+
+
+def test_completions_stream(client, model):
+    whole = client.completions.create(model=model, prompt="Once upon", max_tokens=8, temperature=0).choices[0].text
+    chunks = list(client.completions.create(model=model, prompt="Once upon", max_tokens=8, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    assert chunks[-1].usage.completion_tokens == 8
+
+
+def test_full_queue_gives_429(make_server, monkeypatch, model):
+    monkeypatch.setenv("TUNERY_MAX_BATCH", "1")
+    monkeypatch.setenv("TUNERY_MAX_QUEUE", "1")
+    monkeypatch.setenv("TUNERY_INFERENCE_DTYPE", "float32")
+    server = make_server()
+    client = server.client()
+    try:
+        stream = client.chat.completions.create(model=model, messages=MSG, max_tokens=900, temperature=0, stream=True)
+        next(iter(stream))  # the first request is running
+        waiting = threading.Thread(target=lambda: client.chat.completions.create(model=model, messages=MSG,
+                                                                                 max_tokens=2))
+        waiting.start()
+        deadline = time.time() + 10
+        while time.time() < deadline and not any(b.waiting for b in server.app.state.engine.backends.values()):
+            time.sleep(0.02)
+        with pytest.raises(openai.RateLimitError) as exc:
+            client.chat.completions.create(model=model, messages=MSG, max_tokens=2)
+        assert exc.value.status_code == 429 and "TUNERY_MAX_QUEUE" in exc.value.message
+        stream.close()
+        waiting.join(timeout=30)
+    finally:
+        server.app.state.engine.close()
+
+
+@pytest.mark.slow
+def test_bundled_model_json_mode_and_alias(make_server):
+    server = make_server()
+    client = server.client(timeout=300)
+    try:
+        r = client.chat.completions.create(
+            model="gpt-4o-mini", temperature=0, max_tokens=80, response_format={"type": "json_object"},
+            messages=[{"role": "user", "content": "Give a JSON object with the name and age of a fictional person."}])
+        obj = json.loads(r.choices[0].message.content)
+        assert isinstance(obj, dict) and r.choices[0].finish_reason == "stop"
+        text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="gpt-4o-mini", temperature=0, max_tokens=12, stream=True,
+            messages=[{"role": "user", "content": "What is the capital of France?"}]) if c.choices)
+        assert "Paris" in text
+    finally:
+        server.app.state.engine.close()
