@@ -153,6 +153,7 @@ def commit_upload(store: Store, org, tmp_path: Path, *, filename: str, purpose: 
     try:
         status, details, info = (validate_upload(tmp_path, purpose, clean_filename(filename)) if validate
                                  else ("processed", None, None))
+        _fsync(tmp_path)  # the bytes are on disk before any row names them
         fid = file_id()
         final = store.files_dir / fid
         row = File(id=fid, org_id=org_id_of(org), filename=clean_filename(filename), purpose=purpose,
@@ -163,12 +164,21 @@ def commit_upload(store: Store, org, tmp_path: Path, *, filename: str, purpose: 
                 s.add(row)
                 s.flush()
                 os.replace(tmp_path, final)
+                _fsync(final.parent)
         except BaseException:
             final.unlink(missing_ok=True)
             raise
         return row
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def create_file(store: Store, org, *, filename: str, purpose: str, content: bytes,
@@ -179,8 +189,6 @@ def create_file(store: Store, org, *, filename: str, purpose: str, content: byte
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

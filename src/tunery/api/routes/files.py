@@ -119,8 +119,7 @@ class _Upload:
 
     def _part_end(self):
         if self._is_file:
-            os.fsync(self.fd)
-            os.close(self.fd)
+            os.close(self.fd)  # commit_upload fsyncs it, off the event loop
             self.fd = None
         elif self._part:
             self.fields[self._part] = self._buf.decode("utf-8", "replace")
