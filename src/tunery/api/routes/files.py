@@ -111,7 +111,9 @@ class _Upload:
             if self.nbytes > self.limit:
                 raise PayloadTooLarge(f"The file is larger than this server's limit of {self.limit} bytes "
                                       "(TUNERY_MAX_UPLOAD_BYTES).", param="file")
-            os.write(self.fd, data[start:end])
+            view = memoryview(data)[start:end]
+            while view:  # os.write may write less than asked
+                view = view[os.write(self.fd, view):]
         else:
             self._buf += data[start:end]
             if len(self._buf) > MAX_FIELD_BYTES:
