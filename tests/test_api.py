@@ -344,3 +344,43 @@ def test_validation_file_must_not_overlap_training(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=train.id, validation_file=same.id)
     assert e.value.body["param"] == "validation_file" and "training file" in e.value.body["message"]
+
+
+def test_worker_transitions_are_visible_through_the_sdk(client, server, tmp_path):
+    """The worker's own queue functions (store/queue.py) move a job; the SDK sees every step, and the
+    API's pause/cancel win over a worker that still thinks it holds the job."""
+    from tunery.store import queue
+
+    f = upload(client)
+    job = client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=f.id, suffix="e2e",
+                                         hyperparameters={"n_epochs": 2})
+    claimed = queue.claim_next(server.store, "w1", 60)
+    assert claimed.id == job.id and client.fine_tuning.jobs.retrieve(job.id).status == "running"
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    assert not queue.update_running(server.store, job.id, "w1", trained_tokens=5)  # the pause wins
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    queue.release_stopped(server.store, job.id, "w1")
+    claimed = queue.claim_next(server.store, "w2", 60)
+    assert claimed is not None and claimed.id == job.id
+    name = f"ft:smollm2-135m-instruct:{claimed.org_name}:e2e:{job.id[-8:]}"
+    assert queue.add_checkpoint(server.store, job.id, "w2", step=3, model_name=name + ":ckpt-step-3",
+                                metrics={"step": 3, "train_loss": 0.7}, path=str(tmp_path / "ck3"))
+    assert queue.finish_succeeded(
+        server.store, claimed, "w2", fine_tuned_model=name, model_path=str(tmp_path / "final"), trained_tokens=321,
+        resolved_hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 2.0},
+        result_csv_text="step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n3,0.7,0.5,,\n")
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    assert done.status == "succeeded" and done.fine_tuned_model == name and done.trained_tokens == 321
+    assert done.hyperparameters.batch_size == 4 and done.hyperparameters.learning_rate_multiplier == 2.0
+    assert done.finished_at and len(done.result_files) == 1
+    results = client.files.retrieve(done.result_files[0])
+    assert results.purpose == "fine-tune-results"
+    assert client.files.content(results.id).text.startswith("step,train_loss,train_accuracy,valid_loss")
+    assert [c.fine_tuned_model_checkpoint for c in client.fine_tuning.jobs.checkpoints.list(job.id)] == [
+        name + ":ckpt-step-3"]
+    assert name in {m.id for m in client.models.list()}
+    org = done.organization_id
+    assert find_servable_model(server.store, org, name).adapter_dir == tmp_path / "final"
+    assert find_servable_model(server.store, org, name + ":ckpt-step-3").adapter_dir == tmp_path / "ck3"
+    with pytest.raises(openai.BadRequestError, match="already finished"):
+        client.fine_tuning.jobs.cancel(job.id)
