@@ -37,6 +37,7 @@ def _register() -> None:
     __import__("tunery.worker.cli", fromlist=["register"]).register(app)  # worker, quickstart
     __import__("tunery.eval.cli", fromlist=["register"]).register(app)  # eval, compare
     __import__("tunery.train.cli", fromlist=["register"]).register(app)  # train, export
+    __import__("tunery.inference.cli", fromlist=["register"]).register(app)  # chat
 
 
 _register()
