@@ -265,3 +265,15 @@ def test_non_finite_numbers_are_stored_as_null(store):
               data={"step": 1, "train_loss": float("nan"), "nested": [float("inf"), 1.5]})
     ev = list_events(store, org, job.id, limit=1).data[0]
     assert ev.data == {"step": 1, "train_loss": None, "nested": [None, 1.5]}
+
+
+def test_migrations_match_the_table_definitions(store):
+    """A column added to tables.py without a migration (or the reverse) fails here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from tunery.store.tables import Base
+
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
