@@ -332,10 +332,10 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
              "train_loss": loss_sum / max(1, n_target), "train_mean_token_accuracy": correct / max(1, n_target),
              "learning_rate": lr, "trained_tokens": trained_tokens,
              "tokens_per_second": session_tokens / session_time if session_time else 0.0}
-        if valid_batches and (step % eval_every == 0 or step == total_steps):
+        epoch_end = step % steps_per_epoch == 0
+        if valid_batches and (step % eval_every == 0 or epoch_end):
             vb = valid_batches[(step // eval_every) % len(valid_batches)]
             m["valid_loss"], m["valid_mean_token_accuracy"] = evaluate(model, vb, max_tokens, device, autocast)
-        epoch_end = step % steps_per_epoch == 0
         if epoch_end and valid_set:
             m["full_valid_loss"], m["full_valid_mean_token_accuracy"] = evaluate(
                 model, valid_set, max_tokens, device, autocast)

@@ -1,0 +1,300 @@
+"""Trainer tests on the tiny model: masks token by token, truncation, metrics, checkpoints, exact resume,
+cancel/pause, full fine-tuning, export and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tunery.errors import InvalidRequest
+from tunery.train import TrainCallbacks, TrainConfig, resolve_hyperparameters, train
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def chat_rows(n: int, start: int = 0) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"What is the code for item {i}?"},
+                          {"role": "assistant", "content": f"The code for item {i} is {i * 37 % 101}."}]}
+            for i in range(start, start + n)]
+
+
+class Recorder(TrainCallbacks):
+    def __init__(self, stop_at: dict | None = None):
+        self.events: list[tuple[str, str]] = []
+        self.metrics: list[dict] = []
+        self.resolved: dict | None = None
+        self.checkpoints = []
+        self.stop_at = stop_at or {}  # {step_count: "cancel"|"pause"}
+
+    def on_event(self, level, message):
+        self.events.append((level, message))
+
+    def on_metrics(self, data):
+        self.metrics.append(data)
+
+    def on_resolved(self, hp):
+        self.resolved = hp
+
+    def on_checkpoint(self, info):
+        self.checkpoints.append(info)
+
+    def should_stop(self):
+        return self.stop_at.get(len(self.metrics))
+
+    def losses(self) -> list[float]:
+        return [m["train_loss"] for m in self.metrics]
+
+
+@pytest.fixture(scope="module")
+def tok(bundled_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(bundled_model_dir)
+
+
+def trained_text(tok, enc) -> list[str]:
+    return [tok.decode([i]) for i, m in zip(enc.input_ids, enc.loss_mask) if m]
+
+
+# --- masks ------------------------------------------------------------------------------------
+
+def test_chat_mask_trains_assistant_turns_and_end_of_turn_only(tok):
+    from tunery.train.tokenize import encode_chat
+
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello there"}, {"role": "user", "content": "again?"},
+            {"role": "assistant", "content": "no way", "weight": 0}, {"role": "user", "content": "last"},
+            {"role": "assistant", "content": "Yes."}]
+    enc = encode_chat(tok, msgs)
+    assert trained_text(tok, enc) == ["hello", " there", "<|im_end|>", "Yes", ".", "<|im_end|>"]
+    # Every other token — system, user, headers, the weight-0 answer, newlines — is masked.
+    rendered = tok.apply_chat_template(msgs, tokenize=False)
+    assert tok.decode(enc.input_ids) == rendered
+    untrained = "".join(tok.decode([i]) for i, m in zip(enc.input_ids, enc.loss_mask) if not m)
+    assert "no way" in untrained and "Be brief." in untrained and "assistant" in untrained
+
+
+def test_chat_mask_default_system_prompt_is_masked(tok):
+    from tunery.train.tokenize import encode_chat
+
+    enc = encode_chat(tok, [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}])
+    assert trained_text(tok, enc) == ["A", "<|im_end|>"]
+    assert "SmolLM" in tok.decode(enc.input_ids)  # the template's own system prompt is there, untrained
+
+
+def test_completion_mask_trains_completion_and_eos(tok):
+    from tunery.train.tokenize import encode_completion
+
+    enc = encode_completion(tok, "Capital of Peru:", " Lima")
+    assert trained_text(tok, enc) == [" L", "ima", tok.eos_token] or trained_text(tok, enc)[-1] == tok.eos_token
+    n_prompt = len(tok("Capital of Peru:")["input_ids"])
+    assert enc.loss_mask[:n_prompt] == [0] * n_prompt and all(enc.loss_mask[n_prompt:])
+    assert tok.decode(enc.input_ids[n_prompt:-1]) == " Lima"
+
+
+def test_preference_data_is_refused(tok):
+    from types import SimpleNamespace
+
+    from tunery.train.tokenize import encode_example
+
+    ex = SimpleNamespace(line=3, kind="preference", messages=[], prompt=None, completion=None)
+    with pytest.raises(InvalidRequest, match="line 3"):
+        encode_example(tok, ex)
+
+
+def test_pack_targets_are_the_trained_tokens(tok):
+    from tunery.train.loop import pack
+    from tunery.train.tokenize import encode_chat, encode_completion
+
+    a = encode_chat(tok, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "yes"}])
+    b = encode_completion(tok, "p", " q")
+    p = pack([a, b], "cpu")
+    assert p.input_ids.shape == (1, len(a) + len(b))
+    assert p.position_ids[0, len(a)].item() == 0  # positions restart: examples do not attend to each other
+    expected = [i for e in (a, b) for i, m in zip(e.input_ids[1:], e.loss_mask[1:]) if m]
+    assert p.targets.tolist() == expected
+    assert all(p.input_ids[0, k + 1].item() == t for k, t in zip(p.keep.tolist(), p.targets.tolist()))
+
+
+def test_packed_loss_equals_separate_losses(tiny_model_dir, tok):
+    """Padding-free packing must not let examples see each other."""
+    import torch
+
+    from tunery.models import load_model
+    from tunery.train.loop import forward_loss, pack
+    from tunery.train.tokenize import encode_chat
+
+    model, _ = load_model(str(tiny_model_dir))
+    model.eval()
+    encs = [encode_chat(tok, r["messages"]) for r in chat_rows(3)]
+    import contextlib
+
+    with torch.no_grad():
+        together, _ = forward_loss(model, pack(encs, "cpu"), contextlib.nullcontext)
+        apart = sum(forward_loss(model, pack([e], "cpu"), contextlib.nullcontext)[0] for e in encs)
+    assert float(together) == pytest.approx(float(apart), rel=1e-4)
+
+
+# --- hyperparameters --------------------------------------------------------------------------
+
+def test_auto_hyperparameters_and_validation(tmp_path):
+    cfg = TrainConfig(model="m", training_file="f", output_dir=tmp_path)
+    hp = resolve_hyperparameters(cfg, 25)
+    assert hp["n_epochs"] == 4 and hp["batch_size"] == 1  # cookbook: 100 // 25
+    assert hp["learning_rate"] == pytest.approx(2e-4 * hp["learning_rate_multiplier"])
+    assert resolve_hyperparameters(cfg, 50_000)["n_epochs"] == 1
+    assert resolve_hyperparameters(cfg, 5000)["batch_size"] == 10
+    cfg2 = TrainConfig(model="m", training_file="f", output_dir=tmp_path, method="full", batch_size=4,
+                       learning_rate_multiplier=0.5, n_epochs=2)
+    assert resolve_hyperparameters(cfg2, 25) == {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 0.5,
+                                                  "learning_rate": pytest.approx(5e-6)}
+    for bad in ({"n_epochs": 0}, {"batch_size": "big"}, {"learning_rate_multiplier": -1}, {"method": "dpo"}):
+        with pytest.raises(InvalidRequest):
+            TrainConfig(model="m", training_file="f", output_dir=tmp_path, **bad).validate()
+
+
+# --- training runs ----------------------------------------------------------------------------
+
+def run(tiny_model_dir, tmp_path, name, cb=None, **kw) -> tuple:
+    cb = cb or Recorder()
+    data = tmp_path / "train.jsonl"
+    if not data.exists():
+        write_jsonl(data, chat_rows(12))
+    cfg = dict(model=str(tiny_model_dir), training_file=data, output_dir=tmp_path / name, n_epochs=2,
+               batch_size=4, seed=7, learning_rate_multiplier=5.0)
+    cfg.update(kw)
+    return train(TrainConfig(**cfg), cb), cb
+
+
+def test_lora_run_metrics_checkpoints_and_outputs(tiny_model_dir, tmp_path):
+    valid = write_jsonl(tmp_path / "valid.jsonl", chat_rows(5, start=100))
+    res, cb = run(tiny_model_dir, tmp_path, "out", validation_file=valid, n_epochs=4, eval_every=2)
+    assert res.status == "succeeded"
+    assert cb.resolved["total_steps"] == 12 and cb.resolved["n_epochs"] == 4 and cb.resolved["seed"] == 7
+    assert [m["step"] for m in cb.metrics] == list(range(1, 13))
+    assert all({"train_loss", "train_mean_token_accuracy", "trained_tokens", "tokens_per_second"} <= m.keys()
+               for m in cb.metrics)
+    assert [m["step"] for m in cb.metrics if "valid_loss" in m] == [2, 3, 4, 6, 8, 9, 10, 12]
+    assert [m["step"] for m in cb.metrics if "full_valid_loss" in m] == [3, 6, 9, 12]
+    assert cb.metrics[-1]["train_loss"] < cb.metrics[0]["train_loss"]
+    assert cb.metrics[-1]["full_valid_loss"] < cb.metrics[2]["full_valid_loss"]
+    assert res.trained_tokens == cb.metrics[-1]["trained_tokens"] > 0
+    # One checkpoint per epoch, the last 3 kept on disk.
+    assert [c.step for c in cb.checkpoints] == [3, 6, 9, 12]
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["step-12", "step-6", "step-9"]
+    assert [c.step for c in res.checkpoints] == [6, 9, 12]
+    meta = json.loads((tmp_path / "out" / "checkpoints" / "step-9" / "tunery.json").read_text())
+    assert meta["base_model"] == str(Path(tiny_model_dir).resolve()) and meta["method"] == "lora"
+    assert meta["step"] == 9 and meta["epoch"] == 3 and meta["hyperparameters"]["batch_size"] == 4
+    assert {"train_loss", "full_valid_loss", "valid_loss"} <= meta["metrics"].keys()
+    final = res.model_dir
+    assert (final / "adapter_model.safetensors").exists() and (final / "adapter_config.json").exists()
+    assert not (final / "trainer_state.pt").exists()
+    # The adapter loads with plain PEFT (what the engine does).
+    from peft import PeftModel
+
+    from tunery.models import load_model
+
+    base, _ = load_model(str(tiny_model_dir))
+    PeftModel.from_pretrained(base, str(final))
+
+
+def test_truncation_warns_and_still_trains(tiny_model_dir, tmp_path):
+    rows = chat_rows(4)
+    rows.append({"messages": [{"role": "user", "content": "long " * 200}, {"role": "assistant", "content": "ok"}]})
+    data = write_jsonl(tmp_path / "t.jsonl", rows)
+    res, cb = run(tiny_model_dir, tmp_path, "o", training_file=data, max_length=64, n_epochs=1)
+    warns = [m for lvl, m in cb.events if lvl == "warn"]
+    assert any("truncated" in w and "line 5" in w for w in warns)
+    # The long example lost its answer to truncation, so it has nothing to train on and is skipped (warned).
+    assert any("no trained tokens" in w and "5" in w for w in warns)
+    assert cb.resolved["n_train_examples"] == 4 and res.status == "succeeded"
+
+
+def test_same_seed_same_losses_and_exact_resume_from_epoch_checkpoint(tiny_model_dir, tmp_path):
+    straight, cb_a = run(tiny_model_dir, tmp_path, "a")
+    # Second run: same seed, stopped after epoch 1 (3 steps), then resumed from its checkpoint.
+    first, cb_b = run(tiny_model_dir, tmp_path, "b", cb=Recorder(stop_at={3: "cancel"}))
+    assert first.status == "cancelled" and first.model_dir is None
+    assert cb_b.losses() == cb_a.losses()[:3]  # same seed and data → same losses
+    ckpt = tmp_path / "b" / "checkpoints" / "step-3"
+    resumed, cb_c = run(tiny_model_dir, tmp_path, "b", resume_from=ckpt, seed=None, n_epochs="auto")
+    assert resumed.status == "succeeded"
+    assert [m["step"] for m in cb_c.metrics] == [4, 5, 6]
+    assert cb_c.losses() == pytest.approx(cb_a.losses()[3:], rel=1e-5, abs=1e-6)
+    assert resumed.trained_tokens == straight.trained_tokens
+    assert resumed.final_metrics["train_loss"] == pytest.approx(straight.final_metrics["train_loss"], rel=1e-5)
+
+
+def test_pause_writes_resume_state_and_resume_continues_exactly(tiny_model_dir, tmp_path):
+    straight, cb_a = run(tiny_model_dir, tmp_path, "a")
+    paused, cb_p = run(tiny_model_dir, tmp_path, "p", cb=Recorder(stop_at={4: "pause"}))
+    assert paused.status == "paused" and paused.resume_dir == tmp_path / "p" / "resume"
+    assert (paused.resume_dir / "trainer_state.pt").exists()
+    resumed, cb_r = run(tiny_model_dir, tmp_path, "p", resume_from=paused.resume_dir)
+    assert [m["step"] for m in cb_r.metrics] == [5, 6]
+    assert cb_p.losses() + cb_r.losses() == pytest.approx(cb_a.losses(), rel=1e-5, abs=1e-6)
+
+
+def test_cancel_stops_and_leaves_last_checkpoint_usable(tiny_model_dir, tmp_path):
+    res, cb = run(tiny_model_dir, tmp_path, "c", cb=Recorder(stop_at={4: "cancel"}))
+    assert res.status == "cancelled" and len(cb.metrics) == 4
+    assert [c.step for c in res.checkpoints] == [3]
+    from peft import PeftModel
+
+    from tunery.models import load_model
+
+    base, _ = load_model(str(tiny_model_dir))
+    PeftModel.from_pretrained(base, str(res.checkpoints[0].path))
+
+
+def test_full_fine_tuning_and_export(tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    res, cb = run(tiny_model_dir, tmp_path, "full", method="full", learning_rate_multiplier=10.0)
+    assert res.status == "succeeded" and cb.losses()[-1] < cb.losses()[0]
+    assert (res.model_dir / "config.json").exists() and (res.model_dir / "model.safetensors").exists()
+    assert json.loads((res.model_dir / "tunery.json").read_text())["method"] == "full"
+    m = AutoModelForCausalLM.from_pretrained(res.model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not torch.equal(m.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+
+
+def test_export_merge_matches_adapter(tiny_model_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunery.cli import main
+
+    res, _ = run(tiny_model_dir, tmp_path, "l", n_epochs=1)
+    out = tmp_path / "merged"
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(res.model_dir), "--merge", "--output", str(out)])
+    assert exc.value.code == 0
+    assert (out / "config.json").exists() and not (out / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(res.model_dir)).eval()
+    x = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x).logits, peft(x).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_train(tiny_model_dir, tmp_path, capsys):
+    from tunery.cli import main
+
+    data = write_jsonl(tmp_path / "d.jsonl", chat_rows(10))
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--model", str(tiny_model_dir), "--training-file", str(data), "--n-epochs", "1",
+              "--batch-size", "5", "--learning-rate-multiplier", "2", "--seed", "3", "--output",
+              str(tmp_path / "cli")])
+    assert exc.value.code == 0
+    assert (tmp_path / "cli" / "final" / "adapter_model.safetensors").exists()
+    err = capsys.readouterr().err
+    assert "succeeded" in err and "batch size 5" in err
