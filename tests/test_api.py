@@ -94,7 +94,7 @@ def test_job_create_and_lifecycle(client):
     assert job.id.startswith("ftjob-") and isinstance(job.seed, int) and job.result_files == []
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == "auto"
     assert job.method.type == "supervised" and job.method.supervised.hyperparameters.n_epochs == 2
-    assert job.suffix == "my-bot_1.0" and job.metadata == {"team": "ml"} and job.validation_file == v.id
+    assert job.user_provided_suffix == "my-bot_1.0" and job.metadata == {"team": "ml"} and job.validation_file == v.id
     assert job.organization_id.startswith("org-")
     assert client.fine_tuning.jobs.retrieve(job.id).model_dump() == job.model_dump()
     events = list(client.fine_tuning.jobs.list_events(job.id))

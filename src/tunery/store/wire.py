@@ -39,7 +39,7 @@ def job_object(row: FineTuningJob, org: Organization | str | None = None) -> dic
         "validation_file": row.validation_file, "estimated_finish": row.estimated_finish,
         "integrations": row.integrations or None, "metadata": row.metadata_ or None,
         "method": {"type": mtype, mtype: {"hyperparameters": hp}},
-        "suffix": row.suffix,
+        "user_provided_suffix": row.suffix,  # not in the SDK's type, but OpenAI sends it
     }
 
 

@@ -113,7 +113,7 @@ class FineTuningJob(BaseModel):
     integrations: list[dict[str, Any]] | None = None
     metadata: dict[str, str] | None = None
     method: dict[str, Any] | None = None
-    suffix: str | None = None
+    user_provided_suffix: str | None = None
 
 
 class FineTuningJobEvent(BaseModel):
