@@ -59,7 +59,8 @@ def write(path, objs):
 def random_examples(seed: int, n: int):
     rnd = random.Random(seed)
     alphabet = ["ab", " cd", "\n\n", "  ", "\t", "é", "漢字", "<|im_end|>", "'s", " 12", ",.!", "<|im_start|>",
-                "don't", "   x", "\r\n", "😀", "Ġ", "  \n "]
+                "don't", "   x", "\r\n", "😀", "Ġ", "  \n ", "\x0b", "\x0c", "\x1c", "'S", "'ll", "'re", "I'VE",
+                "12345", "\u00a0", "\u2003", "x\u0085", "½", "Ω"]
     exs = []
     for i in range(n):
         msgs = [{"role": "system", "content": "Be brief."}] if rnd.random() < 0.5 else []
@@ -72,19 +73,32 @@ def random_examples(seed: int, n: int):
 
 def test_fast_counts_equal_template_plus_tokenizer(tok):
     counter = TokenCounter(tok, "tiny")
-    assert counter._split is not None and counter._word_re is not None  # the fast paths are in use
+    assert counter._split is not None and counter._word_re is not None and counter._ascii_re is not None
     exs = random_examples(0, 150)
     want = [len(tok.apply_chat_template(e.messages, tokenize=True, return_dict=False)) for e in exs]
     assert counter.count_examples(exs) == want
     assert counter.count_examples(exs) == want  # again, now from the caches
     assert counter._split is not None and counter._word_re is not None  # the self-check kept them
+    assert counter._piece_checks > 0  # the pre-cut chat pieces were used (and checked) on the second pass
+
+
+def test_ascii_split_is_the_unicode_split_on_ascii_text():
+    from tunery.data.tokens import _GPT2_ASCII, _GPT2_PATTERN
+    import regex
+
+    uni = regex.compile(_GPT2_PATTERN)
+    rnd = random.Random(5)
+    chars = [chr(i) for i in range(128)] + ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "  ", " \n"]
+    for _ in range(3000):
+        text = "".join(rnd.choice(chars) for _ in range(rnd.randint(0, 30)))
+        assert _GPT2_ASCII.findall(text) == uni.findall(text), repr(text)
 
 
 def test_a_wrong_shortcut_is_detected_and_dropped(tok):
     import regex
 
     counter = TokenCounter(tok, "tiny")
-    counter._word_re = regex.compile(r".")  # one "word" per character: overcounts
+    counter._word_re = counter._ascii_re = regex.compile(r".")  # one "word" per character: overcounts
     exs = random_examples(1, 40)
     want = [len(tok.apply_chat_template(e.messages, tokenize=True, return_dict=False)) for e in exs]
     assert counter.count_examples(exs) == want
