@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import httpx
 import openai
@@ -17,9 +17,31 @@ from tunery.api.cli import is_loopback
 TUNERY = [sys.executable, "-m", "tunery.cli"]
 
 
-def run(*args, home, timeout=60):
-    return subprocess.run([*TUNERY, *args, "--home", str(home)], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "200"})
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run(capsys, monkeypatch):
+    """The real `tunery` entry point, in-process (a subprocess per call costs seconds on a busy machine)."""
+    from tunery.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def go(*args, home) -> Result:
+        capsys.readouterr()
+        try:
+            main([*args, "--home", str(home)])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
+
+    return go
 
 
 @pytest.mark.parametrize("host,loop", [("127.0.0.1", True), ("localhost", True), ("::1", True), ("[::1]", True),
@@ -29,14 +51,14 @@ def test_is_loopback(host, loop):
     assert is_loopback(host) is loop
 
 
-def test_serve_refuses_public_host_without_keys(tmp_path):
+def test_serve_refuses_public_host_without_keys(tmp_path, run):
     proc = run("serve", "--host", "0.0.0.0", "--port", str(free_port()), home=tmp_path)
     assert proc.returncode == 1
     assert "refusing to listen on 0.0.0.0" in proc.stderr and "--insecure" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_keys_and_serve(tmp_path):
+def test_keys_and_serve(tmp_path, run):
     created = run("keys", "create", "--org", "acme", "--name", "ci", home=tmp_path)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1]
