@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import delete, select
 
-from tunery.errors import InvalidRequest, NotFound
+from tunery.errors import InvalidRequest, NotFound, PayloadTooLarge
 from tunery.ids import file_id
 from tunery.store.common import Page, org_id_of, paginate
 from tunery.store.db import Store, now
@@ -55,6 +55,50 @@ def new_upload_tempfile(store: Store) -> tuple[int, Path]:
     store.files_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".tmp", dir=store.files_dir)
     return fd, Path(tmp)
+
+
+class UploadWriter:
+    """Streams one upload to a temp file beside the blobs, enforcing the size limit as bytes arrive.
+    `commit` validates and stores it atomically; `abort` (or any failure) leaves nothing behind."""
+
+    def __init__(self, store: Store, limit: int | None = None):
+        self.store = store
+        self.limit = store.settings.max_upload_bytes if limit is None else limit
+        self.nbytes = 0
+        self._fd, self.tmp = new_upload_tempfile(store)
+
+    def write(self, data) -> None:
+        self.nbytes += len(data)
+        if self.nbytes > self.limit:
+            raise PayloadTooLarge(f"The file is larger than this server's limit of {self.limit} bytes "
+                                  "(TUNERY_MAX_UPLOAD_BYTES).", param="file")
+        view = memoryview(data)
+        while view:  # os.write may write less than asked
+            view = view[os.write(self._fd, view):]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def abort(self) -> None:
+        try:
+            self.close()
+        except OSError:
+            pass
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
+
+    def commit(self, org, *, filename: str, purpose: str) -> File:
+        """Blocking (fsync, validation): call it off the event loop."""
+        self.close()
+        tmp, self.tmp = self.tmp, None
+        return commit_upload(self.store, org, tmp, filename=filename, purpose=purpose, nbytes=self.nbytes)
 
 
 # --- validation hook (the one place the data toolkit is called) --------------------------------

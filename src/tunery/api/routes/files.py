@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -54,18 +53,17 @@ _UPLOAD_BODY = {
 }
 
 
-class _Upload:
-    """Streams one multipart body: the `file` part to a temp file (size-limited), small fields to memory."""
+class _Multipart:
+    """Parses one multipart body as it streams: the `file` part goes to an UploadWriter (size-limited,
+    on disk), the other fields (purpose, …) to memory."""
 
-    def __init__(self, store: Store, limit: int, boundary: bytes):
+    def __init__(self, store: Store, boundary: bytes):
         from python_multipart.multipart import MultipartParser
 
-        self.store, self.limit = store, limit
+        self.store = store
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
-        self.fd: int | None = None
-        self.tmp = None
-        self.nbytes = 0
+        self.upload: store_files.UploadWriter | None = None
         self._headers: dict[str, bytes] = {}
         self._hname = b""
         self._hvalue = b""
@@ -99,21 +97,15 @@ class _Upload:
         _disp, opts = parse_options_header(self._headers.get("content-disposition", b""))
         self._part = opts.get(b"name", b"").decode("utf-8", "replace")
         if self._part == "file":
-            if self.fd is not None or self.tmp is not None:
+            if self.upload is not None:
                 raise InvalidRequest("send exactly one 'file' part", param="file")
             self._is_file = True
             self.filename = opts.get(b"filename", b"").decode("utf-8", "replace")
-            self.fd, self.tmp = store_files.new_upload_tempfile(self.store)
+            self.upload = store_files.UploadWriter(self.store)
 
     def _part_data(self, data, start, end):
         if self._is_file:
-            self.nbytes += end - start
-            if self.nbytes > self.limit:
-                raise PayloadTooLarge(f"The file is larger than this server's limit of {self.limit} bytes "
-                                      "(TUNERY_MAX_UPLOAD_BYTES).", param="file")
-            view = memoryview(data)[start:end]
-            while view:  # os.write may write less than asked
-                view = view[os.write(self.fd, view):]
+            self.upload.write(memoryview(data)[start:end])
         else:
             self._buf += data[start:end]
             if len(self._buf) > MAX_FIELD_BYTES:
@@ -121,20 +113,9 @@ class _Upload:
 
     def _part_end(self):
         if self._is_file:
-            os.close(self.fd)  # commit_upload fsyncs it, off the event loop
-            self.fd = None
+            self.upload.close()  # commit fsyncs it, off the event loop
         elif self._part:
             self.fields[self._part] = self._buf.decode("utf-8", "replace")
-
-    def cleanup(self):
-        if self.fd is not None:
-            try:
-                os.close(self.fd)
-            except OSError:
-                pass
-            self.fd = None
-        if self.tmp is not None:
-            self.tmp.unlink(missing_ok=True)
 
 
 @router.post("/files", response_model=FileObject, openapi_extra=_UPLOAD_BODY,
@@ -154,24 +135,23 @@ async def upload_file(request: Request, store: Store = Depends(get_store),
     if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
         raise PayloadTooLarge(f"The file is larger than this server's limit of {limit} bytes "
                               "(TUNERY_MAX_UPLOAD_BYTES).", param="file")
-    up = _Upload(store, limit, opts[b"boundary"])
+    form = _Multipart(store, opts[b"boundary"])
     try:
         try:
             async for chunk in request.stream():
-                up.parser.write(chunk)
-            up.parser.finalize()
+                form.parser.write(chunk)
+            form.parser.finalize()
         except MultipartParseError as exc:
             raise InvalidRequest(f"Malformed multipart body: {exc}", param="file") from exc
         except ClientDisconnect:
             raise InvalidRequest("The upload was interrupted.", param="file") from None
-        purpose = store_files.check_purpose(up.fields.get("purpose"))
-        if up.tmp is None or up.fd is not None:
+        purpose = store_files.check_purpose(form.fields.get("purpose"))
+        if form.upload is None or not form.upload.closed:
             raise InvalidRequest("The request has no complete 'file' part.", param="file")
-        tmp, up.tmp = up.tmp, None
-        row = await run_in_threadpool(store_files.commit_upload, store, org, tmp, filename=up.filename or "",
-                                      purpose=purpose, nbytes=up.nbytes)
+        row = await run_in_threadpool(form.upload.commit, org, filename=form.filename or "", purpose=purpose)
     finally:
-        up.cleanup()
+        if form.upload is not None:
+            form.upload.abort()  # a no-op after a commit
     return file_object(row)
 
 
