@@ -277,3 +277,26 @@ def test_migrations_match_the_table_definitions(store):
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
+
+
+def test_store_and_routes_never_import_torch(tmp_path):
+    """DESIGN: store/ and the files/jobs/models routes import (and work) without torch."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os, sys
+os.environ["TUNERY_HOME"] = {str(tmp_path)!r}
+import tunery.store, tunery.api.deps, tunery.api.routes.files, tunery.api.routes.fine_tuning, tunery.api.routes.models
+from tunery.store import JobRequest, create_file, create_job, ensure_org, find_servable_model, open_store
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_api_support import chat_jsonl
+s = open_store(); org = ensure_org(s, "personal")
+f = create_file(s, org, filename="t.jsonl", purpose="fine-tune", content=chat_jsonl())
+create_job(s, org, JobRequest(model="gpt-4o-mini", training_file=f.id))
+find_servable_model(s, org, "gpt-4o-mini")
+heavy = [m for m in ("torch", "transformers") if m in sys.modules]
+assert not heavy, heavy
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
