@@ -49,6 +49,7 @@ test-fast: $(VENV)/.installed-dev
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-dev
+	$(PIP) install -q $(CFLAGS_PIP) -e '.[bench]'
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
