@@ -18,6 +18,7 @@ from typing import Iterator
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from tunery.settings import Settings, get_settings
 
@@ -49,7 +50,10 @@ def make_engine(url: str) -> Engine:
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, json_serializer=_json_serializer,
+        memory = not u.database or u.database == ":memory:"
+        # An in-memory database exists per connection: share one connection so migrations are seen.
+        extra = {"poolclass": StaticPool} if memory else {}
+        engine = create_engine(url, json_serializer=_json_serializer, **extra,
                                connect_args={"timeout": SQLITE_BUSY_MS / 1000, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
