@@ -59,7 +59,8 @@ class GrammarFactory:
         self.lock = threading.Lock()
 
     def compile(self, schema: dict):
-        key = json.dumps(schema, sort_keys=True)
+        # Not sort_keys: xgrammar emits properties in the schema's order, which the caller chose.
+        key = json.dumps(schema)
         with self.lock:
             hit = self.cache.get(key)
             if hit is not None:
