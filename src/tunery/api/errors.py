@@ -20,9 +20,24 @@ def error_response(status: int, message: str, *, type_: str = "invalid_request_e
                         content={"error": {"message": message, "type": type_, "param": param, "code": code}})
 
 
+_LOC_SOURCES = ("body", "query", "path", "header", "form", "cookie")
+
+
 def _loc_to_param(loc) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
-    return ".".join(parts) or None
+    """The user-facing field name: pydantic's location minus its source and union-member tags
+    (`literal['auto']`, `int`, `function-after[...]`), which name no field a user wrote."""
+    parts = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        elif p in _LOC_SOURCES or not str(p).isidentifier() or p in _TYPE_TAGS:
+            continue
+        else:
+            parts.append(str(p))
+    return ".".join(parts).replace(".[", "[") or None
+
+
+_TYPE_TAGS = {"int", "float", "str", "bool", "list", "dict", "none", "literal", "union", "tagged-union"}
 
 
 def install_error_handlers(app: FastAPI) -> None:
