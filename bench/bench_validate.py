@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TUNERY_MODEL_CACHE", str(REPO / ".cache" / "models"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
+N_DEFAULT = 200_000
 GOAL = 3.0
 
 WORDS = ("the a an of to in for on with how why what when where which model data train token epoch loss "
@@ -87,6 +87,7 @@ def main() -> int:
     from tunery.data.tokens import get_counter
     from tunery.models import DEFAULT_MODEL, load_tokenizer
 
+    N = int(sys.argv[1]) if len(sys.argv) > 1 else N_DEFAULT
     os.environ["TUNERY_HOME"] = tempfile.mkdtemp(prefix="tunery-bench-home-")
     tmp = Path(tempfile.mkdtemp(prefix="tunery-bench-"))
     path = tmp / "train.jsonl"

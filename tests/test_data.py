@@ -276,3 +276,13 @@ def test_throughput_record_and_fallback(tunery_home):
     assert measured_throughput("smollm2-135m-instruct", "full")[1].startswith("built-in")
     tps, source = measured_throughput("/nowhere/model", "lora")
     assert "never measured" in source and tps > 0
+
+
+def test_json_array_and_trailing_commas_get_a_pointed_hint(tmp_path):
+    body = ",\n".join(json.dumps(chat(i)) for i in range(12))
+    p = tmp_path / "array.jsonl"
+    p.write_text("[\n" + body + "\n]\n")
+    r = validate_file(p)
+    bad = only(r, "invalid_json")
+    assert bad.count == 13 and bad.lines[:3] == [1, 2, 3]
+    assert "one JSON array" in bad.details[0] and "not separated by commas" in bad.details[1]

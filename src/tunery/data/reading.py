@@ -41,7 +41,12 @@ def parse_line(raw: bytes) -> tuple[Any, tuple[str, str] | None]:
     except ValueError as exc:
         msg = getattr(exc, "msg", str(exc))
         col = getattr(exc, "colno", None)
-        return _MISSING, ("invalid_json", f"{msg} at column {col}" if col else msg)
+        detail = f"{msg} at column {col}" if col else msg
+        if text in ("[", "]") or text.startswith("[{"):
+            detail += "; the file looks like one JSON array, but JSONL needs one object per line"
+        elif text.endswith(",") and text.startswith("{"):
+            detail += "; JSONL lines are not separated by commas"
+        return _MISSING, ("invalid_json", detail)
 
 
 def read_examples(path: str | PathLike, format: Format | None = None) -> Iterator[Example]:
