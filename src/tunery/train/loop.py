@@ -169,7 +169,31 @@ def _precision(config: TrainConfig, device: str):
     return "fp32", contextlib.nullcontext
 
 
+@contextlib.contextmanager
+def quiet_hf():
+    """No transformers progress bars or deprecation chatter in the middle of our own progress output."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
 def _build_model(config: TrainConfig, hp: dict, device: str, resume_dir: Path | None):
+    with quiet_hf():
+        return _build_model_inner(config, hp, device, resume_dir)
+
+
+def _build_model_inner(config: TrainConfig, hp: dict, device: str, resume_dir: Path | None):
     import torch
 
     from tunery.models import load_model
@@ -383,7 +407,8 @@ def _checkpoint_metrics(m: dict) -> dict:
 
 
 def save_model_dir(model, tok, path: Path, meta: dict) -> None:
-    ckpt.save_model_dir(model, tok, path, meta)
+    with quiet_hf():
+        ckpt.save_model_dir(model, tok, path, meta)
 
 
 __all__ = ["train", "BASE_LEARNING_RATE"]
