@@ -33,8 +33,6 @@ from tunery.settings import Settings, get_settings
 
 log = logging.getLogger("tunery.inference")
 
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
-
 
 # --- requests and results ---------------------------------------------------------------
 
@@ -303,7 +301,7 @@ class Backend:
         self.num_layers = self.config.num_hidden_layers
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.eos_ids = _eos_ids(model, tokenizer)
-        self.peft = None
+        self.lora = None  # MultiLora once an adapter is attached
         self.adapters: OrderedDict[str, _Adapter] = OrderedDict()
         self.kv = BatchKV()
         self.running: list[_Seq] = []
@@ -382,8 +380,8 @@ class _Seq:
         self.done = False
 
     @property
-    def adapter_name(self) -> str:
-        return self.req.adapter or BASE_ADAPTER
+    def adapter_name(self) -> str | None:
+        return self.req.adapter
 
 
 # --- the engine -------------------------------------------------------------------------
@@ -593,22 +591,12 @@ class Engine:
         return Backend(key, model, tok, ctx, model_id=model_id)
 
     def _read_adapter(self, backend: Backend, entry: _Adapter) -> None:
-        """Loader thread: read an adapter's config and weights (the slow, I/O part) off the engine thread."""
+        """Loader thread: read and check an adapter's weights (the slow, I/O part) off the engine thread."""
         try:
-            import torch
-            from peft import PeftConfig
-            from safetensors.torch import load_file
+            from tunery.inference.lora import read_adapter
 
-            cfg = PeftConfig.from_pretrained(str(entry.path))
-            if getattr(cfg, "peft_type", None) is None or str(cfg.peft_type).split(".")[-1] != "LORA":
-                raise ModelUnavailable(f"{entry.path} is a {cfg.peft_type} adapter; only LoRA is served",
-                                       param="model")
-            cfg.inference_mode = True
-            dtype = next(backend.model.parameters()).dtype
-            state = {k: v.to(dtype) if v.is_floating_point() else v
-                     for k, v in load_file(str(entry.path / "adapter_model.safetensors")).items()}
-            del torch
-            item = (backend, entry.name, cfg, state)
+            weights = read_adapter(entry.path, next(backend.model.parameters()).dtype)
+            item = (backend, entry.name, weights, None)
         except Exception as exc:  # any failure to read is reported to the requests waiting on it
             err = exc if isinstance(exc, TuneryError) else ModelUnavailable(
                 f"could not load adapter for {entry.model_id!r}: {exc}", param="model")
@@ -620,30 +608,27 @@ class Engine:
     def _attach_adapters(self) -> None:
         with self._lock:
             ready, self._ready_adapters = self._ready_adapters, []
-        for backend, name, cfg, state in ready:
+        for backend, name, weights, err in ready:
             entry = backend.adapters.get(name)
             if entry is None:
                 continue
-            if cfg is None:
-                entry.state, entry.error = "failed", state
-                self._fail_waiting(backend, name, state)
+            if weights is None:
+                entry.state, entry.error = "failed", err
+                self._fail_waiting(backend, name, err)
                 with self._lock:
                     backend.adapters.pop(name, None)
                 continue
             try:
-                from peft import PeftModelForCausalLM, set_peft_model_state_dict
+                from tunery.inference.lora import MultiLora
 
-                if backend.peft is None:
-                    backend.peft = PeftModelForCausalLM(backend.model, cfg, adapter_name=name,
-                                                        autocast_adapter_dtype=False, low_cpu_mem_usage=True)
-                else:
-                    backend.peft.add_adapter(name, cfg, low_cpu_mem_usage=True, autocast_adapter_dtype=False)
-                set_peft_model_state_dict(backend.peft, state, adapter_name=name, low_cpu_mem_usage=True)
-                backend.peft.eval()
+                if backend.lora is None:
+                    backend.lora = MultiLora(backend.model)
+                backend.lora.add(name, weights)
                 entry.state = "ready"
-            except Exception as exc:  # a corrupt or mismatched adapter must not take the engine down
+            except Exception as exc:  # a mismatched adapter must not take the engine down
                 log.exception("attaching adapter %s failed", entry.path)
-                err = ModelUnavailable(f"could not load adapter for {entry.model_id!r}: {exc}", param="model")
+                err = exc if isinstance(exc, TuneryError) else ModelUnavailable(
+                    f"could not load adapter for {entry.model_id!r}: {exc}", param="model")
                 self._fail_waiting(backend, name, err)
                 with self._lock:
                     backend.adapters.pop(name, None)
@@ -663,16 +648,8 @@ class Engine:
             self._drop_adapter(backend, a.name)
 
     def _drop_adapter(self, backend: Backend, name: str) -> None:
-        if backend.peft is not None and name in backend.peft.peft_config:
-            try:
-                if len(backend.peft.peft_config) == 1:
-                    # PEFT cannot be left with no adapter: take the LoRA layers out and serve the plain model.
-                    backend.model = backend.peft.unload()
-                    backend.peft = None
-                    return
-                backend.peft.delete_adapter(name)
-            except Exception:  # PEFT refuses odd states (e.g. last adapter); the weights then stay unused
-                log.warning("could not delete adapter %s", name, exc_info=True)
+        if backend.lora is not None:
+            backend.lora.remove(name)
 
     def _fail_waiting(self, backend: Backend, name: str, err: Exception) -> None:
         with self._lock:
@@ -799,10 +776,9 @@ class Engine:
     def _forward(self, backend: Backend, ids, cache, *, mask=None, positions=None, names=None):
         kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                       use_cache=True, logits_to_keep=1)
-        if backend.peft is not None:
-            out = backend.peft(adapter_names=names, **kwargs)
-        else:
-            out = backend.model(**kwargs)
+        if backend.lora is not None:
+            backend.lora.set_batch(names)
+        out = backend.model(**kwargs)
         self.steps += 1
         return out.logits[:, -1, :].float()
 
@@ -813,7 +789,7 @@ class Engine:
 
         layers = [SlotLayer() for _ in range(backend.num_layers)]
         ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=backend.model.device)
-        logits = self._forward(backend, ids, make_cache(layers), names=[req.adapter or BASE_ADAPTER])
+        logits = self._forward(backend, ids, make_cache(layers), names=[req.adapter])
         seqs = [_Seq(req, i, backend) for i in range(req.params.n)]
         backend.kv.add(layers, repeat=len(seqs))
         backend.running.extend(seqs)
