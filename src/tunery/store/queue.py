@@ -351,7 +351,8 @@ def release_stopped(store: Store, job_id: str, owner: str) -> None:
                   .values(lease_owner=None, lease_expires_at=None, estimated_finish=None))
 
 
-def recover_expired(store: Store, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[tuple[str, str]]:
+def recover_expired(store: Store, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                    exclude: set[str] | frozenset = frozenset()) -> list[tuple[str, str]]:
     """Running jobs whose worker is gone (lease expired, or its process on this host is dead) go back to
     queued — or fail once they used max_attempts. Returns [(job_id, "requeued"|"failed")]."""
     t = now()
@@ -360,6 +361,8 @@ def recover_expired(store: Store, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -
                                 FineTuningJob.attempts).where(FineTuningJob.status == RUNNING)).all()
     out = []
     for job_id, owner, expires, attempts in rows:
+        if job_id in exclude:
+            continue
         if not ((expires is not None and expires < t) or owner is None or _owner_is_dead_here(owner)):
             continue
         with store.session() as s:

@@ -297,9 +297,9 @@ class JobRun:
         try:
             while True:
                 try:
+                    # No `continue` after a message: a fast stream of metrics must not starve the heartbeat.
                     if parent_conn.poll(0.2):
                         self._handle(parent_conn.recv(), out)
-                        continue
                 except (EOFError, OSError):
                     break  # the child exited and its end of the pipe closed
                 now = time.monotonic()
@@ -366,7 +366,10 @@ class JobRun:
             self.event(msg[1], msg[2], statuses=("running", "paused"))
         elif kind == "metrics":
             data = {k: msg[1][k] for k in _METRIC_KEYS if msg[1].get(k) is not None}
-            self.event("info", _metrics_message(data), type="metrics", data=data)
+            # Steps trained between the API's pause and the trainer seeing it still count: the resume
+            # state includes them, so their metrics belong in the curve.
+            self.event("info", _metrics_message(data), type="metrics", data=data,
+                       statuses=("running", "paused"))
             self._update_eta(data)
         elif kind == "resolved":
             hp = msg[1]
@@ -383,6 +386,7 @@ class JobRun:
             metrics = {k: v for k, v in (info.get("metrics") or {}).items() if k in _METRIC_KEYS}
             metrics.setdefault("step", info["step"])
             queue.add_checkpoint(self.store, self.job.id, self.owner, step=int(info["step"]),
+                                 statuses=("running", "paused"),
                                  model_name=ids.checkpoint_model_name(self.ft_name, int(info["step"])),
                                  metrics=metrics, path=info["path"])
         elif kind in ("result", "domain_error", "crash"):
@@ -579,7 +583,10 @@ class Worker:
     def recover(self) -> None:
         from tunery.store import queue
 
-        for job_id, action in queue.recover_expired(self.store, max_attempts=self.config.max_attempts):
+        # Our own running jobs are supervised (and heartbeated) by their threads: never recover those.
+        mine = set(self.active())
+        for job_id, action in queue.recover_expired(self.store, max_attempts=self.config.max_attempts,
+                                                    exclude=mine):
             log.warning("recovered job %s from a lost worker: %s", job_id, action)
 
     def claim_one(self):
