@@ -293,3 +293,29 @@ def test_multi_lora_routes_rows_to_their_adapters():
     ml.remove("b")
     ml.set_batch(["a", "c"] + [None] * 3)
     assert ml.route.mode == "all"
+
+
+def test_full_fine_tune_is_its_own_model_and_unloads(engine, tiny_model_dir, tmp_path):
+    """A full-weights fine-tune dir (no tokenizer saved: the base's is used) loads as a separate model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():  # "fine-tuned": every weight moved
+            p.add_(torch.randn_like(p) * 0.5)
+    full = tmp_path / "final"
+    model.save_pretrained(full, safe_serialization=True)
+    (full / "tunery.json").write_text(json.dumps({"base_model": str(tiny_model_dir), "method": "full"}))
+    served = Servable(id="ft:full:personal::x1", base_model=str(tiny_model_dir), adapter_dir=full)
+    (tuned,), _ = run(engine, served, max_tokens=8, temperature=0)
+    (base,), _ = run(engine, str(tiny_model_dir), max_tokens=8, temperature=0)
+    assert tuned.text != base.text
+    key = str(full.resolve())
+    assert key in engine.loaded()
+    engine.unload("ft:full:personal::x1")
+    deadline = time.time() + 5
+    while key in engine.loaded() and time.time() < deadline:
+        time.sleep(0.05)
+    assert key not in engine.loaded()
