@@ -266,7 +266,7 @@ def test_billed_tokens():
 
 def test_throughput_record_and_fallback(tunery_home):
     tps, source = measured_throughput("gpt-4o-mini", "lora")  # an alias of the bundled model
-    assert tps == BUILTIN_THROUGHPUT[("smollm2-135m-instruct", "lora")] and "built-in" in source
+    assert tps == BUILTIN_THROUGHPUT[("smollm2-135m-instruct", "lora")][0] and "built-in" in source
     record_throughput("smollm2-135m-instruct", "lora", 100.0)
     record_throughput("gpt-4o-mini", "lora", 300.0)
     record_throughput("smollm2-135m-instruct", "lora", 200.0)

@@ -143,7 +143,10 @@ def stats(
         typer.echo(json.dumps(st, indent=2))
         return
     console.print(f"[bold]{escape(file.name)}[/bold]: {st['n_examples']:,} {st['format'] or ''} examples, "
-                  f"tokens counted with [cyan]{escape(name)}[/cyan] (context {st['context_length']:,})")
+                  f"tokens counted with [cyan]{escape(name)}[/cyan]"
+                  + (f" = {escape(st['base_model'])}" if st["base_model"] not in (name, str(name)) and
+                     "/" not in st["base_model"] else "")
+                  + f" (context {st['context_length']:,})")
     table = Table(show_header=True)
     for col in ("per example", "min", "mean", "p95", "max", "total"):
         table.add_column(col, justify="right" if col != "per example" else "left")

@@ -22,14 +22,17 @@ MIN_DEFAULT_EPOCHS = 1
 MAX_DEFAULT_EPOCHS = 25
 KEEP_RUNS = 5
 
-# Trained tokens per second measured here (2 shared CPU cores, fp32, 2 torch threads) with a real
-# run of tunery's trainer, not copied from elsewhere. Keyed by (registry name, method).
-BUILTIN_THROUGHPUT: dict[tuple[str, str], float] = {
-    ("smollm2-135m-instruct", "lora"): 150.0,
-    ("smollm2-135m-instruct", "full"): 110.0,
-    ("gemma-3-270m", "lora"): 80.0,
+# Built-in trained tokens/s, used until the trainer has recorded runs on this machine. Each was measured
+# with tunery's own trainer (`tunery.train.train`, batch 8, ~65-token chats, fp32, steady-state steps 2..N)
+# on the 2-core development machine. That machine was shared by several busy processes, so the figure is
+# trained tokens per CPU-second of a single torch thread, which load does not distort; two idle threads
+# train ~1.3x faster (the lead saw ~150 tokens/s), so these estimates err on the long side.
+BUILTIN_THROUGHPUT: dict[tuple[str, str], tuple[float, str]] = {
+    ("smollm2-135m-instruct", "lora"): (115.0, "LoRA r=16 on one torch thread, measured 2026-11-21"),
+    ("smollm2-135m-instruct", "full"): (74.0, "full fine-tune on one torch thread, measured 2026-11-21"),
+    ("gemma-3-270m", "lora"): (80.0, "LoRA, measured by the lead (DESIGN.md), not re-measured here"),
 }
-BUILTIN_NOTE = "built-in figure measured on the tunery development machine (2 CPU cores, fp32)"
+BUILTIN_NOTE = "built-in figure for this machine class (2 CPU cores, fp32; tunery's trainer, {what})"
 
 
 def auto_epochs(n_examples: int) -> int:
@@ -103,9 +106,11 @@ def measured_throughput(model: str, method: str = "lora",
         if vals:
             return statistics.median(vals), f"measured: median of the last {len(vals)} tunery run(s) here"
     if (name, method) in BUILTIN_THROUGHPUT:
-        return BUILTIN_THROUGHPUT[(name, method)], BUILTIN_NOTE
-    base = BUILTIN_THROUGHPUT[("smollm2-135m-instruct", method if method == "full" else "lora")]
-    return base, f"{BUILTIN_NOTE}, for smollm2-135m-instruct ({name} never measured here)"
+        tps, what = BUILTIN_THROUGHPUT[(name, method)]
+        return tps, BUILTIN_NOTE.format(what=what)
+    tps, what = BUILTIN_THROUGHPUT[("smollm2-135m-instruct", method if method == "full" else "lora")]
+    return tps, (BUILTIN_NOTE.format(what=what) + f" of smollm2-135m-instruct: {name} was never measured "
+                 "here, so expect it to differ")
 
 
 def estimate_seconds(trained_tokens: int, model: str, method: str = "lora",

@@ -61,10 +61,17 @@ def file_stats(path: str | PathLike, model: str, *, method: str = "lora", n_epoc
     epochs = n_epochs or (auto_epochs(n) if n else 0)
     trained = billed_tokens(tokens, ctx, epochs)
     tps, source = measured_throughput(model, method)
+    try:
+        from tunery.models import resolve
+
+        base = resolve(model).spec.name
+    except Exception:  # the counter loaded it, so this only fails for exotic names; show the name as given
+        base = model
     return {
         "path": str(path),
         "format": report.format,
         "model": model,
+        "base_model": base,
         "context_length": ctx,
         "n_examples": n,
         "messages_per_example": describe(n_msgs),

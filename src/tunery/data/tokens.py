@@ -36,31 +36,19 @@ _GPT2_ASCII = re.compile(r"""'(?:[stmd]|re|ve|ll)| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Z
 
 
 def _word_regex(spec: dict):
-    """The pre-tokenizer's split as a Python regex, for byte-level BPE tokenizers where BPE then runs on
-    each piece alone (so a text's count is the sum of its pieces' counts); None otherwise."""
+    """The pre-tokenizer's split as a Python regex, for byte-level BPE tokenizers (GPT-2's ByteLevel with
+    its own regex), where BPE runs on each pre-token alone, so a text's count is the sum of its
+    pre-tokens' counts; None for any other tokenizer (those count whole pieces in Rust)."""
     pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
     if model.get("type") != "BPE" or model.get("dropout"):
         return None
-    pattern = None
-    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        pattern = _GPT2_PATTERN
-    elif pre.get("type") == "Sequence":
-        steps = pre.get("pretokenizers") or []
-        if (len(steps) == 2 and steps[0].get("type") == "Split" and steps[0].get("behavior") == "Isolated"
-                and not steps[0].get("invert") and "Regex" in (steps[0].get("pattern") or {})
-                and steps[1].get("type") == "ByteLevel" and not steps[1].get("use_regex", True)
-                and not steps[1].get("add_prefix_space")):
-            pattern = steps[0]["pattern"]["Regex"]
-    if pattern is None:
+    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
         return None
     try:
         import regex
     except ImportError:
         return None
-    try:
-        return regex.compile(pattern)
-    except regex.error:
-        return None
+    return regex.compile(_GPT2_PATTERN)
 
 
 class TemplateFailure(Exception):
@@ -108,7 +96,7 @@ class TokenCounter:
         if not added or any(a.get("lstrip") or a.get("rstrip") or a.get("single_word") for a in added):
             return None
         self._word_re = _word_regex(spec)
-        if self._word_re is not None and self._word_re.pattern == _GPT2_PATTERN:
+        if self._word_re is not None:
             self._ascii_re = _GPT2_ASCII
         words = sorted({a["content"] for a in added if a.get("content")}, key=len, reverse=True)
         self._added_first = frozenset(w[0] for w in words)
