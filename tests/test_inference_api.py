@@ -111,6 +111,34 @@ def test_fine_tuned_adapter_served_then_deleted(client, srv, model, ft_model):
     assert ft_model not in srv.app.state.engine.loaded()[model]
 
 
+def test_checkpoint_model_is_served(client, srv, model, tiny_model_dir, tmp_path):
+    import io
+
+    from test_api_support import chat_jsonl
+    from tunery.store.tables import FineTuningJobCheckpoint
+
+    f = client.files.create(file=("train.jsonl", io.BytesIO(chat_jsonl()), "application/jsonl"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model=model, training_file=f.id, suffix="ck")
+    ckpt = "ft:tiny:personal:ck:Ck1:ckpt-step-3"
+    lora = make_lora(tiny_model_dir, tmp_path / "step-3", seed=21)
+    with srv.store.session() as s:
+        s.add(FineTuningJobCheckpoint(id="ftckpt-inf1", job_id=job.id, created_at=5, step_number=3,
+                                      fine_tuned_model_checkpoint=ckpt, metrics={}, path=str(lora)))
+    base = client.chat.completions.create(model=model, messages=MSG, temperature=0, max_tokens=8)
+    r = client.chat.completions.create(model=ckpt, messages=MSG, temperature=0, max_tokens=8)
+    assert r.model == ckpt and r.choices[0].message.content != base.choices[0].message.content
+
+
+def test_top_p_and_penalties(client, model):
+    greedy = client.chat.completions.create(model=model, messages=MSG, temperature=0, max_tokens=16)
+    nucleus = client.chat.completions.create(model=model, messages=MSG, temperature=1.5, top_p=1e-6, seed=1,
+                                             max_tokens=16)
+    assert nucleus.choices[0].message.content == greedy.choices[0].message.content
+    for kw in ({"presence_penalty": 2.0}, {"frequency_penalty": 2.0}):
+        pen = client.chat.completions.create(model=model, messages=MSG, temperature=0, max_tokens=16, **kw)
+        assert pen.choices[0].message.content != greedy.choices[0].message.content, kw
+
+
 def test_concurrent_requests_match_sequential(client, model, srv):
     prompts = [[{"role": "user", "content": f"Tell me about {i}" + "!" * i}] for i in range(6)]
     alone = [client.chat.completions.create(model=model, messages=p, temperature=0, max_tokens=12)
