@@ -119,7 +119,9 @@ def test_skeleton_render_matches_template_and_falls_back(tok):
 def test_counts_for_completion_and_preference_formats(tmp_path, tiny_model_dir, tok):
     comp = [{"prompt": f"Question {i}:", "completion": f" answer {i} " * (i + 1)} for i in range(12)]
     r = validate_file(write(tmp_path / "c.jsonl", comp), model=str(tiny_model_dir))
-    want = [len(tok(c["prompt"] + c["completion"], add_special_tokens=False)["input_ids"]) + 1 for c in comp]
+    from tunery.train.tokenize import encode_completion  # what the trainer will actually train on
+
+    want = [len(encode_completion(tok, c["prompt"], c["completion"])) for c in comp]
     assert r.ok and r.token_stats["tokens"]["min"] == min(want) and r.token_stats["tokens"]["max"] == max(want)
     assert r.token_stats["tokens"]["total"] == sum(want)
 
@@ -176,3 +178,22 @@ def test_counts_stay_exact_when_the_caches_overflow(tok, monkeypatch):
     for i in range(0, 60, 6):
         assert counter.count_examples(exs[i:i + 6]) == want[i:i + 6]
     assert len(counter._cache) <= 7 + 6 * 8 and counter._word_re is not None
+
+
+def test_counts_match_the_trainers_encoding_including_tool_calls(tmp_path, tiny_model_dir, tok):
+    from tunery.data import read_examples
+    from tunery.train.tokenize import encode_example
+
+    tool = {"messages": [
+        {"role": "system", "content": "s"}, {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "assistant", "content": "draft", "weight": 0},
+        {"role": "assistant", "content": "It is sunny.", "weight": 1}]}
+    lines = [chat(i) for i in range(11)] + [tool]
+    path = write(tmp_path / "t.jsonl", lines)
+    r = validate_file(path, model=str(tiny_model_dir))
+    assert r.ok, r.summary()
+    want = [len(encode_example(tok, ex)) for ex in read_examples(path)]
+    assert r.token_stats["tokens"]["total"] == sum(want) and r.token_stats["tokens"]["max"] == max(want)

@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 _SENTINEL = "TUNERYSENTINEL{}X"
+_TEMPLATE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "function_call")
 _VERIFY_FIRST = 3
 _CACHE_MAX = 200_000
 _CACHE_MAX_CHARS = 20_000_000
@@ -79,6 +80,10 @@ class TokenCounter:
         self._checks = 0
         self._piece_checks = 0
         self.eos_id = getattr(tokenizer, "eos_token_id", None)
+        try:
+            self.n_special_added = len(tokenizer("", add_special_tokens=True)["input_ids"])
+        except Exception:  # a tokenizer that cannot encode "" adds nothing we could count
+            self.n_special_added = 0
 
     # --- tokenizing -------------------------------------------------------------------------------
 
@@ -296,7 +301,12 @@ class TokenCounter:
     def _render_slow(self, messages: list[dict], tools) -> str:
         if not self.has_chat_template:
             raise TemplateFailure(f"model {self.name!r} has no chat template")
-        msgs = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+        # What the trainer gives the template (tunery.train.tokenize): no `weight`, null content as "".
+        msgs = []
+        for m in messages:
+            c = {k: m[k] for k in _TEMPLATE_KEYS if m.get(k) is not None}
+            c.setdefault("content", "")
+            msgs.append(c)
         try:
             return self.tokenizer.apply_chat_template(msgs, tools=tools or None, tokenize=False)
         except Exception as exc:  # jinja TemplateError, raise_exception(...), type errors inside templates
@@ -323,9 +333,13 @@ class TokenCounter:
                         texts.append(self.render_chat(ex.messages, ex.tools))
                         owners.append(i)
                 elif ex.kind == "completion":
-                    texts.append(ex.prompt + ex.completion)
+                    # As the trainer encodes it: prompt (with the tokenizer's own special tokens) and
+                    # completion tokenized apart, then EOS.
+                    texts.append(ex.prompt)
+                    texts.append(ex.completion)
                     owners.append(i)
-                    extra[i] = 1 if self.eos_id is not None else 0
+                    owners.append(i)
+                    extra[i] = (1 if self.eos_id is not None else 0) + self.n_special_added
                 else:
                     for out in (ex.preferred, ex.non_preferred):
                         texts.append(self.render_chat(ex.messages + out, ex.tools))
@@ -349,9 +363,15 @@ class TokenCounter:
                                               for i in piece_owners])
             counted += by_pieces
             owners += piece_owners
+        sums = [0] * len(examples)
         for i, n in zip(owners, counted):
+            if examples[i].kind == "completion":
+                sums[i] += n
+            else:
+                sums[i] = max(sums[i], n)
+        for i in set(owners):
             if isinstance(results[i], int):
-                results[i] = max(results[i], n + extra[i])
+                results[i] = sums[i] + extra[i]
         return results
 
     def count_assistant(self, examples: list) -> list[int]:
