@@ -111,15 +111,17 @@ def main() -> int:
     _, w_b, c_b = timed(baseline_per_message, prefix, tok)
 
     prefix_report = validate_file(prefix, model=DEFAULT_MODEL)
-    assert prefix_report.token_stats["tokens"]["total"] == total_a, "tunery's counts differ from the template's"
+    assert prefix_report.token_stats["tokens"]["total"] == total_a, "tunery's counts differ from the template"
 
     def line(label, n, wall, cpu, note):
-        print(f"{label:<44} {n / cpu:>8,.0f} ex/s CPU  {n / wall:>8,.0f} ex/s wall  ({n:,} ex, {wall:.1f}s) {note}")
+        print(f"{label:<44} {n / cpu:>8,.0f} ex/s CPU  {n / wall:>8,.0f} ex/s wall  "
+              f"({n:,} ex, {wall:.1f}s) {note}")
     line("tunery validate (all checks, exact tokens)", N, w_t, c_t, f"{tunery_total:,} tokens")
     line("baseline A: json + apply_chat_template", n_a, w_a, c_a, "same token counts as tunery")
     line("baseline B: json + encode each message", n_a, w_b, c_b, "approximate counts")
     ratio_a_cpu, ratio_a_wall = (N / c_t) / (n_a / c_a), (N / w_t) / (n_a / w_a)
-    print(f"ratio vs A: {ratio_a_cpu:.1f}x by CPU time, {ratio_a_wall:.1f}x by wall time (goal >= {GOAL:.0f}x)   "
+    print(f"ratio vs A: {ratio_a_cpu:.1f}x by CPU time, {ratio_a_wall:.1f}x by wall time "
+          f"(goal >= {GOAL:.0f}x)   "
           f"ratio vs B: {(N / c_t) / (n_a / c_b):.1f}x by CPU time")
     print("note: CPU time is this process's (all threads); on a shared machine it is steadier than wall time")
     ok = ratio_a_cpu >= GOAL

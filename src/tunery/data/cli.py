@@ -57,7 +57,8 @@ def validate(
     validation: Optional[Path] = typer.Option(None, "--validation", "-v", exists=True, dir_okay=False,
                                               help="The validation file; it is also checked for examples "
                                                    "shared with the training file."),
-    no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip token counting (no tokenizer is loaded)."),
+    no_tokens: bool = typer.Option(False, "--no-tokens",
+                                   help="Skip token counting (no tokenizer is loaded)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Report every problem in a training file, grouped by kind with line numbers and fixes.
@@ -73,8 +74,8 @@ def validate(
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         raise typer.Exit(0 if report.ok else 1)
-    head = f"[bold]{escape(file.name)}[/bold]: {report.format or 'unknown'} format, {report.n_examples:,} valid " \
-           f"example(s) in {report.n_lines:,} line(s)"
+    head = (f"[bold]{escape(file.name)}[/bold]: {report.format or 'unknown'} format, "
+            f"{report.n_examples:,} valid example(s) in {report.n_lines:,} line(s)")
     if validation:
         head += f"; validation {escape(validation.name)}: {report.n_validation_examples or 0:,} example(s)"
     console.print(head)
@@ -89,7 +90,8 @@ def validate(
         mark = "[red]✗ error[/red]" if p.severity == "error" else "[yellow]! warn[/yellow] "
         where = " in the validation file" if p.file == "validation" else ""
         n = "" if p.lines in ([], [0]) else f" — {p.count:,} line(s): {_fmt_lines(p)}"
-        console.print(f"{mark} [bold]{escape(p.title)}[/bold]{where} [dim]({p.kind})[/dim]{n}", highlight=False)
+        console.print(f"{mark} [bold]{escape(p.title)}[/bold]{where} [dim]({p.kind})[/dim]{n}",
+                      highlight=False)
         detail = next((d for d in p.details if d), "")
         if detail:
             console.print(f"    e.g. {escape(detail)}", highlight=False)
@@ -99,7 +101,8 @@ def validate(
                                                           if report.warnings else ""))
     else:
         n = sum(p.count for p in report.errors)
-        console.print(f"[red]✗ {n:,} error(s) in {len(report.errors)} kind(s): fix them before training[/red]")
+        console.print(f"[red]✗ {n:,} error(s) in {len(report.errors)} kind(s): "
+                      "fix them before training[/red]")
         raise typer.Exit(1)
 
 
@@ -133,7 +136,7 @@ def stats(
     n_epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs to assume (default: auto)."),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
 ) -> None:
-    """Examples, tokens (per example and assistant), auto epochs, trained tokens and estimated training time."""
+    """Examples, tokens (per example, assistant), auto epochs, trained tokens and estimated training time."""
     from tunery.data.stats import file_stats
 
     name = _model(model)
@@ -162,13 +165,15 @@ def stats(
         for line in lines:
             console.print(line, highlight=False)
     if st["n_over_context"]:
-        console.print(f"[red]{st['n_over_context']:,} example(s) exceed the context and will be truncated[/red]")
+        console.print(f"[red]{st['n_over_context']:,} example(s) exceed the context "
+                      "and will be truncated[/red]")
     console.print(f"epochs: [bold]{st['n_epochs']}[/bold] ({st['n_epochs_source']})   trained tokens: "
                   f"[bold]{st['trained_tokens']:,}[/bold] (Σ min(context, tokens) × epochs; "
                   f"{st['trained_tokens_per_epoch']:,} per epoch)")
     if st["estimated_seconds"] is not None:
         console.print(f"estimated training time ({st['method']}): [bold]{_duration(st['estimated_seconds'])}"
-                      f"[/bold] at {st['tokens_per_second']:,} tokens/s — {escape(st['throughput_source'])}")
+                      f"[/bold] at {st['tokens_per_second']:,} tokens/s — "
+                      f"{escape(st['throughput_source'])}")
     if not st["validation"]["ok"]:
         console.print(f"[yellow]the file has {st['validation']['n_errors']:,} error(s); "
                       f"run `tunery data validate {escape(str(file))}`[/yellow]")
@@ -200,11 +205,15 @@ def convert(
     src: Path = typer.Argument(..., exists=True, dir_okay=False,
                                help="CSV/TSV, JSON array or JSONL of Q&A pairs, prompt/completion, or chat."),
     out: Path = typer.Argument(..., dir_okay=False, help="The JSONL file to write."),
-    to: str = typer.Option("chat", "--to", help="chat (from Q&A or prompt/completion) or completion (from chat)."),
-    question: Optional[str] = typer.Option(None, "--question", "-q", help="Question column (default: guessed)."),
+    to: str = typer.Option("chat", "--to",
+                           help="chat (from Q&A or prompt/completion) or completion (from chat)."),
+    question: Optional[str] = typer.Option(None, "--question", "-q",
+                                           help="Question column (default: guessed)."),
     answer: Optional[str] = typer.Option(None, "--answer", "-a", help="Answer column (default: guessed)."),
-    system: Optional[str] = typer.Option(None, "--system", "-s", help="System message added to every example."),
-    stop: Optional[str] = typer.Option(None, "--stop", help='Marker appended to every answer, e.g. " **STOP**".'),
+    system: Optional[str] = typer.Option(None, "--system", "-s",
+                                         help="System message added to every example."),
+    stop: Optional[str] = typer.Option(None, "--stop",
+                                       help='Marker appended to every answer, e.g. " **STOP**".'),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUT if it exists."),
 ) -> None:
     """Convert Q&A tables or prompt/completion data to chat JSONL, or chat to prompt/completion."""

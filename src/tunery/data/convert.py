@@ -67,7 +67,8 @@ def _pick(columns, wanted: str | None, candidates: tuple[str, ...], what: str) -
     for c in candidates:
         if c in lower:
             return lower[c]
-    raise InvalidRequest(f"cannot tell which column is the {what}; pass --{what} (columns: {', '.join(cols)})",
+    raise InvalidRequest(f"cannot tell which column is the {what}; pass --{what} "
+                         f"(columns: {', '.join(cols)})",
                          param=what)
 
 
@@ -105,12 +106,14 @@ class _Writer:
 
 def _chat(system: str | None, question: str, answer: str) -> dict:
     msgs = [{"role": "system", "content": system}] if system else []
-    return {"messages": msgs + [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+    return {"messages": msgs + [{"role": "user", "content": question},
+                                {"role": "assistant", "content": answer}]}
 
 
 def qa_to_chat(src: str | PathLike, out: str | PathLike, *, question: str | None = None,
-               answer: str | None = None, system: str | None = None, stop: str | None = None) -> ConvertResult:
-    """Q&A rows → chat JSONL (user = question, assistant = answer [+ stop]); legacy prompt/completion rows too."""
+               answer: str | None = None, system: str | None = None,
+               stop: str | None = None) -> ConvertResult:
+    """Q&A rows → chat JSONL (user = question, assistant = answer [+ stop]); prompt/completion rows too."""
     rows = iter_rows(src)
     qcol = acol = None
     with _Writer(Path(out)) as w:
@@ -160,6 +163,7 @@ def chat_to_completion(src: str | PathLike, out: str | PathLike, *, stop: str | 
             if not isinstance(msgs[last].get("content"), str):
                 w.skip(n)
                 continue
-            prompt = "".join(f"{names[m['role']]}: {m.get('content') or ''}\n" for m in msgs[:last]) + "Assistant:"
+            turns = "".join(f"{names[m['role']]}: {m.get('content') or ''}\n" for m in msgs[:last])
+            prompt = turns + "Assistant:"
             w.write({"prompt": prompt, "completion": " " + _with_stop(msgs[last]["content"], stop)})
         return w.result()

@@ -57,7 +57,7 @@ def _throughput_file(settings: Settings | None = None) -> Path:
 
 
 def _model_key(model: str, settings: Settings | None = None) -> str:
-    """The registry name behind an alias (gpt-4o-mini → smollm2-135m-instruct); the name itself if unknown."""
+    """The registry name behind an alias (gpt-4o-mini → smollm2-135m-instruct), else the name itself."""
     try:
         from tunery.models import resolve
 

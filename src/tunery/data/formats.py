@@ -215,7 +215,8 @@ def check_object(obj: Any, line: int, expected: Format | None = None) -> LineRes
         return LineResult(None, None, [("not_an_object", f"got {_describe(obj)}")])
     fmt = detect_object_format(obj)
     if fmt is None:
-        return LineResult(None, None, [("missing_messages", f"keys: {', '.join(sorted(map(str, obj)))[:80] or 'none'}")])
+        keys = ", ".join(sorted(map(str, obj)))[:80] or "none"
+        return LineResult(None, None, [("missing_messages", f"keys: {keys}")])
     problems: list[tuple[str, str]] = []
     if expected is not None and fmt != expected:
         problems.append(("mixed_formats", f"{fmt} line in a {expected} file"))

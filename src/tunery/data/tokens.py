@@ -33,7 +33,8 @@ _GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+
 
 # The same split for pure-ASCII text, where \p{L} is [A-Za-z], \p{N} is [0-9] and \s the six ASCII spaces
 # in both regex engines; Python's built-in re runs it about twice as fast as the `regex` module.
-_GPT2_ASCII = re.compile(r"""'(?:[stmd]|re|ve|ll)| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""", re.ASCII)
+_GPT2_ASCII = re.compile(
+    r"""'(?:[stmd]|re|ve|ll)| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""", re.ASCII)
 
 
 def _word_regex(spec: dict):

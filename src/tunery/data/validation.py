@@ -8,7 +8,7 @@ from array import array
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from tunery.data.formats import KINDS, Example, Format, check_object
 from tunery.data.reading import iter_lines, parse_line
@@ -168,7 +168,8 @@ class _Pass:
     """One streaming pass over one file, feeding a report."""
 
     def __init__(self, report: ValidationReport, file: str, counter, seen: dict[int, int] | None,
-                 train_keys: dict[int, int] | None, on_batch: Callable | None, progress: Callable | None = None):
+                 train_keys: dict[int, int] | None, on_batch: Callable | None,
+                 progress: Callable | None = None):
         self.report, self.file, self.counter = report, file, counter
         self.seen: dict[int, int] = seen if seen is not None else {}
         self.train_keys = train_keys
@@ -257,7 +258,8 @@ def _check_uneven(p: _Pass, report: ValidationReport, stats: dict | None) -> Non
                 report.add("uneven_lengths", line, f"{n} tokens vs median {stats['median']}", p.file)
 
 
-def validate_file(path: str | PathLike, *, model: str | None = None, validation_path: str | PathLike | None = None,
+def validate_file(path: str | PathLike, *, model: str | None = None,
+                  validation_path: str | PathLike | None = None,
                   _on_batch: Callable | None = None, progress: Callable | None = None) -> ValidationReport:
     """Validate a training file (and optionally its validation file) in one streaming pass each.
 
