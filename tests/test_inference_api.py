@@ -249,7 +249,7 @@ def test_full_queue_gives_429(make_server, monkeypatch, model):
 @pytest.mark.slow
 def test_bundled_model_json_mode_and_alias(make_server):
     server = make_server()
-    client = server.client(timeout=300)
+    client = server.client().with_options(timeout=600)
     try:
         r = client.chat.completions.create(
             model="gpt-4o-mini", temperature=0, max_tokens=80, response_format={"type": "json_object"},
