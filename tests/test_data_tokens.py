@@ -197,3 +197,17 @@ def test_counts_match_the_trainers_encoding_including_tool_calls(tmp_path, tiny_
     assert r.ok, r.summary()
     want = [len(encode_example(tok, ex)) for ex in read_examples(path)]
     assert r.token_stats["tokens"]["total"] == sum(want) and r.token_stats["tokens"]["max"] == max(want)
+
+
+def test_one_counter_is_safe_across_threads(tok, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tunery.data import tokens
+
+    monkeypatch.setattr(tokens, "_CACHE_MAX", 5)  # clears all the time: the race a lock must prevent
+    counter = TokenCounter(tok, "tiny")
+    exs = random_examples(3, 80)
+    want = [len(tok.apply_chat_template(e.messages, tokenize=True, return_dict=False)) for e in exs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: counter.count_examples(exs[i:i + 4]), range(0, 80, 4)))
+    assert [n for batch in got for n in batch] == want

@@ -16,8 +16,10 @@ Two costs dominate naive counting: rendering every conversation through the Jinj
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import threading
 from typing import Any
 
 _SENTINEL = "TUNERYSENTINEL{}X"
@@ -57,12 +59,21 @@ class TemplateFailure(Exception):
     """The chat template refused a conversation (e.g. roles out of the order it requires)."""
 
 
+def _locked(method):
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 class TokenCounter:
     """Counts tokens exactly as `tokenizer(apply_chat_template(...), add_special_tokens=False)` would."""
 
     def __init__(self, tokenizer: Any, name: str = ""):
         self.tokenizer = tokenizer
         self.name = name
+        self.lock = threading.RLock()  # one counter serves concurrent API requests; its caches are shared
         self.raw = getattr(tokenizer, "_tokenizer", None) or getattr(tokenizer, "backend_tokenizer", None)
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
         template = getattr(tokenizer, "chat_template", None) or ""
@@ -144,6 +155,7 @@ class TokenCounter:
         get = words.__getitem__
         return [sum(map(get, ws)) for ws in per]
 
+    @_locked
     def count_texts(self, texts: list[str]) -> list[int]:
         """Token counts of plain texts (added tokens like <|im_end|> count as one token each)."""
         if self._split is None:
@@ -215,6 +227,7 @@ class TokenCounter:
 
     # --- rendering --------------------------------------------------------------------------------
 
+    @_locked
     def render_chat(self, messages: list[dict], tools: list | None = None) -> str:
         """The conversation as the chat template renders it (raises TemplateFailure if it refuses)."""
         if not self.has_chat_template:  # reported once as no_chat_template; count a plain rendering
@@ -315,6 +328,7 @@ class TokenCounter:
 
     # --- per-format counts ------------------------------------------------------------------------
 
+    @_locked
     def count_examples(self, examples: list) -> list[int | str]:
         """Tokens per example (the longer side for preference pairs), or a template error message."""
         texts: list[str] = []
@@ -375,6 +389,7 @@ class TokenCounter:
                 results[i] = sums[i] + extra[i]
         return results
 
+    @_locked
     def count_assistant(self, examples: list) -> list[int]:
         """Tokens in the trained assistant contents (weight != 0; the preferred output for pairs)."""
         texts, owners = [], []
