@@ -286,3 +286,13 @@ def test_json_array_and_trailing_commas_get_a_pointed_hint(tmp_path):
     bad = only(r, "invalid_json")
     assert bad.count == 13 and bad.lines[:3] == [1, 2, 3]
     assert "one JSON array" in bad.details[0] and "not separated by commas" in bad.details[1]
+
+
+def test_detect_format(tmp_path):
+    from tunery.data import detect_format
+
+    assert detect_format(write(tmp_path, ["junk", chat(1)], "a.jsonl")) == "chat"
+    assert detect_format(write(tmp_path, [{"prompt": "p", "completion": "c"}], "b.jsonl")) == "completion"
+    assert detect_format(write(tmp_path, [{"input": {"messages": []}, "preferred_output": []}], "c.jsonl")) \
+        == "preference"
+    assert detect_format(write(tmp_path, ["[1]", {"x": 1}], "d.jsonl")) is None

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from os import PathLike
 from typing import Any
 
-from tunery.data.formats import Example, Format, check_object
+from tunery.data.formats import Example, Format, check_object, detect_object_format
 
 _MISSING = object()
 
@@ -64,3 +64,16 @@ def read_examples(path: str | PathLike, format: Format | None = None) -> Iterato
         if res.example is not None:
             expected = expected or res.format
             yield res.example
+
+
+def detect_format(path: str | PathLike, max_lines: int = 1000) -> Format | None:
+    """The format of a JSONL file: that of its first line that decodes to a recognisable object."""
+    for i, (_, raw) in enumerate(iter_lines(path)):
+        if i >= max_lines:
+            break
+        obj, problem = parse_line(raw)
+        if problem is None and isinstance(obj, dict):
+            fmt = detect_object_format(obj)
+            if fmt is not None:
+                return fmt
+    return None
