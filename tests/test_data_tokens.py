@@ -211,3 +211,16 @@ def test_one_counter_is_safe_across_threads(tok, monkeypatch):
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda i: counter.count_examples(exs[i:i + 4]), range(0, 80, 4)))
     assert [n for batch in got for n in batch] == want
+
+
+def test_assistant_tokens_match_the_trainers_loss_mask(tok):
+    from tunery.train.tokenize import encode_example
+
+    counter = TokenCounter(tok, "tiny")
+    exs = [Example(i, "chat", messages=[
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": f"What is {i} squared?"},
+        {"role": "assistant", "content": f"It is {i * i}, since {i} times {i} is {i * i}."},
+        {"role": "user", "content": "And cubed?"},
+        {"role": "assistant", "content": f"{i ** 3}.", "weight": i % 2}]) for i in range(12)]
+    exs.append(Example(99, "completion", prompt="Q: 2+2\nA:", completion=" 4"))
+    assert counter.count_assistant(exs) == [encode_example(tok, e).n_trained for e in exs]

@@ -391,23 +391,28 @@ class TokenCounter:
 
     @_locked
     def count_assistant(self, examples: list) -> list[int]:
-        """Tokens in the trained assistant contents (weight != 0; the preferred output for pairs)."""
+        """Trained tokens per example, as the trainer masks them: each trained assistant message's content
+        plus its end-of-turn token (weight != 0; the preferred output for pairs); completion + EOS."""
         texts, owners = [], []
+        out = [0] * len(examples)
+        eot = 1 if self.has_chat_template else 0
         for i, ex in enumerate(examples):
             if ex.kind == "chat":
                 for m in ex.messages:
                     if m["role"] == "assistant" and m.get("weight", 1) and isinstance(m.get("content"), str):
                         texts.append(m["content"])
                         owners.append(i)
+                        out[i] += eot
             elif ex.kind == "completion":
                 texts.append(ex.completion)
                 owners.append(i)
+                out[i] += 1 if self.eos_id is not None else 0
             else:
                 c = ex.preferred[0].get("content")
                 if isinstance(c, str):
                     texts.append(c)
                     owners.append(i)
-        out = [0] * len(examples)
+                    out[i] += eot
         for i, n in zip(owners, self.count_texts(texts)):
             out[i] += n
         return out
