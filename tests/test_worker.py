@@ -101,11 +101,34 @@ class WorkerProcs:
 
     def start(self, **env) -> subprocess.Popen:
         log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")
-        p = subprocess.Popen([sys.executable, "-m", "tunery.cli", "worker"], stdout=log, stderr=subprocess.STDOUT,
-                             env={**os.environ, **env})
+        p = subprocess.Popen([sys.executable, "-m", "tunery.cli", "worker"], stdout=log,
+                             stderr=subprocess.STDOUT, env={**os.environ, **env})
         log.close()
         self.procs.append(p)
         return p
+
+    def serve(self, port: int | None = None, args: list[str] = ()) -> tuple[subprocess.Popen, int]:
+        """`tunery serve` (with its embedded worker unless args say otherwise), once it answers."""
+        import httpx
+
+        from test_api_support import free_port
+
+        port = port or free_port()
+        log = open(self.tmp_path / f"serve-{len(self.procs)}.log", "wb")
+        p = subprocess.Popen([sys.executable, "-m", "tunery.cli", "serve", "--port", str(port), *args],
+                             stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        log.close()
+        self.procs.append(p)
+
+        def up():
+            assert p.poll() is None, (self.tmp_path / f"serve-{len(self.procs) - 1}.log").read_text()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, 60, "tunery serve to answer", every=0.2)
+        return p, port
 
     def log(self, i: int) -> str:
         return (self.tmp_path / f"worker-{i}.log").read_text(errors="replace")
@@ -140,7 +163,8 @@ def embedded(make_server):
     bg.stop()
 
 
-def test_a_job_runs_to_a_registered_model_with_events_checkpoints_and_results(embedded, tiny_model_dir, tmp_path):
+def test_a_job_runs_to_a_registered_model_with_events_checkpoints_and_results(embedded, tiny_model_dir,
+                                                                             tmp_path):
     srv, client = embedded
     fid = upload(client, tmp_path)
     vpath = tmp_path / "valid.jsonl"
@@ -237,29 +261,32 @@ def test_pause_stops_at_a_resumable_point_and_resume_continues_there(embedded, t
     assert any("Resuming training from its paused state" in m for m in messages(client, job.id))
 
 
-def test_killing_the_worker_mid_training_resumes_from_the_last_checkpoint(make_server, workers, tiny_model_dir,
-                                                                         tmp_path):
-    srv = make_server()
-    client = srv.client()
+def test_killing_the_server_mid_training_resumes_from_the_last_checkpoint(workers, tiny_model_dir, tmp_path):
+    # `tunery serve` with its embedded worker, killed with SIGKILL as a crash or a power cut would.
+    server, port = workers.serve()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
     first_file = upload(client, tmp_path, name="first.jsonl")
     finished = create_job(client, tiny_model_dir, first_file)
-    w0 = workers.start()
-    finished = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(finished.id)).status == "succeeded" and j,
-                        90, "a first job to finish")
+    finished = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(finished.id)).status == "succeeded"
+                        and j, 90, "a first job to finish")
 
     job = create_job(client, tiny_model_dir, upload(client, tmp_path, repeat=4), n_epochs=3)  # 64 steps/epoch
-    wait_for(lambda: any(s > 70 for s in metrics_steps(client, job.id)), 120, "training past the first checkpoint")
-    trainers = children_of(w0.pid)
-    assert trainers, "the worker trains in a child process"
-    w0.kill()  # SIGKILL: no clean-up of any kind
-    w0.wait()
-    lost_at = max(metrics_steps(client, job.id))
-    assert lost_at < 192, "the job finished before the kill; make it longer"
+    wait_for(lambda: any(s > 70 for s in metrics_steps(client, job.id)), 120,
+             "training past the first checkpoint")
+    trainers = children_of(server.pid)
+    assert trainers, "the embedded worker trains in a child process"
+    server.kill()  # SIGKILL: no clean-up of any kind
+    server.wait()
     # The training child dies with its worker instead of writing on as an orphan.
     wait_for(lambda: not any(alive(p) for p in trainers), 10, "the orphaned trainer to die")
-    assert client.fine_tuning.jobs.retrieve(job.id).status == "running"  # nobody has noticed yet
 
-    workers.start()  # a new worker recovers the job (its owner's process is gone) and resumes it
+    from tunery.store import open_store
+
+    store = open_store()  # the server is down: read its database directly
+    lost_at = max(m["step"] for m in queue.metrics_events(store, job.id))
+    assert lost_at < 192, "the job finished before the kill; make it longer"
+    assert queue.job_state(store, job.id)[0] == "running"  # nobody has noticed yet
+    server, port = workers.serve(port)  # restarted: it recovers the job (its owner is gone) and resumes it
     done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed")
                     and j, 150, "the recovered job to finish")
     assert done.status == "succeeded", done.error
@@ -268,13 +295,22 @@ def test_killing_the_worker_mid_training_resumes_from_the_last_checkpoint(make_s
     assert any("Resuming training from the checkpoint at step 64 (attempt 2)" in t for t in texts)
     assert metrics_steps(client, job.id) == list(range(1, 193))  # continuous: no gap, no duplicate
     assert sorted(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)) == [64, 128, 192]
-    with srv.store.read() as s:
+    with store.read() as s:
         assert s.execute(select(FineTuningJob.attempts).where(FineTuningJob.id == job.id)).scalar() == 2
     # Files and the job that had finished before the crash are intact.
     again = client.fine_tuning.jobs.retrieve(finished.id)
     assert again.status == "succeeded" and again.fine_tuned_model == finished.fine_tuned_model
     assert client.files.retrieve(first_file).status == "processed"
     assert {finished.fine_tuned_model, done.fine_tuned_model} <= {m.id for m in client.models.list()}
+
+
+def test_serve_no_worker_runs_the_api_only(workers, tiny_model_dir, tmp_path):
+    server, port = workers.serve(args=["--no-worker"])
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    job = create_job(client, tiny_model_dir, upload(client, tmp_path))
+    time.sleep(3)
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "queued"
+    assert children_of(server.pid) == []  # no trainer, not even a pre-started one
 
 
 def test_two_worker_processes_run_every_job_exactly_once(make_server, workers, tiny_model_dir, tmp_path):
@@ -297,7 +333,8 @@ def test_two_worker_processes_run_every_job_exactly_once(make_server, workers, t
     assert len(owners) == 2  # both workers took jobs from the one queue
 
 
-def test_a_crash_looping_trainer_fails_after_the_attempt_limit_with_its_error(embedded, tiny_model_dir, tmp_path):
+def test_a_crash_looping_trainer_fails_after_the_attempt_limit_with_its_error(embedded, tiny_model_dir,
+                                                                             tmp_path):
     srv, client = embedded
     broken = tmp_path / "broken-model"
     shutil.copytree(tiny_model_dir, broken)
@@ -337,10 +374,11 @@ def test_a_trainer_killed_like_an_oom_fails_that_attempt_and_the_worker_carries_
     (trainer,) = [p for p in children_of(os.getpid()) if b"tunery.worker.child" in Path(f"/proc/{p}/cmdline")
                   .read_bytes()]
     os.kill(trainer, signal.SIGKILL)  # what the kernel's OOM killer does
-    wait_for(lambda: any("killed by SIGKILL" in m for m in messages(client, job.id)), 20, "the crash to be seen")
+    wait_for(lambda: any("killed by SIGKILL" in m for m in messages(client, job.id)), 20,
+             "the crash to be seen")
     texts = messages(client, job.id)
-    assert any("Training attempt 1 failed: the training process was killed by SIGKILL (most often the machine "
-               "ran out of memory)" in t for t in texts)
+    assert any("Training attempt 1 failed: the training process was killed by SIGKILL (most often the "
+               "machine ran out of memory)" in t for t in texts)
     # The worker survived: it retries the job, resuming from where it can, and finishes it.
     done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed")
                     and j, 150, "the retried job to finish")

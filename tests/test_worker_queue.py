@@ -77,7 +77,8 @@ def test_concurrent_workers_claim_each_job_exactly_once(store, store_settings, t
     assert sorted(claimed) == sorted(jobs)  # every job once: none lost, none twice
     assert sum(1 for n in per_worker if n) >= 2, per_worker  # they really did compete
     with store.read() as s:
-        rows = s.execute(select(FineTuningJob.status, FineTuningJob.attempts, FineTuningJob.lease_owner)).all()
+        rows = s.execute(select(FineTuningJob.status, FineTuningJob.attempts,
+                                FineTuningJob.lease_owner)).all()
     assert {r[0] for r in rows} == {"running"} and {r[1] for r in rows} == {1}
     assert all(r[2] in {f"w{i}" for i in range(4)} for r in rows)
 
@@ -110,7 +111,8 @@ def test_writes_need_the_lease_and_running_status(store):
     assert not queue.renew_lease(store, jid, "w1", 60)
     with store.read() as s:
         row = s.execute(select(FineTuningJob).where(FineTuningJob.id == jid)).scalar_one()
-        msgs = list(s.execute(select(FineTuningJobEvent.message).where(FineTuningJobEvent.job_id == jid)).scalars())
+        msgs = list(s.execute(select(FineTuningJobEvent.message)
+                              .where(FineTuningJobEvent.job_id == jid)).scalars())
     assert row.status == "cancelled" and row.error is None and row.trained_tokens is None
     assert msgs == ["hello"]
 

@@ -135,7 +135,8 @@ def claim_next(store: Store, owner: str, lease_seconds: int) -> ClaimedJob | Non
 
 
 def _held(job_id: str, owner: str, status: str = RUNNING):
-    return and_(FineTuningJob.id == job_id, FineTuningJob.lease_owner == owner, FineTuningJob.status == status)
+    return and_(FineTuningJob.id == job_id, FineTuningJob.lease_owner == owner,
+                FineTuningJob.status == status)
 
 
 def renew_lease(store: Store, job_id: str, owner: str, lease_seconds: int) -> bool:
@@ -235,7 +236,8 @@ def drop_metrics_after(store: Store, job_id: str, owner: str, step: int) -> int:
         if not _lock_held(s, job_id, owner, (RUNNING,)):
             return 0
         rows = s.execute(select(FineTuningJobEvent.seq, FineTuningJobEvent.data)
-                         .where(FineTuningJobEvent.job_id == job_id, FineTuningJobEvent.type == "metrics")).all()
+                         .where(FineTuningJobEvent.job_id == job_id,
+                                FineTuningJobEvent.type == "metrics")).all()
         doomed = [seq for seq, data in rows if isinstance(data, dict) and int(data.get("step", 0)) > step]
         if doomed:
             s.execute(delete(FineTuningJobEvent).where(FineTuningJobEvent.seq.in_(doomed)))
@@ -265,7 +267,8 @@ def result_csv(metrics: list[dict]) -> str:
 
 
 def finish_succeeded(store: Store, job: ClaimedJob, owner: str, *, fine_tuned_model: str, model_path: str,
-                     trained_tokens: int, resolved_hyperparameters: dict | None, result_csv_text: str) -> bool:
+                     trained_tokens: int, resolved_hyperparameters: dict | None,
+                     result_csv_text: str) -> bool:
     """One transaction: job → succeeded, model row registered, result CSV stored as a file.
     False (and nothing written) when the job is no longer running under this owner."""
     t = now()
@@ -288,8 +291,8 @@ def finish_succeeded(store: Store, job: ClaimedJob, owner: str, *, fine_tuned_mo
                        bytes=len(data), created_at=t, status="processed", path=str(blob)))
             s.add(Model(id=fine_tuned_model, org_id=job.org_id, created_at=t, base_model=job.base_model,
                         job_id=job.id, path=model_path, deleted=False))
-            s.add(FineTuningJobEvent(id=ids.event_id(), job_id=job.id, created_at=t, level="info",
-                                     message=f"New fine-tuned model created: {fine_tuned_model}", type="message"))
+            s.add(FineTuningJobEvent(id=ids.event_id(), job_id=job.id, created_at=t, level="info", type="message",
+                                     message=f"New fine-tuned model created: {fine_tuned_model}"))
             s.add(FineTuningJobEvent(id=ids.event_id(), job_id=job.id, created_at=t, level="info",
                                      message="The job has successfully completed", type="message"))
             ok = True
@@ -377,14 +380,16 @@ def recover_expired(store: Store, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                     msg += f" Last error: {last}"
                 r = s.execute(update(FineTuningJob).where(cond).values(
                     status=FAILED, error={"code": "worker_lost", "message": msg, "param": None},
-                    finished_at=t, lease_owner=None, lease_expires_at=None, estimated_finish=None, updated_at=t))
+                    finished_at=t, lease_owner=None, lease_expires_at=None, estimated_finish=None,
+                    updated_at=t))
                 if r.rowcount == 1:
                     s.add(FineTuningJobEvent(id=ids.event_id(), job_id=job_id, created_at=t, level="error",
                                              message=f"The job failed: {msg}", type="message"))
                     out.append((job_id, "failed"))
             else:
                 r = s.execute(update(FineTuningJob).where(cond).values(
-                    status=QUEUED, lease_owner=None, lease_expires_at=None, estimated_finish=None, updated_at=t))
+                    status=QUEUED, lease_owner=None, lease_expires_at=None, estimated_finish=None,
+                    updated_at=t))
                 if r.rowcount == 1:
                     s.add(FineTuningJobEvent(
                         id=ids.event_id(), job_id=job_id, created_at=t, level="warn", type="message",

@@ -34,7 +34,8 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: `FD WORKER_PID [--warm]`; FD is the worker's connection, whose first message is the payload.
+    """Entry point: `FD WORKER_PID [--warm]`; FD is the worker's connection, whose first message is the
+    payload.
     With --warm the heavy libraries are imported before waiting, so a job handed over starts at once."""
     from multiprocessing.connection import Connection
 

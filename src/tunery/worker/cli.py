@@ -22,7 +22,9 @@ def worker(
 ) -> None:
     """Claim queued fine-tuning jobs and train them, each in its own child process.
 
-    Several workers (on one machine or many sharing one PostgreSQL database and file store) never run the same job twice. Ctrl-C or SIGTERM stops cleanly: running jobs go back to the queue and resume from their last checkpoint.
+    Several workers (on one machine or many sharing one PostgreSQL database and file store) never run
+    the same job twice. Ctrl-C or SIGTERM stops cleanly: running jobs go back to the queue and resume
+    from their last checkpoint.
     """
     from tunery.settings import Settings, get_settings
     from tunery.worker.runner import Worker, WorkerConfig
@@ -44,9 +46,15 @@ def worker(
 
 def register(app: typer.Typer) -> None:
     """Add `worker` and `quickstart` to the tunery command."""
-    app.command(name="worker")(worker)
-    try:
-        from tunery.quickstart import quickstart
-    except ImportError:  # quickstart not written yet
-        return
-    app.command(name="quickstart")(quickstart)
+    from tunery.quickstart import quickstart
+
+    app.command(name="worker", help=help_text(worker))(worker)
+    app.command(name="quickstart", help=help_text(quickstart))(quickstart)
+
+
+def help_text(fn) -> str:
+    """The docstring with each paragraph on one line (rich would keep the source's line breaks)."""
+    import inspect
+
+    paragraphs = inspect.cleandoc(fn.__doc__ or "").split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
