@@ -120,7 +120,9 @@ def terminal_tables(report: dict) -> list:
             t.add_row(key, *(str(r[key]) for r in rows))
         out.append(t)
     labels = report.get("model_labels") or {}
-    for kind in [*report["kinds"], "all"] if report["models"] else []:
+    # "all" repeats the only table when the spec has a single kind.
+    kinds = [*report["kinds"], "all"] if len(report["kinds"]) > 1 else list(report["kinds"])
+    for kind in kinds if report["models"] else []:
         groups = [report["summary"][m][kind] for m in report["models"]]
         cols = [c for c in columns(kind, groups) if c != "completion_tokens"]
         n = groups[0]["n"] if groups else 0
