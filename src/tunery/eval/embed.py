@@ -40,6 +40,9 @@ class Embedder:
 
     def __init__(self, path: Path | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # Spinning idle OpenMP threads starve a local tunery server sharing the CPU (effective only when
+        # torch is first imported here, as in the CLI).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
