@@ -165,8 +165,8 @@ def stats(
         for line in lines:
             console.print(line, highlight=False)
     if st["n_over_context"]:
-        console.print(f"[red]{st['n_over_context']:,} example(s) exceed the context "
-                      "and will be truncated[/red]")
+        console.print(f"[yellow]{st['n_over_context']:,} example(s) exceed the context "
+                      "and will be truncated[/yellow]")
     console.print(f"epochs: [bold]{st['n_epochs']}[/bold] ({st['n_epochs_source']})   trained tokens: "
                   f"[bold]{st['trained_tokens']:,}[/bold] (Σ min(context, tokens) × epochs; "
                   f"{st['trained_tokens_per_epoch']:,} per epoch)")

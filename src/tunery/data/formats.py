@@ -66,7 +66,8 @@ _KINDS = [
     Kind("empty_file", "error", "file has no examples", "the file is empty; add at least 10 examples"),
     Kind("too_few_examples", "error", "fewer than 10 examples",
          "fine-tuning needs at least 10 examples (50-100 good ones usually help)"),
-    Kind("over_context", "error", "example longer than the model's context",
+    # A warning, as at OpenAI: the trainer truncates such examples (and says so in the job's events).
+    Kind("over_context", "warning", "example longer than the model's context (it will be truncated)",
          "shorten or split the example, or pick a model with a longer context"),
     Kind("template_error", "error", "the model's chat template rejects the messages",
          "fix the message order the template expects (e.g. alternating user/assistant)"),
