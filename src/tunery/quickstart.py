@@ -22,7 +22,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.syntax import Syntax
 from rich.table import Table
 
 from tunery.errors import TuneryError
@@ -150,6 +149,16 @@ def _train_with_progress(client, job_id: str):
             time.sleep(0.5)
 
 
+def _quiet_transformers() -> None:
+    """No weight-loading progress bars from the in-process inference engine in the middle of the output."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _ask(client, model: str, question: str) -> str:
     from tunery.demo import SYSTEM_PROMPT
 
@@ -188,9 +197,10 @@ def _sdk_snippet(base_url: str, model: str) -> str:
     return (
         "from openai import OpenAI\n"
         f'client = OpenAI(base_url="{base_url}", api_key="unused")\n'
-        f'r = client.chat.completions.create(model="{model}",\n'
-        '    messages=[{"role": "user", "content": "What should I eat in Chiang Mai?"}])\n'
-        "print(r.choices[0].message.content)\n")
+        f'model = "{model}"\n'
+        'r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": '
+        '"What should I eat in Chiang Mai?"}])\n'
+        "print(r.choices[0].message.content)")
 
 
 def run_quickstart(home: Path, *, keep_serving: bool = False, port: int = 0,
@@ -206,6 +216,8 @@ def run_quickstart(home: Path, *, keep_serving: bool = False, port: int = 0,
     model = model or DEFAULT_MODEL
     t_start = time.monotonic()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads here (see worker.runner)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     home = home.expanduser().resolve()
     shared_cache = Settings.from_env().model_cache  # converted base models are reused between runs
     os.environ["TUNERY_HOME"] = str(home)  # the routes, worker and trainer children all read this home
@@ -258,12 +270,14 @@ def run_quickstart(home: Path, *, keep_serving: bool = False, port: int = 0,
                       f"{hp.learning_rate_multiplier} (\"auto\" resolved by the trainer)")
 
         _step(6, "Asking the base model and the fine-tuned model the same questions")
+        _quiet_transformers()
         _compare(client, model, job.fine_tuned_model)
 
         console.print(f"\n[bold]Your fine-tuned model:[/bold] [green]{job.fine_tuned_model}[/green]")
         console.print("Call it with the openai SDK:")
-        snippet = _sdk_snippet(server.base_url, job.fine_tuned_model)
-        console.print(Syntax(snippet, "python", theme="ansi_dark"))
+        # Plain text, soft-wrapped: long lines stay whole when copied from the terminal.
+        console.print(_sdk_snippet(server.base_url, job.fine_tuned_model), style="cyan", soft_wrap=True,
+                      markup=False, highlight=False)
         total = time.monotonic() - t_start
         console.print(f"Done in {_fmt_seconds(total)}. Everything lives in {home}; serve it again any time "
                       f"with [bold]tunery serve --home {home}[/bold].")

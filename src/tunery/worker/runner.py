@@ -429,9 +429,10 @@ class JobRun:
             log.warning("job %s: lease lost to another worker; attempt abandoned", job.id)
             return
         if out.get("shutdown") and "result" not in out:
-            queue.requeue(self.store, job.id, self.owner, count_attempt=False,
-                          reason="The worker shut down; the job is queued again and will resume from its "
-                                 "last checkpoint")
+            if not queue.requeue(self.store, job.id, self.owner, count_attempt=False,
+                                 reason="The worker shut down; the job is queued again and will resume from "
+                                        "its last checkpoint"):
+                queue.release_stopped(self.store, job.id, self.owner)  # cancelled or paused meanwhile
             return
         result = out.get("result")
         if result is not None:
