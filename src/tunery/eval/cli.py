@@ -99,7 +99,7 @@ def _job_models(infos, include_base: bool, checkpoints: bool = False) -> tuple[l
         if info.fine_tuned_model:
             if info.fine_tuned_model not in models:
                 models.append(info.fine_tuned_model)
-            labels[info.fine_tuned_model] = f"{info.fine_tuned_model} ({info.id})"
+            labels[info.fine_tuned_model] = info.fine_tuned_model  # the jobs table names its job
         else:
             console.print(f"[yellow]{info.id} is {info.status}: it has no fine-tuned model to evaluate[/yellow]")
     return models, labels

@@ -258,7 +258,8 @@ def _metric_table(report: dict, kind: str, colors: dict) -> str:
     best = {}
     for c in cols:
         vals = [g.get(c) for g in groups if g.get(c) is not None]
-        if len(groups) > 1 and vals and c in (*QUALITY, "latency_s", "answered_when_should_decline"):
+        # Highlight a best value only where the models differ (a column of equal zeros has no winner).
+        if len(set(vals)) > 1 and c in (*QUALITY, "latency_s", "answered_when_should_decline"):
             best[c] = min(vals) if c in ("latency_s", "answered_when_should_decline") else max(vals)
     head = "".join(f'<th title="{e(METRIC_HELP.get(c, ""))}">{e(LABELS.get(c, c))}</th>' for c in cols)
     rows = []

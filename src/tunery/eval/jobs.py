@@ -174,6 +174,15 @@ def _curves_from_csv(text: str) -> dict:
     return {k: sorted(v) for k, v in points.items()}
 
 
+def _suffix(job) -> str | None:
+    """The job's suffix: OpenAI sends user_provided_suffix (not in the SDK type); else from ft:base:org:SUFFIX:id."""
+    for attr in ("user_provided_suffix", "suffix"):
+        if getattr(job, attr, None):
+            return getattr(job, attr)
+    parts = (job.fine_tuned_model or "").split(":")
+    return parts[3] if len(parts) >= 5 and parts[0] == "ft" and parts[3] else None
+
+
 def fetch_job(client, job_id: str, *, with_files: bool = True) -> tuple[JobInfo, dict[str, str]]:
     """A job's summary and curves, plus the text of its training/validation files (when asked)."""
     job = client.fine_tuning.jobs.retrieve(job_id)
@@ -189,7 +198,7 @@ def fetch_job(client, job_id: str, *, with_files: bool = True) -> tuple[JobInfo,
         hyperparameters=hp, method=getattr(method, "type", None) if method is not None else None,
         training_file=job.training_file, validation_file=job.validation_file,
         trained_tokens=job.trained_tokens, created_at=job.created_at, finished_at=job.finished_at,
-        seed=job.seed, suffix=getattr(job, "suffix", None),
+        seed=job.seed, suffix=_suffix(job),
         error=job.error.message if job.error is not None and job.error.message else None,
     )
     events = list(client.fine_tuning.jobs.list_events(job_id, limit=100))

@@ -131,12 +131,13 @@ def terminal_tables(report: dict) -> list:
         t.add_column("model", overflow="fold")
         for c in cols:
             t.add_column(TERM_LABELS.get(c, c), justify="right", no_wrap=True)
-        best = {c: max((g[c] for g in groups if g.get(c) is not None), default=None) for c in QUALITY}
+        best = {c: max(vals) for c in QUALITY
+                if len(set(vals := [g[c] for g in groups if g.get(c) is not None])) > 1}
         for m, g in zip(report["models"], groups):
             cells = []
             for c in cols:
                 s = fmt(c, g.get(c))
-                if c in best and best[c] is not None and g.get(c) == best[c] and len(groups) > 1:
+                if c in best and g.get(c) == best[c]:
                     s = f"[bold green]{s}[/bold green]"
                 if c == "errors" and g.get(c):
                     s = f"[red]{s}[/red]"
