@@ -34,7 +34,7 @@ def test_quickstart_refuses_a_used_home(tmp_path):
     (tmp_path / "something").write_text("x")
     proc = subprocess.run([sys.executable, "-m", "tunery.cli", "quickstart", "--home", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "is not empty" in proc.stderr
+    assert proc.returncode == 1 and "is not empty" in " ".join(proc.stderr.split())
 
 
 @pytest.mark.slow

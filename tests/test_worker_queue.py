@@ -48,6 +48,7 @@ from tunery.store.db import Store
 from tunery.store.queue import claim_next
 store = Store(get_settings())
 owner = sys.argv[1]
+open(sys.argv[2] + "." + owner, "w").close()  # ready
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.01)
 while True:
@@ -64,7 +65,10 @@ def test_concurrent_workers_claim_each_job_exactly_once(store, store_settings, t
     env = {**os.environ, "TUNERY_DATABASE_URL": store_settings.database_url}
     procs = [subprocess.Popen([sys.executable, "-c", CLAIM_SCRIPT, f"w{i}", str(go)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
-    time.sleep(1.5)  # let all four import and connect, then release them at once
+    # Release them at once, when all four have imported and connected.
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"go.w{i}").exists() for i in range(4)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     go.touch()
     claimed: list[str] = []
     per_worker = []
