@@ -130,17 +130,28 @@ def bench_grammar(model_dir: Path) -> None:
     line("JSON mode, xgrammar: token mask per step", f"{xg:.3f} ms")
     try:
         from lmformatenforcer import JsonSchemaParser, TokenEnforcer
-        from lmformatenforcer.integrations.transformers import build_token_enforcer_tokenizer_data
+        from lmformatenforcer.tokenenforcer import TokenEnforcerTokenizerData
     except ImportError:
         line("JSON mode, lm-format-enforcer", "not installed (pip install lm-format-enforcer to compare)")
         return
     t = time.perf_counter()
-    data = build_token_enforcer_tokenizer_data(tok)
+    # Its transformers integration does not import on transformers 5 (a point against it); build its
+    # tokenizer data the way that integration does.
+    zero = tok.encode("0")[-1]
+    special = set(tok.all_special_ids)
+    regular = []
+    for i in range(len(tok)):
+        if i not in special:
+            after0 = tok.decode([zero, i])[1:]
+            regular.append((i, after0, len(after0) > len(tok.decode([i]))))
+    data = TokenEnforcerTokenizerData(regular, lambda t: tok.decode(t).rstrip("\ufffd"), tok.eos_token_id,
+                                      False, len(tok))
     enforcer = TokenEnforcer(data, JsonSchemaParser(schema))
     setup = time.perf_counter() - t
     t = time.perf_counter()
     for i in range(len(ids)):
         allowed = enforcer.get_allowed_tokens(ids[:i])
+        allowed = getattr(allowed, "allowed_tokens", allowed)
         assert ids[i] in allowed
     lm = (time.perf_counter() - t) / len(ids) * 1000
     line("JSON mode, lm-format-enforcer: setup", f"{setup:.2f} s")

@@ -416,7 +416,10 @@ class Engine:
         Blocks while a base model loads (the first request for it), so call it off the event loop.
         """
         if isinstance(model, str):
-            model = Servable(id=model, base_model=model, adapter_dir=None)
+            from tunery.models import resolve
+
+            # The canonical name, so an alias and its target share one loaded copy.
+            model = Servable(id=model, base_model=resolve(model, self.settings).name, adapter_dir=None)
         adapter_dir = Path(model.adapter_dir) if getattr(model, "adapter_dir", None) else None
         if adapter_dir is not None and not (adapter_dir / "adapter_config.json").exists():
             backend = self._backend(str(adapter_dir.resolve()), model_id=model.id, path=adapter_dir,
