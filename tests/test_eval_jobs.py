@@ -26,7 +26,7 @@ TRAIN = [(f"What is fact number {i}?", f"Fact {i} is that Doi Suthep was built i
 VALID = [(f"Tell me fact {i}.", f"Doi Suthep dates from {1380 + i}.") for i in range(10)]
 
 
-def run_as_worker(srv, job_id: str, *, steps: int, loss0: float, tokens: int) -> dict:
+def run_as_worker(srv, job_id: str, *, steps: int, loss0: float, tokens: int, model_dir) -> dict:
     """Claim the queued job and report training the way the worker does; returns the metrics written."""
     from tunery.store import queue
 
@@ -45,17 +45,19 @@ def run_as_worker(srv, job_id: str, *, steps: int, loss0: float, tokens: int) ->
         written.append(data)
     ft = f"ft:smollm2-135m-instruct:personal:{claimed.suffix}:{job_id[-8:]}"
     queue.add_checkpoint(store, job_id, owner, step=steps // 2, model_name=f"{ft}:ckpt-step-{steps // 2}",
-                         metrics=written[steps // 2 - 1], path=str(srv.settings.home / "nowhere"))
+                         metrics=written[steps // 2 - 1], path=str(model_dir))
     queue.add_checkpoint(store, job_id, owner, step=steps, model_name=f"{ft}:ckpt-step-{steps}",
-                         metrics=written[-1], path=str(srv.settings.home / "nowhere"))
-    assert queue.finish_succeeded(store, claimed, owner, fine_tuned_model=ft, model_path=str(srv.settings.home),
+                         metrics=written[-1], path=str(model_dir))
+    assert queue.finish_succeeded(store, claimed, owner, fine_tuned_model=ft, model_path=str(model_dir),
                                   trained_tokens=tokens, resolved_hyperparameters=None,
                                   result_csv_text=queue.result_csv(written))
     return {"ft": ft, "metrics": written}
 
 
 @pytest.fixture
-def jobs(make_server):
+def jobs(make_server, tiny_model_dir):
+    """Two succeeded jobs on the same files; their "fine-tuned" models are the tiny random model (a full
+    model directory), so chat completions can serve them."""
     srv = make_server()
     client = srv.client()
     train = client.files.create(file=("train.jsonl", io.BytesIO(facts_jsonl(TRAIN))), purpose="fine-tune")
@@ -65,7 +67,8 @@ def jobs(make_server):
         job = client.fine_tuning.jobs.create(model="smollm2-135m-instruct", training_file=train.id,
                                              validation_file=valid.id, suffix=suffix,
                                              hyperparameters={"n_epochs": epochs})
-        out[suffix] = {"id": job.id, **run_as_worker(srv, job.id, steps=6, loss0=loss0, tokens=1000 * epochs)}
+        out[suffix] = {"id": job.id, **run_as_worker(srv, job.id, steps=6, loss0=loss0, tokens=1000 * epochs,
+                                                       model_dir=tiny_model_dir)}
     return srv, client, out
 
 
@@ -145,6 +148,25 @@ def test_compare_command_training_side(jobs, tmp_path, capsys):
     assert "lr-a train" in page and "lr-b valid" in page and "<script" not in page
     printed = capsys.readouterr().out
     assert "Fine-tuning jobs" in printed and "trained tokens" in printed
+
+
+def test_compare_command_with_evaluation(jobs, tmp_path):
+    from tunery.cli import main
+
+    srv, client, made = jobs
+    out = tmp_path / "cmp"
+    with pytest.raises(SystemExit) as done:
+        main(["compare", made["lr-a"]["id"], made["lr-b"]["id"], "--no-base", "--base-url", srv.base_url,
+              "--limit", "2", "--max-tokens", "4", "--no-semantic", "--no-off-topic", "--out", str(out)])
+    assert done.value.code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"] == [made["lr-a"]["ft"], made["lr-b"]["ft"]]
+    # Both jobs trained on the same files: their cases are merged, not repeated.
+    assert sorted(c["kind"] for c in report["cases"]) == ["variation", "variation", "verbatim", "verbatim"]
+    assert len(report["results"]) == 8 and all(r["error"] is None for r in report["results"])
+    assert all(1 <= r["metrics"]["completion_tokens"] <= 4 for r in report["results"])
+    page = (out / "report.html").read_text()
+    assert page.count('<path d="M') == 8 and made["lr-b"]["ft"] in page and "Answers side by side" in page
 
 
 def test_compare_unknown_job_is_one_line(jobs, capsys):
