@@ -51,6 +51,14 @@ def test_chrf_hand_computed():
     assert M.chrf("xyz", "abc") == 0.0
 
 
+def test_languages_without_spaces_need_chrf():
+    # The documented limit: Thai is written without spaces, so a whole phrase is one token and a partly right
+    # answer gets token F1 0, while chrF still credits the shared characters.
+    ref, ans = "เชียงใหม่สวยมาก", "เชียงใหม่ดีมาก"
+    assert M.tokens(ref) == [ref] and M.token_f1(ans, ref) == 0.0
+    assert 0.3 < M.chrf(ans, ref) < 1.0
+
+
 def test_answer_length():
     assert M.answer_length("two  words") == {"answer_words": 2, "answer_chars": 10}
 

@@ -15,7 +15,6 @@ from collections import Counter
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _NUM_SEP = re.compile(r"(?<=\d)[,_'’](?=\d{3}\b)")
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def normalize(text: str) -> str:
@@ -28,7 +27,9 @@ def normalize(text: str) -> str:
 
 
 def tokens(text: str) -> list[str]:
-    return _WORD.findall(normalize(text))
+    # normalize() already turned punctuation and symbols into spaces; splitting on whitespace keeps
+    # combining marks (Thai vowels, Devanagari signs) inside their word, which \w+ would cut at.
+    return normalize(text).split()
 
 
 def exact_match(answer: str, expected: str) -> float:
