@@ -230,3 +230,25 @@ def test_models_of_jobs_with_and_without_checkpoints(jobs):
     # Step 6 is the final model itself, so only the mid-training checkpoint is added.
     assert models == ["smollm2-135m-instruct", f"{a}:ckpt-step-3", a, f"{b}:ckpt-step-3", b]
     assert labels[f"{a}:ckpt-step-3"] == f"{made['lr-a']['id']} step 3"
+
+
+def test_eval_from_job_defaults_to_base_and_fine_tuned(jobs, tmp_path):
+    from tunery.cli import main
+
+    srv, client, made = jobs
+    spec = tmp_path / "extra.jsonl"
+    spec.write_text(json.dumps({"id": "mine", "question": "Who built Doi Suthep?", "key_facts": ["Kuena"]}) + "\n")
+    out = tmp_path / "ev"
+    with pytest.raises(SystemExit) as done:
+        main(["eval", str(spec), "--from-job", made["lr-a"]["id"], "--base-url", srv.base_url, "--limit", "1",
+              "--max-tokens", "3", "--no-semantic", "--out", str(out)])
+    assert done.value.code == 0
+    report = json.loads((out / "report.json").read_text())
+    # Without --model: the job's base model and its fine-tuned model, in that order.
+    assert report["models"] == ["smollm2-135m-instruct", made["lr-a"]["ft"]]
+    assert report["model_labels"]["smollm2-135m-instruct"] == "smollm2-135m-instruct (base)"
+    # The spec's case plus 1 verbatim, 1 variation and the 4 built-in off-topic questions.
+    kinds = [c["kind"] for c in report["cases"]]
+    assert report["cases"][0]["id"] == "mine" and kinds.count("off-topic") == 4 and len(kinds) == 7
+    assert all(r["error"] is None for r in report["results"]) and len(report["results"]) == 14
+    assert report["jobs"][0]["id"] == made["lr-a"]["id"] and report["jobs"][0]["suffix"] == "lr-a"
