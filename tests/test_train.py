@@ -239,6 +239,7 @@ def test_pause_writes_resume_state_and_resume_continues_exactly(tiny_model_dir, 
     resumed, cb_r = run(tiny_model_dir, tmp_path, "p", resume_from=paused.resume_dir)
     assert [m["step"] for m in cb_r.metrics] == [5, 6]
     assert cb_p.losses() + cb_r.losses() == pytest.approx(cb_a.losses(), rel=1e-5, abs=1e-6)
+    assert resumed.status == "succeeded" and not paused.resume_dir.exists()  # nothing left to resume
 
 
 def test_cancel_stops_and_leaves_last_checkpoint_usable(tiny_model_dir, tmp_path):

@@ -239,7 +239,9 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     resume_dir = Path(config.resume_from) if config.resume_from else None
     resume_meta = ckpt.read_meta(resume_dir) if resume_dir else None
     if resume_meta:
+        # The checkpoint decides what is being trained; the config only adds where and with which data.
         config.method = resume_meta["method"]
+        config.model = resume_meta["base_model"]
     base_model = resolve(config.model).name
 
     from tunery.models import load_tokenizer
@@ -247,6 +249,8 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     tok = load_tokenizer(config.model)
     ctx = context_length(config.model)
     max_length = min(config.max_length or ctx, ctx)
+    if resume_meta:
+        max_length = resume_meta["hyperparameters"].get("max_length") or max_length
     train_set = load_encoded(config.training_file, tok, max_length, cb, "training_file")
     valid_set = (load_encoded(config.validation_file, tok, max_length, cb, "validation_file")
                  if config.validation_file else [])
@@ -382,6 +386,10 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         model_dir = out_dir / "final"
         save_model_dir(model, tok, model_dir, {**meta_base, "step": step, "epoch": n_epochs,
                                                "metrics": _checkpoint_metrics(last_metrics)})
+        if (out_dir / "resume").is_dir():  # a finished run has nothing left to resume
+            import shutil
+
+            shutil.rmtree(out_dir / "resume", ignore_errors=True)
         tps = session_tokens / session_time if session_time else 0.0
         cb.on_event("info", f"Training finished: {step} steps, {trained_tokens} trained tokens, "
                             f"{tps:.0f} tokens/s")
