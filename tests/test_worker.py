@@ -17,7 +17,7 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from test_api_support import make_server  # noqa: F401  (fixture)
+from test_api_support import make_server, pg_server_url, pg_url  # noqa: F401  (fixtures)
 from tunery import demo
 from tunery.store import queue
 from tunery.store.tables import FineTuningJob
@@ -165,49 +165,52 @@ def embedded(make_server):
 
 def test_a_job_runs_to_a_registered_model_with_events_checkpoints_and_results(embedded, tiny_model_dir,
                                                                              tmp_path):
+    from tunery.store import find_servable_model, get_org
+
     srv, client = embedded
     fid = upload(client, tmp_path)
+    org = get_org(srv.store, "personal")
     vpath = tmp_path / "valid.jsonl"
     vpath.write_text(demo.read_text(demo.VALIDATION_FILE))
     vid = client.files.create(file=vpath.open("rb"), purpose="fine-tune").id
-    job = create_job(client, tiny_model_dir, fid, n_epochs=2, validation_file=vid, suffix="guide")
+    job = create_job(client, tiny_model_dir, fid, n_epochs=4, validation_file=vid, suffix="guide")
     job = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed")
                    and j, 120, "the job to finish")
     assert job.status == "succeeded", job.error
     assert job.fine_tuned_model == f"ft:{tiny_model_dir.name}:personal:guide:{job.id[-8:]}"
     assert job.trained_tokens > 1000 and job.finished_at >= job.created_at
     hp = job.hyperparameters
-    assert (hp.n_epochs, hp.batch_size) == (2, 2) and isinstance(hp.learning_rate_multiplier, float)
+    assert (hp.n_epochs, hp.batch_size) == (4, 2) and isinstance(hp.learning_rate_multiplier, float)
 
     # One metrics event per step, in order, with the SDK's metric names and OpenAI's message shape.
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=1000))
     metrics = [e for e in reversed(events) if e.type == "metrics"]
-    assert [e.data["step"] for e in metrics] == list(range(1, 33))
-    assert metrics[-1].data["total_steps"] == 32 and "valid_loss" in metrics[-1].data
-    assert metrics[5].message.startswith("Step 6/32: training loss=")
+    assert [e.data["step"] for e in metrics] == list(range(1, 65))
+    assert metrics[-1].data["total_steps"] == 64 and "valid_loss" in metrics[-1].data
+    assert metrics[5].message.startswith("Step 6/64: training loss=")
     texts = messages(client, job.id)
     assert texts[-1] == "The job has successfully completed"
     assert any(t.startswith("Fine-tuning started") for t in texts)
 
-    # Epoch checkpoints become checkpoint rows with servable names.
+    # Epoch checkpoints become checkpoint rows with servable names; like OpenAI, the last 3 are kept.
     ckpts = list(client.fine_tuning.jobs.checkpoints.list(job.id))
-    assert sorted(c.step_number for c in ckpts) == [16, 32]
+    assert sorted(c.step_number for c in ckpts) == [32, 48, 64]
     assert {c.fine_tuned_model_checkpoint for c in ckpts} == {f"{job.fine_tuned_model}:ckpt-step-{n}"
-                                                              for n in (16, 32)}
+                                                              for n in (32, 48, 64)}
     assert all("full_valid_loss" in c.metrics.model_dump(exclude_none=True) for c in ckpts)
+    for c in ckpts:
+        assert (find_servable_model(srv.store, org, c.fine_tuned_model_checkpoint).adapter_dir
+                / "adapter_config.json").exists()
 
     # The result CSV is a fine-tune-results file with one row per step.
     (rid,) = job.result_files
     assert client.files.retrieve(rid).purpose == "fine-tune-results"
     rows = client.files.content(rid).text.splitlines()
     assert rows[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
-    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 33))
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 65))
 
     # The model is listed and servable at once, with no restart.
     assert job.fine_tuned_model in {m.id for m in client.models.list()}
-    from tunery.store import find_servable_model, get_org
-
-    org = get_org(srv.store, "personal")
     served = find_servable_model(srv.store, org, job.fine_tuned_model)
     assert (served.adapter_dir / "adapter_config.json").exists() and served.base_model == str(tiny_model_dir)
 
@@ -313,13 +316,24 @@ def test_serve_no_worker_runs_the_api_only(workers, tiny_model_dir, tmp_path):
     assert children_of(server.pid) == []  # no trainer, not even a pre-started one
 
 
-def test_two_worker_processes_run_every_job_exactly_once(make_server, workers, tiny_model_dir, tmp_path):
-    srv = make_server()
+@pytest.fixture
+def shared_database(request) -> str | None:
+    """A PostgreSQL database (how several machines share one queue), else None for SQLite."""
+    try:
+        return request.getfixturevalue("pg_url")
+    except pytest.skip.Exception:
+        return None
+
+
+def test_two_worker_processes_run_every_job_exactly_once(make_server, workers, shared_database, tiny_model_dir,
+                                                         tmp_path):
+    env = {"TUNERY_DATABASE_URL": shared_database} if shared_database else {}
+    srv = make_server(database_url=shared_database) if shared_database else make_server()
     client = srv.client()
     fid = upload(client, tmp_path)
     jobs = [create_job(client, tiny_model_dir, fid) for _ in range(4)]
-    workers.start()
-    workers.start()
+    workers.start(**env)
+    workers.start(**env)
     for job in jobs:
         wait_for(lambda: client.fine_tuning.jobs.retrieve(job.id).status in ("succeeded", "failed"), 150,
                  f"{job.id} to finish", every=0.5)

@@ -213,6 +213,19 @@ def add_checkpoint(store: Store, job_id: str, owner: str, *, step: int, model_na
         return cid
 
 
+def forget_missing_checkpoints(store: Store, job_id: str, owner: str) -> int:
+    """Delete checkpoint rows whose folder the trainer pruned (it keeps the last few, as OpenAI does), so
+    every listed checkpoint stays servable."""
+    gone = [c.id for c in list_checkpoints(store, job_id) if not Path(c.path).exists()]
+    if not gone:
+        return 0
+    with store.session() as s:
+        if not _lock_held(s, job_id, owner, (RUNNING, PAUSED)):
+            return 0
+        s.execute(delete(FineTuningJobCheckpoint).where(FineTuningJobCheckpoint.id.in_(gone)))
+    return len(gone)
+
+
 def list_checkpoints(store: Store, job_id: str) -> list[FineTuningJobCheckpoint]:
     """The job's checkpoint rows, oldest step first."""
     with store.read() as s:

@@ -400,6 +400,7 @@ class JobRun:
                                  statuses=("running", "paused"),
                                  model_name=ids.checkpoint_model_name(self.ft_name, int(info["step"])),
                                  metrics=metrics, path=info["path"])
+            queue.forget_missing_checkpoints(self.store, self.job.id, self.owner)
         elif kind in ("result", "domain_error", "crash"):
             out[kind] = msg[1]
 
