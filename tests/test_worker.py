@@ -245,6 +245,8 @@ def test_pause_stops_at_a_resumable_point_and_resume_continues_there(embedded, t
     srv, client = embedded
     job = create_job(client, tiny_model_dir, upload(client, tmp_path, repeat=4), n_epochs=2)
     wait_for(lambda: len(metrics_steps(client, job.id)) >= 20, 60, "some training steps")
+    running = client.fine_tuning.jobs.retrieve(job.id)
+    assert running.status == "running" and running.estimated_finish > running.created_at
     paused = client.fine_tuning.jobs.pause(job.id)
     assert paused.status == "paused"
     wait_for(lambda: queue.job_state(srv.store, job.id) == ("paused", None), 30, "the pause to be saved")
@@ -397,3 +399,30 @@ def test_a_trainer_killed_like_an_oom_fails_that_attempt_and_the_worker_carries_
     done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed")
                     and j, 150, "the retried job to finish")
     assert done.status == "succeeded", done.error
+
+
+def test_a_worker_shutting_down_requeues_its_job_without_counting_an_attempt(make_server, tiny_model_dir,
+                                                                           tmp_path):
+    from tunery.worker import start_background_worker
+
+    srv = make_server()
+    client = srv.client()
+    job = create_job(client, tiny_model_dir, upload(client, tmp_path, repeat=2), n_epochs=3)  # 32 steps/epoch
+    first = start_background_worker(srv.settings)
+    wait_for(lambda: any(s > 34 for s in metrics_steps(client, job.id)), 90, "training past a checkpoint")
+    first.stop()  # what Ctrl-C / SIGTERM does
+    queued = client.fine_tuning.jobs.retrieve(job.id)
+    assert queued.status == "queued"
+    assert any("The worker shut down" in m for m in messages(client, job.id))
+    with srv.store.read() as s:
+        assert s.execute(select(FineTuningJob.attempts).where(FineTuningJob.id == job.id)).scalar() == 0
+    second = start_background_worker(srv.settings)
+    try:
+        done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed")
+                        and j, 120, "the job to finish on the next worker")
+    finally:
+        second.stop()
+    assert done.status == "succeeded", done.error
+    assert any("Resuming training from the checkpoint at step 32 (attempt 1)" in m
+               for m in messages(client, job.id))
+    assert metrics_steps(client, job.id) == list(range(1, 97))
