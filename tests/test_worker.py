@@ -426,3 +426,23 @@ def test_a_worker_shutting_down_requeues_its_job_without_counting_an_attempt(mak
     assert any("Resuming training from the checkpoint at step 32 (attempt 1)" in m
                for m in messages(client, job.id))
     assert metrics_steps(client, job.id) == list(range(1, 97))
+
+
+def test_concurrency_limits_how_many_jobs_one_worker_trains_at_once(make_server, tiny_model_dir, tmp_path):
+    from tunery.worker import start_background_worker
+
+    srv = make_server()
+    client = srv.client()
+    fid = upload(client, tmp_path, repeat=2)
+    jobs = [create_job(client, tiny_model_dir, fid, n_epochs=3) for _ in range(3)]
+    worker = start_background_worker(srv.settings, concurrency=2)
+    try:
+        def statuses():
+            return [client.fine_tuning.jobs.retrieve(j.id).status for j in jobs]
+
+        # The two oldest train side by side (both report steps); the third waits its turn.
+        wait_for(lambda: all(metrics_steps(client, j.id) for j in jobs[:2]), 90, "two jobs training at once")
+        assert statuses() == ["running", "running", "queued"]
+    finally:
+        worker.stop()
+    assert statuses() == ["queued", "queued", "queued"]  # stopped workers hand their jobs back
