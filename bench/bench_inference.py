@@ -49,19 +49,25 @@ def bench_generate(model_dir: Path, dtype, cache: str | None) -> float:
     kw = dict(do_sample=False, pad_token_id=tok.eos_token_id)
     if cache:
         kw["cache_implementation"] = cache
+    best = 0.0
     with torch.inference_mode():
-        model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)
-        t = time.perf_counter()
-        model.generate(ids, max_new_tokens=TOKENS, min_new_tokens=TOKENS, **kw)
-        return TOKENS / (time.perf_counter() - t)
+        model.generate(ids, max_new_tokens=8, min_new_tokens=8, **kw)
+        for _ in range(2):  # best of two: the first long run in a process is often slow (allocator warm-up)
+            t = time.perf_counter()
+            model.generate(ids, max_new_tokens=TOKENS, min_new_tokens=TOKENS, **kw)
+            best = max(best, TOKENS / (time.perf_counter() - t))
+    return best
 
 
 def engine_single(engine, model: str) -> float:
-    engine.generate(model, messages=MSG, max_tokens=4, temperature=0, ignore_eos=True).result()
-    t = time.perf_counter()
-    _, usage = engine.generate(model, messages=MSG, max_tokens=TOKENS, temperature=0, ignore_eos=True).result()
-    assert usage.completion_tokens == TOKENS
-    return TOKENS / (time.perf_counter() - t)
+    engine.generate(model, messages=MSG, max_tokens=8, temperature=0, ignore_eos=True).result()
+    best = 0.0
+    for _ in range(2):  # measured exactly like the baseline: best of two
+        t = time.perf_counter()
+        _, usage = engine.generate(model, messages=MSG, max_tokens=TOKENS, temperature=0, ignore_eos=True).result()
+        assert usage.completion_tokens == TOKENS
+        best = max(best, TOKENS / (time.perf_counter() - t))
+    return best
 
 
 def make_adapters(base_dir: Path, out: Path, count: int) -> list[Path]:
@@ -217,14 +223,19 @@ def main() -> int:
         t = time.perf_counter()
         timed_batch(engine, ads, prompts, 1)  # first use: load all 10 in the background
         line("loading 10 adapters (first request for each)", f"{time.perf_counter() - t:.1f} s")
-        one = timed_sequential(engine, [ads[0]] * 10, prompts, n_tok)
-        ten = timed_sequential(engine, ads, prompts, n_tok)
+        # Interleaved (1-adapter run, then 10-adapter run, ...) so load changes on a shared machine hit both alike.
+        one = ten = 0.0
+        for i in range(10):
+            one += timed_sequential(engine, [ads[0]], prompts[i:i + 1], n_tok)
+            ten += timed_sequential(engine, [ads[i]], prompts[i:i + 1], n_tok)
         r = ten / one - 1
         line("one after another: 10 requests on 1 adapter", f"{one / 10 * 1000:7.0f} ms per request")
         line("one after another: 10 requests on 10 adapters", f"{ten / 10 * 1000:7.0f} ms per request")
         line("=> latency cost of 10 adapters (sequential)", f"{r * 100:+.1f}%  (goal < 20%: {goal(r, 0.2, False)})")
-        one_b = timed_batch(engine, [ads[0]] * 10, prompts, n_tok)
-        ten_b = timed_batch(engine, ads, prompts, n_tok)
+        one_b = ten_b = float("inf")
+        for _ in range(2):  # best of two each, interleaved
+            one_b = min(one_b, timed_batch(engine, [ads[0]] * 10, prompts, n_tok))
+            ten_b = min(ten_b, timed_batch(engine, ads, prompts, n_tok))
         r = ten_b / one_b - 1
         line("at once: 10 requests on 1 adapter (one batch)", f"{one_b * 1000:7.0f} ms")
         line("at once: 10 requests on 10 adapters (one batch)", f"{ten_b * 1000:7.0f} ms")
