@@ -243,7 +243,7 @@ def test_cancel_stops_training_within_seconds_and_registers_nothing(embedded, ti
 
 def test_pause_stops_at_a_resumable_point_and_resume_continues_there(embedded, tiny_model_dir, tmp_path):
     srv, client = embedded
-    job = create_job(client, tiny_model_dir, upload(client, tmp_path, repeat=4), n_epochs=2)
+    job = create_job(client, tiny_model_dir, upload(client, tmp_path, repeat=3), n_epochs=2)  # 96 steps
     wait_for(lambda: len(metrics_steps(client, job.id)) >= 20, 60, "some training steps")
     running = client.fine_tuning.jobs.retrieve(job.id)
     assert running.status == "running" and running.estimated_finish > running.created_at
@@ -252,7 +252,7 @@ def test_pause_stops_at_a_resumable_point_and_resume_continues_there(embedded, t
     wait_for(lambda: queue.job_state(srv.store, job.id) == ("paused", None), 30, "the pause to be saved")
     text = next(m for m in messages(client, job.id) if m.startswith("Training paused at step"))
     paused_at = int(text.split("step ")[1].split("/")[0])
-    assert 20 <= paused_at < 128
+    assert 20 <= paused_at < 96
     time.sleep(1)
     assert max(metrics_steps(client, job.id)) == paused_at  # nothing moves while paused
     assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
@@ -262,7 +262,7 @@ def test_pause_stops_at_a_resumable_point_and_resume_continues_there(embedded, t
     done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed")
                     and j, 120, "the resumed job to finish")
     assert done.status == "succeeded", done.error
-    assert metrics_steps(client, job.id) == list(range(1, 129))  # continuous: every step exactly once
+    assert metrics_steps(client, job.id) == list(range(1, 97))  # continuous: every step exactly once
     assert any("Resuming training from its paused state" in m for m in messages(client, job.id))
 
 
@@ -407,7 +407,7 @@ def test_a_worker_shutting_down_requeues_its_job_without_counting_an_attempt(mak
 
     srv = make_server()
     client = srv.client()
-    job = create_job(client, tiny_model_dir, upload(client, tmp_path, repeat=2), n_epochs=3)  # 32 steps/epoch
+    job = create_job(client, tiny_model_dir, upload(client, tmp_path, repeat=2), n_epochs=2)  # 32 steps/epoch
     first = start_background_worker(srv.settings)
     wait_for(lambda: any(s > 34 for s in metrics_steps(client, job.id)), 90, "training past a checkpoint")
     first.stop()  # what Ctrl-C / SIGTERM does
@@ -425,7 +425,7 @@ def test_a_worker_shutting_down_requeues_its_job_without_counting_an_attempt(mak
     assert done.status == "succeeded", done.error
     assert any("Resuming training from the checkpoint at step 32 (attempt 1)" in m
                for m in messages(client, job.id))
-    assert metrics_steps(client, job.id) == list(range(1, 97))
+    assert metrics_steps(client, job.id) == list(range(1, 65))
 
 
 def test_concurrency_limits_how_many_jobs_one_worker_trains_at_once(make_server, tiny_model_dir, tmp_path):
