@@ -1,9 +1,8 @@
 """The training child process: runs tunery.train.train and reports over a pipe.
 
-It runs in a fresh interpreter (`python -m tunery.worker.child FD`, FD one end of a socketpair
-wrapped as a multiprocessing Connection), so a crash, an out-of-memory kill or a
-stuck native library takes down only this process; the worker sees the exit and fails or retries the
-job. Messages to the worker are tuples: ("event", level, message), ("metrics", data),
+It runs in a fresh interpreter (`python -m tunery.worker.child FD WORKER_PID [--warm]`, FD one end of a
+socketpair wrapped as a multiprocessing Connection), so a crash, an out-of-memory kill or a stuck native
+library takes down only this process; the worker sees the exit and fails or retries the job. Messages to the worker are tuples: ("event", level, message), ("metrics", data),
 ("resolved", hyperparameters), ("checkpoint", {step, epoch, path, metrics}), ("result", {...}),
 ("domain_error", {message, code, param}), ("crash", text). The worker sends ("stop", "cancel"|"pause");
 the trainer polls for it before every step. The child dies with its worker (PR_SET_PDEATHSIG) so a
@@ -34,9 +33,8 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: `FD WORKER_PID [--warm]`; FD is the worker's connection, whose first message is the
-    payload.
-    With --warm the heavy libraries are imported before waiting, so a job handed over starts at once."""
+    """Entry point. The first message on the connection is the job's payload; with --warm the heavy
+    libraries are imported while waiting for it, so a job handed over starts training at once."""
     from multiprocessing.connection import Connection
 
     argv = sys.argv[1:] if argv is None else argv
