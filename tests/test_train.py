@@ -195,6 +195,10 @@ def test_lora_run_metrics_checkpoints_and_outputs(tiny_model_dir, tmp_path):
     final = res.model_dir
     assert (final / "adapter_model.safetensors").exists() and (final / "adapter_config.json").exists()
     assert not (final / "trainer_state.pt").exists()
+    # The run's speed is remembered for the data tools' time estimates.
+    from tunery.data.estimate import measured_throughput
+
+    assert measured_throughput(str(tiny_model_dir), "lora")[1].startswith("measured")
     # The adapter loads with plain PEFT (what the engine does).
     from peft import PeftModel
 
@@ -202,6 +206,13 @@ def test_lora_run_metrics_checkpoints_and_outputs(tiny_model_dir, tmp_path):
 
     base, _ = load_model(str(tiny_model_dir))
     PeftModel.from_pretrained(base, str(final))
+
+
+def test_gradient_accumulation_matches_one_batch(tiny_model_dir, tmp_path):
+    """A batch split into micro-batches (when it does not fit) gives the same losses as one pass."""
+    _, whole = run(tiny_model_dir, tmp_path, "whole", n_epochs=1)
+    _, split = run(tiny_model_dir, tmp_path, "split", n_epochs=1, max_tokens_per_micro_batch=60)
+    assert split.losses() == pytest.approx(whole.losses(), rel=1e-4)
 
 
 def test_truncation_warns_and_still_trains(tiny_model_dir, tmp_path):
