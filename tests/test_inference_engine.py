@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -151,8 +150,6 @@ def test_top_p_tiny_keeps_only_the_top_token(engine, tiny_model_dir):
 
 
 def test_presence_penalty_stops_repeats(engine, tiny_model_dir):
-    from tunery.inference.engine import _Seq  # noqa: F401  (ensures the module is importable)
-
     m = str(tiny_model_dir)
     handle = engine.prepare(m)
     ids = handle.encode_chat(CHAT)
@@ -239,7 +236,6 @@ def test_stop_matcher_holds_back_partial_matches():
     assert s.feed("X more") == ("ENX more", False)
     assert s.feed(" xy") == (" ", False)
     assert s.feed("z tail") == ("", True)
-    threading.Thread  # keep import used
 
 
 def test_served_adapter_matches_peft(engine, tiny_model_dir, loras):

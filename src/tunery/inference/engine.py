@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -564,8 +563,6 @@ class Engine:
             return b
 
     def _load_backend(self, key: str, *, model_id, path, base) -> Backend:
-        import torch
-
         from tunery.models import context_length, load_model, load_tokenizer, pick_device
 
         device = pick_device(self.settings)
@@ -590,7 +587,6 @@ class Engine:
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         log.info("loaded %s (%s, %s) in %.1fs", key, dtype, device, time.perf_counter() - t)
-        del torch
         return Backend(key, model, tok, ctx, model_id=model_id)
 
     def _read_adapter(self, backend: Backend, entry: _Adapter) -> None:
@@ -969,7 +965,3 @@ def get_engine(app_or_settings=None) -> Engine:
                 engine = Engine(getattr(state, "settings", None))
                 state.engine = engine
     return engine
-
-
-def json_dumps(obj) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
