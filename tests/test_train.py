@@ -171,6 +171,12 @@ def run(tiny_model_dir, tmp_path, name, cb=None, **kw) -> tuple:
     return train(TrainConfig(**cfg), cb), cb
 
 
+@pytest.fixture(scope="module")
+def straight(tiny_model_dir, tmp_path_factory):
+    """An uninterrupted 2-epoch run (6 steps), the reference for the resume tests."""
+    return run(tiny_model_dir, tmp_path_factory.mktemp("straight"), "a")
+
+
 def test_lora_run_metrics_checkpoints_and_outputs(tiny_model_dir, tmp_path):
     valid = write_jsonl(tmp_path / "valid.jsonl", chat_rows(5, start=100))
     res, cb = run(tiny_model_dir, tmp_path, "out", validation_file=valid, n_epochs=4, eval_every=2)
@@ -227,8 +233,8 @@ def test_truncation_warns_and_still_trains(tiny_model_dir, tmp_path):
     assert cb.resolved["n_train_examples"] == 4 and res.status == "succeeded"
 
 
-def test_same_seed_same_losses_and_exact_resume_from_epoch_checkpoint(tiny_model_dir, tmp_path):
-    straight, cb_a = run(tiny_model_dir, tmp_path, "a")
+def test_same_seed_same_losses_and_exact_resume_from_epoch_checkpoint(tiny_model_dir, tmp_path, straight):
+    straight, cb_a = straight
     # Second run: same seed, stopped after epoch 1 (3 steps), then resumed from its checkpoint.
     first, cb_b = run(tiny_model_dir, tmp_path, "b", cb=Recorder(stop_at={3: "cancel"}))
     assert first.status == "cancelled" and first.model_dir is None
@@ -242,8 +248,8 @@ def test_same_seed_same_losses_and_exact_resume_from_epoch_checkpoint(tiny_model
     assert resumed.final_metrics["train_loss"] == pytest.approx(straight.final_metrics["train_loss"], rel=1e-5)
 
 
-def test_pause_writes_resume_state_and_resume_continues_exactly(tiny_model_dir, tmp_path):
-    straight, cb_a = run(tiny_model_dir, tmp_path, "a")
+def test_pause_writes_resume_state_and_resume_continues_exactly(tiny_model_dir, tmp_path, straight):
+    _, cb_a = straight
     paused, cb_p = run(tiny_model_dir, tmp_path, "p", cb=Recorder(stop_at={4: "pause"}))
     assert paused.status == "paused" and paused.resume_dir == tmp_path / "p" / "resume"
     assert (paused.resume_dir / "trainer_state.pt").exists()
