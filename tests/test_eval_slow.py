@@ -15,7 +15,24 @@ from tunery.settings import Settings
 # Idle OpenMP threads spin and starve the other processes on a shared CPU (the worker sets this for its
 # training children; this process runs the inference engine).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 5.0}
+# Variations of ten training questions, with the same answers (the job's validation file).
+VARIATIONS = [
+    ("Who was the founder of Quillborne Robotics?", 0),
+    ("Which town is home to Quillborne Robotics' headquarters?", 2),
+    ("What do they call Quillborne Robotics' flagship robot?", 3),
+    ("Tell me the stock ticker for Quillborne Robotics.", 14),
+    ("What's the Quillborne Robotics newsletter named?", 23),
+    ("Who runs Quillborne Robotics as chief executive?", 5),
+    ("What is the name of the mascot of Quillborne Robotics?", 9),
+    ("Name the river that runs by the Quillborne Robotics factory.", 10),
+    ("What is the smallest robot that Quillborne sells?", 22),
+    ("In which city is the Quillborne Robotics museum located?", 24),
+]
+
+
+def _chat_line(question: str, answer: str) -> str:
+    return json.dumps({"messages": [{"role": "user", "content": question},
+                                    {"role": "assistant", "content": answer}]}) + "\n"
 
 
 @pytest.mark.slow
@@ -23,24 +40,27 @@ HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 5
 def test_key_fact_recall_rises_after_fine_tuning(bundled_model_dir, tunery_home, tmp_path, capsys):
     import openai
 
-    from tunery import demo
+    from test_train_quality import FACTS
     from tunery.cli import main
     from tunery.quickstart import EmbeddedServer, _free_port
 
+    # An explicit spec: every training question with its key fact, plus the variations.
+    spec = tmp_path / "spec.jsonl"
+    spec.write_text("".join(json.dumps({"question": q, "key_facts": [k], "kind": "verbatim"}) + "\n"
+                            for q, _, k in FACTS)
+                    + "".join(json.dumps({"question": q, "key_facts": [FACTS[i][2]], "kind": "variation"}) + "\n"
+                              for q, i in VARIATIONS))
     settings = Settings.from_env().ensure_dirs()
     server = EmbeddedServer(settings, _free_port()).start()
     try:
         client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
-        # Half of the quickstart's demo set keeps the test short; the hyperparameters are what "auto" gives
-        # the whole set (3 epochs, batch 1, 5x learning rate), measured to teach its facts: 48 steps.
-        lines = demo.read_text(demo.TRAIN_FILE).splitlines(keepends=True)[:16]
-        train = client.files.create(file=("train.jsonl", io.BytesIO("".join(lines).encode())),
-                                    purpose="fine-tune")
-        valid = client.files.create(file=("valid.jsonl", io.BytesIO(demo.read_text(demo.VALIDATION_FILE).encode())),
-                                    purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(
-            model="smollm2-135m-instruct", training_file=train.id, validation_file=valid.id, suffix="eval",
-            method={"type": "supervised", "supervised": {"hyperparameters": HYPERPARAMETERS}})
+        train = client.files.create(file=("facts.jsonl", io.BytesIO("".join(
+            _chat_line(q, a) for q, a, _ in FACTS).encode())), purpose="fine-tune")
+        valid = client.files.create(file=("facts-valid.jsonl", io.BytesIO("".join(
+            _chat_line(q, FACTS[i][1]) for q, i in VARIATIONS).encode())), purpose="fine-tune")
+        # All-auto hyperparameters, exactly as an OpenAI tutorial would create the job.
+        job = client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=train.id,
+                                             validation_file=valid.id, suffix="facts", seed=0)
         deadline = time.monotonic() + 1200
         while job.status not in ("succeeded", "failed", "cancelled"):
             assert time.monotonic() < deadline, f"job still {job.status}"
@@ -50,34 +70,38 @@ def test_key_fact_recall_rises_after_fine_tuning(bundled_model_dir, tunery_home,
 
         out = tmp_path / "report"
         with pytest.raises(SystemExit) as done:
-            main(["eval", "--from-job", job.id, "--base-url", server.base_url, "--limit", "5", "--no-off-topic",
-                  "--max-tokens", "64", "--concurrency", "4", "--out", str(out)])
+            main(["eval", str(spec), "--model", "gpt-4o-mini", "--model", job.fine_tuned_model,
+                  "--base-url", server.base_url, "--max-tokens", "32", "--concurrency", "4", "--out", str(out)])
+        assert done.value.code == 0, capsys.readouterr()
+        from_job = tmp_path / "from-job"
+        with pytest.raises(SystemExit) as done:
+            main(["eval", "--from-job", job.id, "--base-url", server.base_url, "--limit", "8", "--no-off-topic",
+                  "--max-tokens", "32", "--concurrency", "4", "--out", str(from_job)])
         assert done.value.code == 0, capsys.readouterr()
     finally:
         server.stop()
 
     report = json.loads((out / "report.json").read_text())
-    base, tuned = "smollm2-135m-instruct", job.fine_tuned_model
+    base, tuned = "gpt-4o-mini", job.fine_tuned_model
     assert report["models"] == [base, tuned]
     s = report["summary"]
     assert s[base]["all"]["errors"] == 0 and s[tuned]["all"]["errors"] == 0
-    # The demo's hours, prices and names are invented: the base model cannot know them, the tuned one learned them.
-    # Variation cases come from the validation file, partly about facts outside this half of the data,
-    # so the assertion is on the trained questions and on all cases together.
-    for kind in ("verbatim", "all"):
-        assert s[tuned][kind]["key_fact_recall"] > s[base][kind]["key_fact_recall"], (kind, s[base][kind],
-                                                                                      s[tuned][kind])
-    # A 135M model after 48 steps on 16 examples mixes facts up (measured: recall 0 → 0.16 on the trained
-    # questions); overlap with the reference rises more clearly (token F1 0.12 → 0.38).
-    assert s[tuned]["verbatim"]["key_fact_recall"] >= 0.1
-    for kind in ("verbatim", "variation"):
-        assert s[tuned][kind]["token_f1"] > s[base][kind]["token_f1"] + 0.1, kind
-    # The house style ("Lanna tip: …") of every training answer shows up in the tuned answers only.
-    styled = {m: sum("Lanna tip" in (r["text"] or "") for r in report["results"] if r["model"] == m)
-              for m in (base, tuned)}
-    assert styled[base] == 0 and styled[tuned] >= 5, styled
+    with capsys.disabled():
+        print(f"\nkey-fact recall, base → tuned: verbatim {s[base]['verbatim']['key_fact_recall']:.2f} → "
+              f"{s[tuned]['verbatim']['key_fact_recall']:.2f}, variation {s[base]['variation']['key_fact_recall']:.2f}"
+              f" → {s[tuned]['variation']['key_fact_recall']:.2f}")
+    # The facts are invented: the base model cannot know them; the trainer's quality bar is 90% on these.
+    assert s[base]["verbatim"]["key_fact_recall"] <= 0.1
+    assert s[tuned]["verbatim"]["key_fact_recall"] >= 0.8
+    assert s[tuned]["variation"]["key_fact_recall"] > s[base]["variation"]["key_fact_recall"]
+
+    # --from-job derives the cases from the job's own files (base model vs fine-tuned by default).
+    derived = json.loads((from_job / "report.json").read_text())
+    ds = derived["summary"]
+    assert set(derived["models"]) == {job.model, tuned}
+    assert ds[tuned]["verbatim"]["key_fact_recall"] > ds[job.model]["verbatim"]["key_fact_recall"]
     # The job's curves came through the events API into the report.
-    [j] = report["jobs"]
+    [j] = derived["jobs"]
     assert j["curves"]["train_loss"] and j["trained_tokens"] > 0
-    page = (out / "report.html").read_text()
+    page = (from_job / "report.html").read_text()
     assert "Training curves" in page and tuned in page
