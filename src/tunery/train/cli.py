@@ -46,6 +46,8 @@ def train_command(
     max_length: int | None = typer.Option(None, "--max-length", help="Truncate examples to this many tokens."),
     resume_from: Path | None = typer.Option(None, "--resume-from",
                                             help="A checkpoints/step-N or resume/ dir to continue from."),
+    precision: str = typer.Option("auto", "--precision",
+                                  help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16 (autocast)."),
 ) -> None:
     """Fine-tune a model locally on a JSONL file (the server's worker runs the same code)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -56,7 +58,7 @@ def train_command(
         model=model, training_file=training_file, output_dir=output, validation_file=validation_file,
         method=method, n_epochs=_auto_int(n_epochs, "n-epochs"), batch_size=_auto_int(batch_size, "batch-size"),
         learning_rate_multiplier=_auto_float(learning_rate_multiplier, "learning-rate-multiplier"),
-        lora_rank=lora_rank, seed=seed, max_length=max_length, resume_from=resume_from)
+        lora_rank=lora_rank, seed=seed, max_length=max_length, resume_from=resume_from, precision=precision)
 
     progress = Progress(
         TextColumn("[bold]step[/bold]"), MofNCompleteColumn(), BarColumn(),

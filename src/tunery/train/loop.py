@@ -164,6 +164,8 @@ def _precision(config: TrainConfig, device: str):
     import torch
 
     want = config.precision
+    if want not in ("auto", "fp32", "bf16"):
+        raise InvalidRequest(f"precision must be auto, fp32 or bf16, got {want!r}", param="precision")
     if want == "auto":
         want = "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "fp32"
     if want == "bf16":
