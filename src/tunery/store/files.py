@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import delete, select
 
+from tunery.data import validate_file
 from tunery.errors import InvalidRequest, NotFound, PayloadTooLarge
 from tunery.ids import file_id
 from tunery.store.common import Page, org_id_of, paginate
@@ -109,83 +110,30 @@ def validate_upload(path: Path, purpose: str, display_name: str | None = None
     if purpose != "fine-tune":
         return "processed", None, None
     try:
-        from tunery.data import validate_file
-    except ImportError:  # the data toolkit is not installed yet: a basic JSONL check stands in
-        return _basic_validation(path)
-    try:
         report = validate_file(path)
     except Exception as exc:  # a validator crash must not lose the upload; report it as the status
         log.exception("validate_file failed on %s", path)
         return "error", f"The file could not be validated: {type(exc).__name__}: {exc}"[:4000], None
-    if display_name and hasattr(report, "path"):
-        try:
-            report.path = display_name  # messages name the user's file, not our temp file
-        except AttributeError:
-            pass
-    info = _report_dict(report)
-    if getattr(report, "ok", False):
+    if display_name:
+        report.path = display_name  # messages name the user's file, not our temp file
+    info = json.loads(json.dumps(report.to_dict(), default=str))
+    if report.ok:
         return "processed", None, info
-    return "error", str(report.summary())[:20000], info
+    return "error", report.summary()[:20000], info
 
 
 def validate_pair(train_path: Path, valid_path: Path) -> str | None:
     """Problems of a validation file next to its training file (overlap, mixed formats), or None."""
     try:
-        from tunery.data import validate_file
-    except ImportError:
-        return None
-    try:
         report = validate_file(train_path, validation_path=valid_path)
     except Exception:  # pairing is an extra check; each file alone already passed validation
         log.exception("validate_file(%s, validation_path=%s) failed", train_path, valid_path)
         return None
-    problems = [p for p in getattr(report, "errors", []) if getattr(p, "file", None) == "validation"]
+    problems = [p for p in report.errors if p.file == "validation"]
     if not problems:
         return None
     return "The validation file does not go with the training file: " + "; ".join(
         p.describe() for p in problems[:5])
-
-
-def _report_dict(report) -> dict:
-    try:
-        info = dict(report.to_dict())
-    except Exception:  # to_dict is best effort; format and count are what the store needs
-        info = {}
-    info.setdefault("format", getattr(report, "format", None))
-    info.setdefault("n_examples", getattr(report, "n_examples", None))
-    return json.loads(json.dumps(info, default=str))
-
-
-def _basic_validation(path: Path) -> tuple[str, str | None, dict]:
-    kinds: dict[str, int] = {}
-    problems: list[str] = []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                problems.append(f"line {n}: not valid JSON")
-                continue
-            if not isinstance(obj, dict):
-                problems.append(f"line {n}: not a JSON object")
-            elif "preferred_output" in obj and "input" in obj:
-                kinds["preference"] = kinds.get("preference", 0) + 1
-            elif isinstance(obj.get("messages"), list):
-                kinds["chat"] = kinds.get("chat", 0) + 1
-            elif "prompt" in obj and "completion" in obj:
-                kinds["completion"] = kinds.get("completion", 0) + 1
-            else:
-                problems.append(f"line {n}: neither chat, prompt/completion nor preference format")
-    fmt = max(kinds, key=kinds.get) if kinds else None
-    n = sum(kinds.values())
-    if n == 0 and not problems:
-        problems.append("the file has no examples")
-    info = {"format": fmt, "n_examples": n, "errors": problems[:50]}
-    if problems:
-        return "error", f"{len(problems)} problem(s): " + "; ".join(problems[:5]), info
-    return "processed", None, info
 
 
 # --- rows ----------------------------------------------------------------------------------------
