@@ -41,6 +41,8 @@ HYPERPARAMETER_RANGES: dict[str, tuple[type, float, float, bool]] = {
 }
 SUPERVISED_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 DPO_KEYS = SUPERVISED_KEYS + ("beta",)
+# What tunery.train can run: a job of another method would only fail in the worker, so it is refused here.
+TRAINABLE_METHODS = ("supervised",)
 
 
 @dataclass
@@ -339,6 +341,10 @@ def create_job(store: Store, org: Organization, req: JobRequest) -> FineTuningJo
         problem = validate_pair(Path(train.path), Path(valid.path))
         if problem:
             raise _bad(problem[:4000], "validation_file", "invalid_validation_file")
+    if mtype not in TRAINABLE_METHODS:
+        # Checked last, so a DPO request still learns everything else wrong with it.
+        raise _bad(f"method {mtype} is not trained by this version of tunery yet (only "
+                   f"{', '.join(TRAINABLE_METHODS)}); no job was created.", "method.type", "unsupported_method")
     job = FineTuningJob(
         id=jid, org_id=org.id, model=req.model, base_model=base_model, training_file=train.id,
         validation_file=valid.id if valid else None, suffix=suffix, seed=seed, hyperparameters=hp,
