@@ -35,6 +35,13 @@ def test_retries_429_and_5xx_then_succeeds(endpoint):
     assert a.completion_tokens == 2 and a.prompt_tokens == 7 and a.latency_s > 0
 
 
+def test_a_429_that_can_never_succeed_is_not_retried(endpoint):
+    endpoint.script.answers = {"broke": {"question 1": "answer 1"}}
+    endpoint.script.failures = {"broke": [(429, "insufficient_quota")] * 10}
+    [a] = run([q(1)], ["broke"], cfg(endpoint, retries=4))
+    assert a.attempts == 1 and len(endpoint.script.calls) == 1 and "HTTP 429" in a.error
+
+
 def test_gives_up_after_the_retry_budget(endpoint):
     endpoint.script.answers = {"down": {}}
     endpoint.script.failures = {"down": [502] * 10}

@@ -67,7 +67,8 @@ def serve(
     settings = _settings(home)
     store = prepare_store(open_store(settings))  # migrations and crash recovery before accepting requests
     check_exposure(store, host, insecure)
-    app = create_app(settings)
+    loopback = is_loopback(host)
+    app = create_app(settings, exposed=not loopback and not insecure, public=not loopback)
     app.state.store = store
     console.print(f"tunery API on http://{host}:{port}/v1 (docs at /docs), state in {settings.home}")
     from tunery.worker import start_background_worker  # the embedded worker (one job at a time by default)
