@@ -200,7 +200,8 @@ def test_html_without_evaluation_shows_jobs_only():
     assert "ftjob-aaa" in page and page.count("<svg") == 2 and "Answers side by side" not in page
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="chromium not installed (apt-get install chromium)")
+@pytest.mark.skipif(not shutil.which("chromium"), reason="chromium is not installed: apt-get install chromium "
+                    "(make test does it as root)")
 def test_html_report_renders_in_a_real_browser(report, tmp_path):
     from tunery.eval.html import render_html
 

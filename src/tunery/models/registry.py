@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from tunery.errors import InvalidRequest, ModelNotFound, ModelUnavailable
+from tunery.quiet import captured_output, real_stderr
 from tunery.settings import Settings, get_settings
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -434,24 +435,14 @@ def _convert_gguf(spec: BaseModelSpec, target: Path, progress=None) -> Path:
         gguf = _locate_gguf(spec)
         if progress:
             progress(f"converting {gguf.name} to a safetensors cache (once) in {target}")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
+        tok, model = _load_gguf(spec, gguf)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
+            with captured_output():  # "Writing model shards" bars
+                model.save_pretrained(tmp, safe_serialization=True)
+                tok.save_pretrained(tmp)
             tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared between users
             (tmp / "tunery_source.json").write_text(json.dumps(
                 {"name": spec.name, "gguf": gguf.name, "source": spec.source}, indent=2))
@@ -464,6 +455,31 @@ def _convert_gguf(spec: BaseModelSpec, target: Path, progress=None) -> Path:
         if spec.assemble and gguf.parent.name.startswith("tunery-gguf-"):
             shutil.rmtree(gguf.parent, ignore_errors=True)
     return target
+
+
+def _load_gguf(spec: BaseModelSpec, gguf: Path):
+    """(tokenizer, model) dequantized from a GGUF, behind one rich progress line of our own: transformers
+    draws raw tqdm bars ("Converting and de-quantizing GGUF tensors...") whatever its verbosity."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(file=real_stderr())
+    with Progress(SpinnerColumn(), TextColumn(f"converting {spec.name} to safetensors (once per machine)"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        bar.add_task("convert", total=None)
+        with captured_output() as out:
+            try:
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.set_verbosity_error()
+                tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            except Exception as exc:  # a damaged GGUF: one clear line, the library's output in the log
+                log.warning("converting %s failed: %s\n%s", gguf, exc, out.getvalue()[-4000:])
+                raise ModelUnavailable(f"could not convert {gguf.name} for {spec.name!r} "
+                                       f"({type(exc).__name__}); reinstall its package", param="model") from exc
+    return tok, model
 
 
 def _hf_local_snapshot(repo: str) -> Path | None:
