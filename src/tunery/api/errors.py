@@ -63,7 +63,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed", 401: "invalid_api_key"}.get(exc.status_code)
+        code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed",
+                401: "invalid_api_key"}.get(exc.status_code)  # 400 here: FastAPI could not read the body
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and detail == "Not Found":
             detail = "Unknown URL; see /docs for the API"

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -464,8 +465,9 @@ def _load_gguf(spec: BaseModelSpec, gguf: Path):
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = Console(file=real_stderr())
+    t0 = time.monotonic()
     with Progress(SpinnerColumn(), TextColumn(f"converting {spec.name} to safetensors (once per machine)"),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
         bar.add_task("convert", total=None)
         with captured_output() as out:
             try:
@@ -479,6 +481,8 @@ def _load_gguf(spec: BaseModelSpec, gguf: Path):
                 log.warning("converting %s failed: %s\n%s", gguf, exc, out.getvalue()[-4000:])
                 raise ModelUnavailable(f"could not convert {gguf.name} for {spec.name!r} "
                                        f"({type(exc).__name__}); reinstall its package", param="model") from exc
+    console.print(f"[dim]converted {spec.name} to safetensors in {time.monotonic() - t0:.0f}s (once per machine)"
+                  "[/dim]", highlight=False)
     return tok, model
 
 
