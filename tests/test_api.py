@@ -263,12 +263,14 @@ def test_models_list_retrieve_delete(make_server, tmp_path):
         find_servable_model(srv.store, org, ckpt)
 
 
-def test_local_directory_model_names_work_in_paths(client, tmp_path):
-    d = tmp_path / "my-model"
+def test_local_directory_model_names_work_in_paths(client, tiny_model_dir, tmp_path):
+    assert client.models.retrieve(str(tiny_model_dir)).id == str(tiny_model_dir)  # no keys, loopback
+    d = tmp_path / "my-model"  # not a model directory: the same 404 as an unknown name
     d.mkdir()
     (d / "config.json").write_text("{}")
     (d / "model.safetensors").write_bytes(b"")
-    assert client.models.retrieve(str(d)).id == str(d)
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(str(d))
 
 
 def test_keys_auth_and_org_isolation(server):

@@ -19,7 +19,7 @@ NODE_DIR = Path(__file__).parent / "node"
 def test_node_sdk_flow(server):
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed")
+        pytest.skip("node is not installed: apt-get install nodejs npm (make test does it as root)")
     if not (NODE_DIR / "node_modules" / "openai").is_dir():
         pytest.skip("NODE SDK TEST SKIPPED: run `npm ci` in tests/node (make install-dev does it)")
     env = {**os.environ, "TUNERY_BASE_URL": server.base_url}

@@ -76,12 +76,13 @@ class Server:
             store.close()
 
 
-def start_server(settings: Settings) -> Server:
+def start_server(settings: Settings, **app_kw) -> Server:
+    """app_kw go to create_app (exposed=True: behave as a server listening beyond loopback)."""
     import uvicorn
 
     from tunery.api.app import create_app
 
-    app = create_app(settings)
+    app = create_app(settings, **app_kw)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="off"))
@@ -97,12 +98,12 @@ def start_server(settings: Settings) -> Server:
 
 @pytest.fixture
 def make_server(tunery_home):
-    """make_server(**settings_overrides) → a running Server; all are stopped after the test."""
+    """make_server(app_kw=None, **settings_overrides) → a running Server; all are stopped after the test."""
     servers: list[Server] = []
 
-    def make(**overrides) -> Server:
+    def make(app_kw: dict | None = None, **overrides) -> Server:
         settings = Settings.from_env(**overrides)
-        srv = start_server(settings)
+        srv = start_server(settings, **(app_kw or {}))
         servers.append(srv)
         return srv
 

@@ -35,6 +35,13 @@ def test_retries_429_and_5xx_then_succeeds(endpoint):
     assert a.completion_tokens == 2 and a.prompt_tokens == 7 and a.latency_s > 0
 
 
+def test_a_429_that_can_never_succeed_is_not_retried(endpoint):
+    endpoint.script.answers = {"broke": {"question 1": "answer 1"}}
+    endpoint.script.failures = {"broke": [(429, "insufficient_quota")] * 10}
+    [a] = run([q(1)], ["broke"], cfg(endpoint, retries=4))
+    assert a.attempts == 1 and len(endpoint.script.calls) == 1 and "HTTP 429" in a.error
+
+
 def test_gives_up_after_the_retry_budget(endpoint):
     endpoint.script.answers = {"down": {}}
     endpoint.script.failures = {"down": [502] * 10}
@@ -193,7 +200,8 @@ def test_html_without_evaluation_shows_jobs_only():
     assert "ftjob-aaa" in page and page.count("<svg") == 2 and "Answers side by side" not in page
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="chromium not installed (apt-get install chromium)")
+@pytest.mark.skipif(not shutil.which("chromium"), reason="chromium is not installed: apt-get install chromium "
+                    "(make test does it as root)")
 def test_html_report_renders_in_a_real_browser(report, tmp_path):
     from tunery.eval.html import render_html
 

@@ -20,7 +20,7 @@ class Script:
     """{model: {question: answer}}; a model listed here answers unknown questions with `fallback`."""
     fallback: str = "I don't know."
     failures: dict = field(default_factory=dict)
-    """{model: [status, ...]}: for each question, these statuses come first, then the answer."""
+    """{model: [status or (status, code), ...]}: for each question, these come first, then the answer."""
     slow_first: dict = field(default_factory=dict)
     """{model: seconds}: the first attempt of each question sleeps this long (to trigger client timeouts)."""
     new_style: set = field(default_factory=set)
@@ -67,8 +67,9 @@ def make_app(script: Script):
                                   "Use 'max_completion_tokens' instead.", "unsupported_parameter")
             fails = script.failures.get(model, [])
             if n <= len(fails):
-                status = fails[n - 1]
-                return error(status, f"scripted {status}", headers={"retry-after": "0"} if status == 429 else None)
+                status, code = fails[n - 1] if isinstance(fails[n - 1], tuple) else (fails[n - 1], None)
+                return error(status, f"scripted {status}", code,
+                             headers={"retry-after": "0"} if status == 429 else None)
             text = script.answers[model].get(question, script.fallback)
             words = len(text.split())
             return {"id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()), "model": model,

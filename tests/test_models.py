@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from tunery.cli import app
 from tunery.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from tunery.models import registry
+from tunery.settings import Settings
 
 
 def test_openai_names_resolve_to_bundled_model():
@@ -53,7 +54,36 @@ def test_local_directory_with_only_pickle_weights_is_refused(tmp_path, tiny_mode
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ModelUnavailable) as exc:
         registry.materialize(str(tmp_path))
-    assert "pickle" in exc.value.message and "pytorch_model.bin" in exc.value.message
+    # Named as given, never with the directory's listing (the API echoes this message).
+    assert "pickle" in exc.value.message and "pytorch_model.bin" not in exc.value.message
+    assert exc.value.param == "model" and str(tmp_path) in exc.value.message
+
+
+@pytest.mark.parametrize("junk", ["config", "weights", "header"])
+def test_junk_model_directory_is_refused_before_loading(tmp_path, tiny_model_dir, junk):
+    d = tmp_path / "junk"
+    d.mkdir()
+    (d / "config.json").write_text("not json" if junk == "config" else (tiny_model_dir / "config.json").read_text())
+    weights = (tiny_model_dir / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes({"config": weights, "weights": b"junk" * 10,
+                                           "header": weights[:8] + b"{" + weights[9:200]}[junk])
+    with pytest.raises(ModelUnavailable) as exc:
+        registry.materialize(str(d))
+    assert exc.value.param == "model" and exc.value.code == "invalid_model"
+
+
+def test_a_model_that_fails_inside_transformers_is_a_model_error(tmp_path, tiny_model_dir):
+    """Headers fine, tensors wrong for the config: the library's failure becomes a 400-class error."""
+    import shutil
+
+    d = tmp_path / "wrong"
+    shutil.copytree(tiny_model_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["hidden_size"] = 128  # the weights are hidden 64
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelUnavailable) as exc:
+        registry.load_model(str(d))
+    assert exc.value.param == "model" and "could not be loaded" in exc.value.message
 
 
 def test_hf_repo_without_network_gives_one_clear_error():
@@ -74,10 +104,11 @@ def test_missing_chat_template_names_the_fix(tiny_model_dir):
     assert "chat_template" in exc.value.message and exc.value.code == "no_chat_template"
 
 
-def test_uninstalled_package_model_says_how_to_pull(monkeypatch):
+def test_uninstalled_package_model_says_how_to_pull(monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "_package_dir", lambda module: None)
     spec = registry.BUILTIN["gemma-3-270m"]
-    assert not registry.is_available(spec)
+    # A fresh model cache: the shared one may hold a converted copy from an earlier `models pull`.
+    assert not registry.is_available(spec, Settings.from_env(model_cache=tmp_path))
     with pytest.raises(ModelUnavailable) as exc:
         registry._locate_gguf(spec)
     assert "tunery models pull gemma-3-270m" in exc.value.message

@@ -45,6 +45,9 @@ _register()
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: domain errors become one red line and exit code 1, never a traceback."""
+    from tunery.quiet import quiet_libraries
+
+    quiet_libraries()
     try:
         app(args=argv, standalone_mode=True)
     except TuneryError as exc:

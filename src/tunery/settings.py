@@ -42,6 +42,10 @@ class Settings:
     default_org: str = "personal"
     """TUNERY_DEFAULT_ORG: the organization served when no API keys exist."""
 
+    model_dirs: tuple[Path, ...] = ()
+    """TUNERY_MODEL_DIRS: directories (separated by ':') under which a local model directory may be named
+    over the API once API keys exist. Without keys, on loopback, any local directory may be used."""
+
     extra: dict = field(default_factory=dict)
 
     @property
@@ -70,6 +74,8 @@ class Settings:
             device=os.environ.get("TUNERY_DEVICE", "auto"),
             num_threads=_env_int("TUNERY_NUM_THREADS", 0),
             default_org=os.environ.get("TUNERY_DEFAULT_ORG", "personal"),
+            model_dirs=tuple(Path(p).expanduser().resolve()
+                             for p in os.environ.get("TUNERY_MODEL_DIRS", "").split(os.pathsep) if p.strip()),
         )
         return replace(s, **overrides) if overrides else s
 

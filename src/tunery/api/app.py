@@ -17,11 +17,16 @@ ROUTE_MODULES: list[str] = ["tunery.api.routes.files", "tunery.api.routes.fine_t
                               "tunery.api.routes.chat", "tunery.api.routes.completions"]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, exposed: bool = False, public: bool | None = None) -> FastAPI:
+    """`exposed`: listening beyond loopback without --insecure, so a moment without API keys refuses
+    every request. `public` (default: exposed): callers may not name local directories as models
+    without keys either (true for any non-loopback server, --insecure or not)."""
     settings = (settings or get_settings()).ensure_dirs()
     app = FastAPI(title="tunery", version=__version__,
                   description="OpenAI-compatible fine-tuning and inference on your own hardware.")
     app.state.settings = settings
+    app.state.exposed = exposed
+    app.state.public = exposed if public is None else public
     install_error_handlers(app)
     for name in ROUTE_MODULES:
         module = importlib.import_module(name)

@@ -9,7 +9,6 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from tunery.errors import InvalidRequest
 
@@ -67,7 +66,8 @@ def serve(
     settings = _settings(home)
     store = prepare_store(open_store(settings))  # migrations and crash recovery before accepting requests
     check_exposure(store, host, insecure)
-    app = create_app(settings)
+    loopback = is_loopback(host)
+    app = create_app(settings, exposed=not loopback and not insecure, public=not loopback)
     app.state.store = store
     console.print(f"tunery API on http://{host}:{port}/v1 (docs at /docs), state in {settings.home}")
     from tunery.worker import start_background_worker  # the embedded worker (one job at a time by default)
@@ -95,20 +95,30 @@ def keys_create(org: str = typer.Option(..., "--org", help="Organization name (c
 
 @keys_app.command("list")
 def keys_list(home: Optional[Path] = HomeOpt,
-              all_: bool = typer.Option(False, "--all", help="Include revoked keys.")) -> None:
+              all_: bool = typer.Option(False, "--all", help="Include revoked keys."),
+              as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List API keys (ids and prefixes, never the keys)."""
+    import datetime as dt
+    import json
+
+    from tunery.clitable import print_table
     from tunery.store import list_api_keys, open_store
 
     rows = list_api_keys(open_store(_settings(home)), include_revoked=all_)
-    table = Table("id", "organization", "prefix", "name", "created", "revoked")
-    import datetime as dt
+    if as_json:
+        typer.echo(json.dumps([{"id": k.id, "organization": o.name, "prefix": k.prefix, "name": k.name,
+                                "created_at": k.created_at, "revoked_at": k.revoked_at} for k, o in rows], indent=2))
+        return
+    if not rows:
+        console.print("No API keys: the server serves the 'personal' organization without auth (on loopback).")
+        return
 
     def when(t):
         return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M") if t else ""
 
-    for key, org in rows:
-        table.add_row(key.id, org.name, key.prefix + "…", key.name or "", when(key.created_at), when(key.revoked_at))
-    console.print(table if rows else "No API keys: the server serves the 'personal' organization without auth.")
+    print_table(console, ("id", "organization", "prefix", "name", "created", "revoked"),
+                [(k.id, o.name, k.prefix + "…", k.name or "", when(k.created_at), when(k.revoked_at))
+                 for k, o in rows])
 
 
 @keys_app.command("revoke")
@@ -117,8 +127,15 @@ def keys_revoke(key_id: str = typer.Argument(..., help="Key id (key-…) from `t
     """Revoke an API key at once."""
     from tunery.store import open_store, revoke_api_key
 
-    row = revoke_api_key(open_store(_settings(home)), key_id)
+    from tunery.store import auth_required
+
+    store = open_store(_settings(home))
+    row = revoke_api_key(store, key_id)
     console.print(f"Revoked {row.id}.")
+    if not auth_required(store):
+        console.print("[yellow]That was the last key.[/yellow] A server listening beyond loopback now refuses "
+                      "every request until you create a key (`tunery keys create --org NAME`); a loopback server "
+                      "serves the 'personal' organization without auth.")
 
 
 def register(app: typer.Typer) -> None:

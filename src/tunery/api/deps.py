@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
-from tunery.errors import AuthenticationError
+from tunery.errors import AuthenticationError, InvalidRequest
 from tunery.store import Organization, Store, auth_required, ensure_org, open_store, org_for_key
 from tunery.store.files import sweep_orphans
 from tunery.store.jobs import recover_validating_jobs
@@ -40,9 +40,24 @@ def get_store(request: Request) -> Store:
     return store
 
 
+NO_KEYS_MESSAGE = ("This server listens on a non-loopback address and has no API keys, so it refuses every "
+                   "request until one exists. Create one with `tunery keys create --org NAME` and send it as "
+                   "'Authorization: Bearer <key>'.")
+
+
+def _exposed(request: Request) -> bool:
+    """True for a server reachable from other machines without --insecure (create_app(exposed=True))."""
+    return bool(getattr(request.app.state, "exposed", False))
+
+
 def current_org(request: Request, store: Store = Depends(get_store),
                 credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Organization:
-    """The caller's organization: from the Bearer key once any key exists, else the default ("personal")."""
+    """The caller's organization: from the Bearer key once any key exists, else the default ("personal").
+
+    Evaluated on every request, so revoking the last key of an exposed server closes it (401 for
+    everything) instead of opening it to anyone."""
+    if not auth_required(store) and _exposed(request):
+        raise AuthenticationError(NO_KEYS_MESSAGE, code="no_api_keys")
     if auth_required(store):
         if credentials is None or not credentials.credentials:
             raise AuthenticationError("You didn't provide an API key. Send 'Authorization: Bearer <key>' "
@@ -59,6 +74,27 @@ def current_org(request: Request, store: Store = Depends(get_store),
         org = ensure_org(store, app.state.settings.default_org)
         app.state.default_org = org
     return org
+
+
+def path_models_allowed(request: Request, store: Store) -> bool:
+    """Whether callers may name any local directory as a model: only a single-user server (no keys) on
+    loopback. With keys — or listening elsewhere with --insecure — only registry names, aliases and
+    directories under TUNERY_MODEL_DIRS resolve (tunery.models.resolve(restricted=True))."""
+    return not getattr(request.app.state, "public", False) and not auth_required(store)
+
+
+def check_choices(n: int, engine, *, n_prompts: int = 1) -> None:
+    """A request for more sequences than the engine's queue holds could only ever get 429: refuse it
+    (400) so clients do not retry it forever. The limit is TUNERY_MAX_QUEUE, and at most 128 as OpenAI."""
+    limit = min(MAX_CHOICES, engine.config.max_queue)
+    if n * n_prompts > limit:
+        what = "n" if n_prompts == 1 else "prompts × n"
+        raise InvalidRequest(f"{what} is {n * n_prompts}; this server generates at most {limit} sequences per "
+                             "request (TUNERY_MAX_QUEUE).", param="n" if n_prompts == 1 else "prompt",
+                             code="invalid_value")
+
+
+MAX_CHOICES = 128
 
 
 # --- shapes for the OpenAPI schema -------------------------------------------------------------------

@@ -49,6 +49,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError):
         errs = exc.errors()
         first = errs[0] if errs else {}
+        if first.get("type") == "json_invalid":  # its loc is a character offset, which names no field
+            return error_response(
+                400, "We could not parse the JSON body of your request. The API expects a JSON payload "
+                f"({first.get('ctx', {}).get('error', 'invalid JSON')}).", param=None, code="invalid_json")
         param = _loc_to_param(first.get("loc", ()))
         msg = first.get("msg", "invalid request")
         if param:

@@ -7,6 +7,7 @@ converters all go through it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +22,9 @@ TOP_KEYS: dict[str, frozenset] = {
     "preference": frozenset({"input", "preferred_output", "non_preferred_output"}),
 }
 INPUT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls"})
+MAX_DEPTH = 64
+"""Deeper values are refused: no real example nests this far, and later steps (hashing, repr, the
+tokenizer's template) recurse over them."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,10 @@ _KINDS = [
          "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"),
     Kind("invalid_json", "error", "line is not valid JSON",
          "each line must be one complete JSON object; check quotes, escapes and stray commas"),
+    Kind("invalid_unicode", "error", "text with an unpaired surrogate (not valid Unicode)",
+         "a \\ud800-\\udfff escape must come in a high+low pair; fix the program that wrote the file"),
+    Kind("too_deep", "error", "JSON nested too deeply",
+         f"examples are at most {MAX_DEPTH} levels deep; flatten the nested value"),
     Kind("not_an_object", "error", "line is not a JSON object",
          'wrap each example in an object such as {"messages": [...]}'),
     Kind("missing_messages", "error", "no messages list",
@@ -159,7 +167,7 @@ def _check_messages(msgs: Any, problems: list, where: str = "") -> bool:
             problems.append(("unknown_key", f"{where}messages[{i}] has {', '.join(sorted(map(str, extra)))}"))
             ok = False
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or object role is unhashable
             problems.append(("unknown_role", f"{where}messages[{i}] role {_describe(role)}"))
             ok = False
         content = m.get("content")
@@ -210,10 +218,47 @@ def _describe(v: Any) -> str:
     return "an object" if isinstance(v, dict) else type(v).__name__
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _path(node) -> str:
+    parts = []
+    while node is not None:
+        node, key = node
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+    return "".join(reversed(parts)).lstrip(".")
+
+
+def _scan(obj: Any) -> tuple[str, str] | None:
+    """The first structural problem of a decoded value (too deep, unpaired surrogate), iteratively so
+    no depth can overflow the stack. json.loads accepts lone surrogate escapes like "\\ud800"; they
+    cannot be encoded as UTF-8, so printing, tokenizing or storing them would fail later. Paths are
+    (parent, key) links, rendered only for the message."""
+    stack: list = [(obj, 1, None)]
+    while stack:
+        v, depth, node = stack.pop()
+        if depth > MAX_DEPTH:
+            return "too_deep", f"more than {MAX_DEPTH} levels at {_path(node)[:80]}"
+        if isinstance(v, str):
+            if not v.isascii() and _SURROGATE.search(v):
+                return "invalid_unicode", f"in {_path(node)[:80] or 'a string'}"
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if not k.isascii() and _SURROGATE.search(k):
+                    return "invalid_unicode", f"in a key of {_path(node)[:80] or 'the line'}"
+                stack.append((x, depth + 1, (node, k)))
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1, (node, i)) for i, x in enumerate(v))
+    return None
+
+
 def check_object(obj: Any, line: int, expected: Format | None = None) -> LineResult:
     """Check one decoded JSON value; `expected` is the file's format (from its first valid line)."""
     if not isinstance(obj, dict):
         return LineResult(None, None, [("not_an_object", f"got {_describe(obj)}")])
+    bad = _scan(obj)
+    if bad is not None:
+        return LineResult(None, detect_object_format(obj), [(bad[0], bad[1][:120])])
     fmt = detect_object_format(obj)
     if fmt is None:
         keys = ", ".join(sorted(map(str, obj)))[:80] or "none"

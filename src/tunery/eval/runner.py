@@ -71,9 +71,22 @@ class Answer:
 def _retryable(exc: Exception) -> bool:
     import openai
 
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError)):
+    if isinstance(exc, openai.RateLimitError):
+        # OpenAI's insufficient_quota 429 (and any 429 saying the request can never fit) stays a 429 on
+        # every retry: record it at once instead of backing off for minutes.
+        return _error_code(exc) not in NEVER_SUCCEEDS
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
         return True
     return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+
+
+NEVER_SUCCEEDS = ("insufficient_quota", "billing_hard_limit_reached", "request_too_large")
+
+
+def _error_code(exc: Exception) -> str | None:
+    body = getattr(exc, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    return inner.get("code") if isinstance(inner, dict) else None
 
 
 def _retry_after(exc: Exception) -> float | None:

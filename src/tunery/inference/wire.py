@@ -18,13 +18,14 @@ from tunery.inference.grammar import schema_of
 SYSTEM_FINGERPRINT = f"fp_tunery_{__version__.replace('.', '_')}"
 
 
+# strict: "8" for max_tokens or "yes" for stream is a 400, as at OpenAI, not silently coerced.
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     include_usage: bool | None = None
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(..., min_length=1, max_length=2048, description="A base model, alias, ft:… model or checkpoint")
     temperature: float | None = Field(None, ge=0, le=2)
@@ -41,7 +42,7 @@ class _Common(BaseModel):
 
 
 class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
@@ -127,12 +128,12 @@ def chat_messages(body: ChatCompletionRequest) -> list[dict]:
                     parts.append(part["text"])
                 else:
                     raise InvalidRequest(f"messages[{i}].content: only text parts are supported, got "
-                                         f"{part.get('type')!r}", param=f"messages.[{i}].content")
+                                         f"{part.get('type')!r}", param=f"messages[{i}].content")
             content = "".join(parts)
         role = {"developer": "system"}.get(m.role, m.role)
         if role not in ("system", "user", "assistant", "tool"):
             raise InvalidRequest(f"messages[{i}].role must be system, developer, user, assistant or tool, "
-                                 f"not {m.role!r}", param=f"messages.[{i}].role")
+                                 f"not {m.role!r}", param=f"messages[{i}].role")
         msg = {"role": role, "content": content or ""}
         if m.name:
             msg["name"] = m.name

@@ -6,8 +6,7 @@ import json
 
 import typer
 from rich.console import Console
-from rich.table import Table
-
+from tunery.clitable import print_table
 from tunery.models import registry
 
 app = typer.Typer(help="Base models and the aliases (such as gpt-4o-mini) that map to them.",
@@ -20,16 +19,13 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
     """Show every base model and alias, what it resolves to and its context length."""
     rows = registry.list_models()
     if as_json:
-        console.print_json(json.dumps(rows))
+        typer.echo(json.dumps(rows, indent=2))  # plain: print_json would wrap long strings on a pipe
         return
-    table = Table(title="tunery base models")
-    for col in ("name", "resolves to", "context", "chat", "available"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"], r["resolves_to"] if r["resolves_to"] != r["name"] else "-",
-                      str(r["context_length"] or "?"), {True: "yes", False: "no", None: "?"}[r["chat"]],
-                      "[green]yes[/green]" if r["available"] else "[yellow]no (tunery models pull)[/yellow]")
-    console.print(table)
+    print_table(console, ("name", "resolves to", "context", "chat", "available"), [
+        (r["name"], r["resolves_to"] if r["resolves_to"] != r["name"] else "-", str(r["context_length"] or "?"),
+         {True: "yes", False: "no", None: "?"}[r["chat"]], "yes" if r["available"] else "no (tunery models pull)")
+        for r in rows], title="tunery base models",
+        styles={i: {4: "green" if r["available"] else "yellow"} for i, r in enumerate(rows)})
 
 
 @app.command()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,9 +24,11 @@ from pathlib import Path
 from typing import Literal
 
 from tunery.errors import InvalidRequest, ModelNotFound, ModelUnavailable
+from tunery.quiet import captured_output, real_stderr
 from tunery.settings import Settings, get_settings
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+log = logging.getLogger("tunery.models")
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ def _atomic_write(path: Path, text: str) -> None:
 def set_alias(alias: str, target: str, settings: Settings | None = None) -> ResolvedModel:
     """Point alias at target (validated first) and persist it."""
     settings = settings or get_settings()
-    if not _ALIAS_RE.match(alias) or alias.startswith("ft:"):
+    if not _ALIAS_RE.fullmatch(alias) or alias.startswith("ft:"):
         raise InvalidRequest(f"alias {alias!r} must be 1-128 letters, digits, '.', '_', '-' or ':'"
                              " and not start with 'ft:'", param="alias")
     if alias in BUILTIN:
@@ -159,8 +162,14 @@ def remove_alias(alias: str, settings: Settings | None = None) -> None:
     table.save(settings)
 
 
-def resolve(name: str, settings: Settings | None = None, _depth: int = 0) -> ResolvedModel:
-    """Map a requested model name to a spec: alias → built-in → local dir → HF repo id."""
+def resolve(name: str, settings: Settings | None = None, _depth: int = 0, *,
+            restricted: bool = False) -> ResolvedModel:
+    """Map a requested model name to a spec: alias → built-in → local dir → HF repo id.
+
+    `restricted` is how the API resolves names from callers who may not see this machine's files (API
+    keys exist, or a non-loopback server): only built-in names, aliases (set by the operator, so their
+    targets are trusted) and directories under Settings.model_dirs resolve; anything else — another
+    path, a Hugging Face id — is the same ModelNotFound as an unknown name, so no path is an oracle."""
     settings = settings or get_settings()
     if not isinstance(name, str) or not name.strip():
         raise InvalidRequest("model must be a non-empty string", param="model")
@@ -172,15 +181,41 @@ def resolve(name: str, settings: Settings | None = None, _depth: int = 0) -> Res
     if name in aliases:
         inner = resolve(aliases[name], settings, _depth + 1)
         return ResolvedModel(name, inner.spec, alias_of=aliases[name])
+    if restricted:
+        allowed = _allowed_dir(name, settings)
+        if allowed is None:
+            raise ModelNotFound(f"The model {name[:300]!r} does not exist. Use a name from GET /v1/models.",
+                                param="model")
+        return ResolvedModel(name, _local_spec(allowed))
     path = Path(name).expanduser()
     if path.is_dir():
         return ResolvedModel(name, _local_spec(path))
-    if _HF_REPO_RE.match(name) and not name.startswith((".", "/")):
+    if _HF_REPO_RE.fullmatch(name) and not name.startswith((".", "/")):
         return ResolvedModel(name, BaseModelSpec(name=name, kind="hf", description=f"Hugging Face {name}",
                                                  source=name))
     raise ModelNotFound(
         f"The model {name!r} does not exist. Use a name from `tunery models list`, an alias, a local "
         "directory with a Hugging Face model in safetensors, or a Hugging Face repo id.", param="model")
+
+
+def _allowed_dir(name: str, settings: Settings) -> Path | None:
+    """The directory `name` names when it lies (symlinks followed) under one of Settings.model_dirs and
+    outside TUNERY_HOME (whose jobs/ holds every organization's fine-tunes); else None."""
+    if not settings.model_dirs or "\x00" in name or not os.path.isabs(name):
+        return None
+    try:
+        path = Path(name).resolve(strict=True)
+        if not path.is_dir():
+            return None
+    except (OSError, RuntimeError):  # missing, unreadable, a symlink loop
+        return None
+    home = settings.home.resolve()
+    if path == home or home in path.parents:
+        return None
+    for root in settings.model_dirs:
+        if path == root or root in path.parents:
+            return path
+    return None
 
 
 def _local_spec(path: Path) -> BaseModelSpec:
@@ -296,7 +331,7 @@ def materialize(name: str, settings: Settings | None = None, progress=None) -> P
     settings = settings or get_settings()
     spec = resolve(name, settings).spec
     if spec.kind == "local":
-        return _check_local_dir(Path(spec.source))
+        return check_model_dir(Path(spec.source), name)
     target = cache_dir(spec, settings)
     if _is_model_dir(target):
         return target
@@ -305,16 +340,68 @@ def materialize(name: str, settings: Settings | None = None, progress=None) -> P
     return _fetch_hf(spec)
 
 
-def _check_local_dir(path: Path) -> Path:
-    if not (path / "config.json").exists():
-        raise ModelUnavailable(f"{path} has no config.json; it is not a Hugging Face model directory",
-                               param="model")
-    if not any(path.glob("*.safetensors")):
-        pickles = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
-        hint = (f" It has {', '.join(sorted(pickles)[:3])}: pickle files are never loaded (they can run code);"
-                " convert them to safetensors first.") if pickles else ""
-        raise ModelUnavailable(f"{path} has no *.safetensors weights.{hint}", param="model")
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+def check_model_dir(path: Path, shown: str | None = None) -> Path:
+    """`path` if it holds a loadable-looking Hugging Face model: config.json a JSON object with a
+    model_type, and safetensors files whose headers parse and fit the file. Cheap (no weights are read),
+    so the API can refuse a junk directory at job creation instead of failing in the trainer or answering
+    500 at the first chat. Messages name the model as the caller wrote it (`shown`), never the resolved
+    path or the directory's listing."""
+    shown = str(path) if shown is None else shown
+
+    def bad(why: str) -> ModelUnavailable:
+        return ModelUnavailable(f"The model {shown[:300]!r} is not a usable model directory: {why}.",
+                                param="model", code="invalid_model")
+
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise bad("it has no config.json (a Hugging Face model directory has one)")
+    try:
+        cfg = json.loads(cfg_path.read_bytes()[:16 * 1024 * 1024])
+    except (OSError, ValueError, RecursionError):
+        raise bad("its config.json is not valid JSON") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type"), str):
+        raise bad("its config.json has no model_type")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickles = any(p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl") for p in path.iterdir())
+        raise bad("it has no *.safetensors weights" + (
+            "; pickle weights are never loaded (they can run code): convert them to safetensors first"
+            if pickles else ""))
+    for w in weights:
+        if not _safetensors_header_ok(w):
+            raise bad(f"{w.name} is not a valid safetensors file")
     return path
+
+
+def _safetensors_header_ok(path: Path) -> bool:
+    """The safetensors layout: an 8-byte little-endian header size, a JSON header of tensor entries
+    whose data_offsets lie inside the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or not 2 <= n <= min(MAX_SAFETENSORS_HEADER, size - 8):
+                return False
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, RecursionError):
+        return False
+    if not isinstance(header, dict):
+        return False
+    data = size - 8 - n
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) \
+                or not isinstance(entry.get("shape"), list):
+            return False
+        offsets = entry.get("data_offsets")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data):
+            return False
+    return True
 
 
 def _locate_gguf(spec: BaseModelSpec) -> Path:
@@ -348,24 +435,14 @@ def _convert_gguf(spec: BaseModelSpec, target: Path, progress=None) -> Path:
         gguf = _locate_gguf(spec)
         if progress:
             progress(f"converting {gguf.name} to a safetensors cache (once) in {target}")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
+        tok, model = _load_gguf(spec, gguf)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
+            with captured_output():  # "Writing model shards" bars
+                model.save_pretrained(tmp, safe_serialization=True)
+                tok.save_pretrained(tmp)
             tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared between users
             (tmp / "tunery_source.json").write_text(json.dumps(
                 {"name": spec.name, "gguf": gguf.name, "source": spec.source}, indent=2))
@@ -378,6 +455,31 @@ def _convert_gguf(spec: BaseModelSpec, target: Path, progress=None) -> Path:
         if spec.assemble and gguf.parent.name.startswith("tunery-gguf-"):
             shutil.rmtree(gguf.parent, ignore_errors=True)
     return target
+
+
+def _load_gguf(spec: BaseModelSpec, gguf: Path):
+    """(tokenizer, model) dequantized from a GGUF, behind one rich progress line of our own: transformers
+    draws raw tqdm bars ("Converting and de-quantizing GGUF tensors...") whatever its verbosity."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(file=real_stderr())
+    with Progress(SpinnerColumn(), TextColumn(f"converting {spec.name} to safetensors (once per machine)"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        bar.add_task("convert", total=None)
+        with captured_output() as out:
+            try:
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.set_verbosity_error()
+                tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            except Exception as exc:  # a damaged GGUF: one clear line, the library's output in the log
+                log.warning("converting %s failed: %s\n%s", gguf, exc, out.getvalue()[-4000:])
+                raise ModelUnavailable(f"could not convert {gguf.name} for {spec.name!r} "
+                                       f"({type(exc).__name__}); reinstall its package", param="model") from exc
+    return tok, model
 
 
 def _hf_local_snapshot(repo: str) -> Path | None:
@@ -403,7 +505,7 @@ def _fetch_hf(spec: BaseModelSpec) -> Path:
         raise ModelUnavailable(
             f"could not fetch {spec.source!r} from the Hugging Face hub ({type(exc).__name__}); "
             "with no network, download it elsewhere and pass the local directory instead", param="model") from exc
-    return _check_local_dir(p)
+    return check_model_dir(p, spec.source)
 
 
 # --- loading ----------------------------------------------------------------------------
@@ -418,11 +520,22 @@ def context_length(name: str, settings: Settings | None = None) -> int:
     return _context_from_config(json.loads((d / "config.json").read_text())) or 2048
 
 
+def _load_failed(name: str, exc: Exception) -> ModelUnavailable:
+    # The library's message names resolved paths and internals: log it, tell the caller which model.
+    log.warning("loading model %r failed: %s: %s", name, type(exc).__name__, exc)
+    return ModelUnavailable(f"The model {str(name)[:300]!r} could not be loaded ({type(exc).__name__}); its "
+                            "files are damaged or not a supported causal LM.", param="model",
+                            code="invalid_model")
+
+
 def load_tokenizer(name: str, settings: Settings | None = None):
     from transformers import AutoTokenizer
 
     d = materialize(name, settings)
-    tok = AutoTokenizer.from_pretrained(d, trust_remote_code=False)
+    try:
+        tok = AutoTokenizer.from_pretrained(d, trust_remote_code=False)
+    except Exception as exc:  # any failure inside the library is a bad model, not a server error
+        raise _load_failed(name, exc) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -444,8 +557,11 @@ def load_model(name: str, settings: Settings | None = None, *, dtype=None, devic
 
     settings = settings or get_settings()
     d = materialize(name, settings)
-    model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype or torch.float32, trust_remote_code=False,
-                                                 use_safetensors=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype or torch.float32, trust_remote_code=False,
+                                                     use_safetensors=True)
+    except Exception as exc:  # any failure inside the library is a bad model, not a server error
+        raise _load_failed(name, exc) from exc
     if device:
         model.to(device)
     return model, load_tokenizer(name, settings)

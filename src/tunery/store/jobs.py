@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from tunery.data.validation import MIN_EXAMPLES
 from tunery.errors import InvalidRequest, ModelNotFound, ModelUnavailable, NotFound, TuneryError
 from tunery.ids import SUFFIX_RE, event_id, job_id
 from tunery.settings import Settings
@@ -138,33 +139,40 @@ def _bad(message: str, param: str, code: str = "invalid_value") -> InvalidReques
     return InvalidRequest(message, param=param, code=code)
 
 
-def _check_model(name: Any, settings: Settings) -> str:
-    """The registry name the trainer will load, or a 400 naming `model`."""
+def _check_model(name: Any, settings: Settings, *, restricted: bool = False) -> str:
+    """The registry name the trainer will load, or a 400 naming `model`. Messages echo the name as
+    given, never what it resolved to (for a path: the real directory). `restricted`: see resolve()."""
     from tunery.models import is_available, resolve
+    from tunery.models.registry import check_model_dir
 
     if not isinstance(name, str) or not name.strip():
         raise _bad("model must be a non-empty string", "model")
     if len(name) > 1024 or "\x00" in name:
         raise _bad("model name is too long or contains a NUL character", "model")
+    shown = name[:200]
     if name.startswith("ft:"):
-        raise _bad(f"Fine-tuning an already fine-tuned model ({name[:200]}) is not supported; start from its "
+        raise _bad(f"Fine-tuning an already fine-tuned model ({shown}) is not supported; start from its "
                    "base model.", "model", "model_not_available")
+    unknown = _bad(f"Model {shown} is not available for fine-tuning or does not exist. Use a name from "
+                   "GET /v1/models.", "model", "model_not_available")
     try:
-        resolved = resolve(name, settings)
-    except ModelNotFound as exc:
-        raise _bad(f"Model {name[:200]} is not available for fine-tuning or does not exist. {exc.message}",
-                   "model", "model_not_available") from exc
-    except TuneryError as exc:
-        raise _bad(exc.message, "model", exc.code or "invalid_value") from exc
-    except (OSError, ValueError) as exc:
-        raise _bad(f"Model {name[:200]!r} cannot be used: {exc}", "model", "model_not_available") from exc
+        resolved = resolve(name, settings, restricted=restricted)
+    except ModelNotFound:
+        raise unknown from None
+    except TuneryError as exc:  # e.g. an alias loop: the operator's configuration, named as such
+        raise _bad(exc.message, "model", exc.code or "invalid_value") from None
+    except (OSError, ValueError):
+        raise unknown from None
+    if resolved.spec.kind == "local":
+        check_model_dir(Path(resolved.spec.source), name)  # a junk directory is refused now, not in the trainer
+        return resolved.name
     try:
         available = is_available(resolved.spec, settings)
     except (OSError, ValueError):
         available = False
     if not available:
         raise ModelUnavailable(
-            f"Model {name[:200]} ({resolved.name}) has no weights on this machine; run `tunery models pull "
+            f"Model {shown} ({resolved.name}) has no weights on this machine; run `tunery models pull "
             f"{resolved.name}` first.", param="model", code="model_not_available")
     return resolved.name
 
@@ -187,6 +195,10 @@ def _check_file(s, org_id: str, fid: Any, param: str) -> File:
                    "file_not_ready")
     if not Path(row.path).is_file():
         raise _bad(f"The content of file {fid} is missing from the file store.", param, "invalid_file_id")
+    n = (row.validation or {}).get("n_examples")
+    if param == "training_file" and isinstance(n, int) and n < MIN_EXAMPLES:
+        raise _bad(f"Training file {fid} has {n} example{'s' if n != 1 else ''}; fine-tuning needs at least "
+                   f"{MIN_EXAMPLES} (a validation file may have fewer).", param, "invalid_training_file")
     return row
 
 
@@ -304,10 +316,12 @@ def _check_format(row: File, mtype: str, param: str) -> None:
                    "invalid_training_file")
 
 
-def create_job(store: Store, org: Organization, req: JobRequest) -> FineTuningJob:
-    """Check everything that can be checked now (400 naming the field), then insert the job and queue it."""
+def create_job(store: Store, org: Organization, req: JobRequest, *, allow_paths: bool = True) -> FineTuningJob:
+    """Check everything that can be checked now (400 naming the field), then insert the job and queue it.
+    `allow_paths=False` (the API with keys, or not on loopback) lets only registry names, aliases and
+    directories under TUNERY_MODEL_DIRS be the base model."""
     settings = store.settings
-    base_model = _check_model(req.model, settings)
+    base_model = _check_model(req.model, settings, restricted=not allow_paths)
     suffix = req.suffix
     if suffix is not None:
         if not isinstance(suffix, str):
@@ -316,7 +330,7 @@ def create_job(store: Store, org: Organization, req: JobRequest) -> FineTuningJo
             raise _bad(f"suffix is {len(suffix)} characters; at most 64 are allowed", "suffix")
         if suffix == "":
             suffix = None
-        elif not SUFFIX_RE.match(suffix):
+        elif not SUFFIX_RE.fullmatch(suffix):  # match's $ would allow a trailing "\n"
             raise _bad("suffix may contain only letters, digits, '.', '_' and '-'", "suffix")
     seed = req.seed
     if seed is None:
@@ -357,6 +371,10 @@ def create_job(store: Store, org: Organization, req: JobRequest) -> FineTuningJo
         append_event(s, jid, f"Created fine-tuning job: {jid}", created_at=t)
         files = f"training file: {train.id}" + (f" and validation file: {valid.id}" if valid else "")
         append_event(s, jid, f"Validating {files}", created_at=t)
+        n_valid = (valid.validation or {}).get("n_examples") if valid is not None else None
+        if isinstance(n_valid, int) and n_valid < MIN_EXAMPLES:
+            append_event(s, jid, f"The validation file has only {n_valid} example(s): validation metrics "
+                         "will be noisy.", level="warn", created_at=t)
         if integrations:
             append_event(s, jid, "Integrations (wandb) are recorded but not run by tunery", level="warn",
                          created_at=t)

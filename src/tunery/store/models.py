@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from tunery.errors import InvalidRequest, ModelNotFound, PermissionDenied
+from tunery.errors import InvalidRequest, ModelNotFound, ModelUnavailable, PermissionDenied
 from tunery.ids import parse_fine_tuned_name
 from tunery.store.common import org_id_of
 from tunery.store.db import Store, now
@@ -74,8 +74,20 @@ def _checkpoint(store: Store, org, name: str) -> tuple[FineTuningJobCheckpoint, 
     return found[0], found[1]
 
 
-def find_servable_model(store: Store, org, name: str) -> ServableModel:
-    """Base names/aliases → adapter_dir None; ft:… and ft:…:ckpt-step-N → their dir; else ModelNotFound."""
+def _resolve_base(store: Store, name: str, allow_paths: bool):
+    """A base model name/alias/directory → its ResolvedModel; every failure is the one 404 body, so an
+    unknown name, a forbidden path and a missing directory cannot be told apart."""
+    from tunery.models import resolve
+
+    try:
+        return resolve(name, store.settings, restricted=not allow_paths)
+    except (ModelNotFound, InvalidRequest, OSError, ValueError) as exc:
+        raise _missing(name) from exc
+
+
+def find_servable_model(store: Store, org, name: str, *, allow_paths: bool = True) -> ServableModel:
+    """Base names/aliases → adapter_dir None; ft:… and ft:…:ckpt-step-N → their dir; else ModelNotFound.
+    `allow_paths=False` (the API with keys, or not on loopback): see tunery.models.resolve(restricted)."""
     if not isinstance(name, str) or not name:
         raise InvalidRequest("model must be a non-empty string", param="model")
     if name.startswith("ft:"):
@@ -87,16 +99,15 @@ def find_servable_model(store: Store, org, name: str) -> ServableModel:
             return ServableModel(name, job.base_model, Path(ckpt.path))
         row = get_fine_tuned_model(store, org, name)
         return ServableModel(name, row.base_model, Path(row.path))
-    from tunery.models import resolve
+    resolved = _resolve_base(store, name, allow_paths)
+    if resolved.spec.kind == "local":
+        from tunery.models.registry import check_model_dir
 
-    try:
-        resolved = resolve(name, store.settings)
-    except (OSError, ValueError) as exc:
-        raise _missing(name) from exc
+        check_model_dir(Path(resolved.spec.source), name)  # 400 naming model, before the engine loads it
     return ServableModel(name, resolved.name, None)
 
 
-def describe_model(store: Store, org, name: str) -> dict:
+def describe_model(store: Store, org, name: str, *, allow_paths: bool = True) -> dict:
     """{id, created, owned_by} for a base model, alias, fine-tuned model or checkpoint name."""
     if name.startswith("ft:"):
         parsed = parse_fine_tuned_name(name)
@@ -105,14 +116,14 @@ def describe_model(store: Store, org, name: str) -> dict:
             return {"id": name, "created": ckpt.created_at, "owned_by": parsed.org}
         row = get_fine_tuned_model(store, org, name)
         return {"id": row.id, "created": row.created_at, "owned_by": parsed.org if parsed else "user"}
-    from tunery.models import resolve
+    resolved = _resolve_base(store, name, allow_paths)
+    if resolved.spec.kind == "local":
+        from tunery.models.registry import check_model_dir
 
-    try:
-        resolve(name, store.settings)
-    except (OSError, ValueError) as exc:
-        raise _missing(name) from exc
-    except ModelNotFound as exc:
-        raise _missing(name) from exc
+        try:  # only a model directory is a model: any other path is the same 404 as an unknown name
+            check_model_dir(Path(resolved.spec.source), name)
+        except ModelUnavailable as exc:
+            raise _missing(name) from exc
     return {"id": name, "created": BASE_MODEL_CREATED, "owned_by": "tunery"}
 
 
@@ -120,10 +131,12 @@ def describe_model(store: Store, org, name: str) -> dict:
 BASE_MODEL_CREATED = 1763683200
 
 
-def delete_model(store: Store, org, name: str) -> str:
-    """Mark a fine-tuned model deleted (its files stay with the job). Base models cannot be deleted."""
+def delete_model(store: Store, org, name: str, *, allow_paths: bool = True) -> list[str]:
+    """Mark a fine-tuned model deleted (its files stay with the job). Base models and checkpoints cannot
+    be deleted (403 / 400 model_not_deletable). Returns the names that stop answering: the model and
+    its checkpoints, for the engine to unload."""
     if not name.startswith("ft:"):
-        describe_model(store, org, name)  # 404 for unknown names, before 403 for known base models
+        describe_model(store, org, name, allow_paths=allow_paths)  # 404 for unknown names, before 403
         raise PermissionDenied(f"'{name[:300]}' is a base model; only fine-tuned models can be deleted.",
                                param="model", code="model_not_deletable")
     parsed = parse_fine_tuned_name(name)
@@ -136,4 +149,9 @@ def delete_model(store: Store, org, name: str) -> str:
                                             Model.deleted.is_(False)).values(deleted=True))
     if not res.rowcount:
         raise _missing(name)
-    return name
+    with store.read() as s:
+        job_id = s.execute(select(Model.job_id).where(Model.id == name)).scalar_one_or_none()
+        ckpts = [] if job_id is None else list(s.execute(
+            select(FineTuningJobCheckpoint.fine_tuned_model_checkpoint)
+            .where(FineTuningJobCheckpoint.job_id == job_id)).scalars())
+    return [name, *ckpts]

@@ -33,7 +33,7 @@ def get_org_by_id(store: Store, org_id: str) -> Organization | None:
 
 def ensure_org(store: Store, name: str) -> Organization:
     """The organization called `name`, created on first use (safe under concurrent callers)."""
-    if not ORG_NAME_RE.match(name or ""):
+    if not isinstance(name, str) or not ORG_NAME_RE.fullmatch(name):  # $ alone allows a trailing "\n"
         raise InvalidRequest(f"organization name {name!r} must be 1-64 letters, digits, '.', '_' or '-'",
                              param="org")
     org = get_org(store, name)

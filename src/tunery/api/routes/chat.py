@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tunery.api.deps import ERROR_RESPONSES, current_org, get_store
+from tunery.api.deps import ERROR_RESPONSES, check_choices, current_org, get_store, path_models_allowed
 from tunery.inference.engine import get_engine
 from tunery.inference.wire import Answer, ChatCompletionRequest, chat_messages, chat_params
 from tunery.store import Organization, Store, find_servable_model
@@ -28,8 +28,10 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  store: Store = Depends(get_store), org: Organization = Depends(current_org)):
     params = chat_params(body)
     messages = chat_messages(body)
-    servable = await run_in_threadpool(find_servable_model, store, org, body.model)
     engine = get_engine(request.app)
+    check_choices(params.n, engine)
+    servable = await run_in_threadpool(find_servable_model, store, org, body.model,
+                                       allow_paths=path_models_allowed(request, store))
     handle = await run_in_threadpool(engine.prepare, servable)
     ids = await run_in_threadpool(handle.encode_chat, messages)
     gen = await run_in_threadpool(engine.submit, handle, ids, params, asyncio.get_running_loop(), "messages")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tunery.api.deps import ERROR_RESPONSES, current_org, get_store
+from tunery.api.deps import ERROR_RESPONSES, check_choices, current_org, get_store, path_models_allowed
 from tunery.errors import InvalidRequest
 from tunery.inference.engine import get_engine
 from tunery.inference.wire import Answer, CompletionRequest, completion_params
@@ -38,10 +38,10 @@ async def create_completion(body: CompletionRequest, request: Request,
                             store: Store = Depends(get_store), org: Organization = Depends(current_org)):
     params = completion_params(body)
     prompts = _prompts(body.prompt)
-    if len(prompts) * params.n > 128:
-        raise InvalidRequest("at most 128 choices per request (prompts × n)", param="prompt")
-    servable = await run_in_threadpool(find_servable_model, store, org, body.model)
     engine = get_engine(request.app)
+    check_choices(params.n, engine, n_prompts=len(prompts))
+    servable = await run_in_threadpool(find_servable_model, store, org, body.model,
+                                       allow_paths=path_models_allowed(request, store))
     handle = await run_in_threadpool(engine.prepare, servable)
     vocab = handle.backend.vocab_size
 

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema
 from typing_extensions import Annotated
 
-from tunery.api.deps import ERROR_RESPONSES, CursorPage, add_method_not_allowed, current_org, get_store
+from tunery.api.deps import (
+    ERROR_RESPONSES, CursorPage, add_method_not_allowed, current_org, get_store, path_models_allowed,
+)
 from tunery.errors import InvalidRequest
 from tunery.store import Organization, Store
 from tunery.store import jobs as store_jobs
@@ -150,7 +152,8 @@ _JOB_ID = Path(..., max_length=256)
 
 
 @router.post("/fine_tuning/jobs", response_model=FineTuningJob, summary="Create a fine-tuning job")
-def create_job(body: JobCreate, store: Store = Depends(get_store), org: Organization = Depends(current_org)):
+def create_job(body: JobCreate, request: Request, store: Store = Depends(get_store),
+               org: Organization = Depends(current_org)):
     """Checks the model, files, suffix, seed, method and hyperparameters now, answering 400 with the bad
     field in `param`; then the job goes validating_files → queued for the worker."""
     raw = body.model_dump(exclude_unset=True)
@@ -164,7 +167,7 @@ def create_job(body: JobCreate, store: Store = Depends(get_store), org: Organiza
             inner = req.method.get(kind)
             if isinstance(inner, dict) and isinstance(inner.get("hyperparameters"), dict):
                 inner["hyperparameters"] = {k: v for k, v in inner["hyperparameters"].items() if v is not None}
-    return job_object(store_jobs.create_job(store, org, req), org)
+    return job_object(store_jobs.create_job(store, org, req, allow_paths=path_models_allowed(request, store)), org)
 
 
 def _metadata_filter(request: Request) -> tuple[dict[str, str] | None, bool]:

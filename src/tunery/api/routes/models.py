@@ -9,10 +9,11 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel
 
-from tunery.api.deps import ERROR_RESPONSES, ListPage, add_method_not_allowed, current_org, get_store
+from tunery.api.deps import (
+    ERROR_RESPONSES, ListPage, add_method_not_allowed, current_org, get_store, path_models_allowed,
+)
 from tunery.store import Organization, Store
 from tunery.store import models as store_models
-from tunery.store.jobs import list_checkpoints
 from tunery.store.wire import list_object, model_object
 
 router = APIRouter(tags=["models"], responses=ERROR_RESPONSES)
@@ -56,24 +57,20 @@ _MODEL = Path(..., max_length=2048)
 
 
 @router.get("/models/{model:path}", response_model=Model, summary="Retrieve a model")
-def retrieve_model(model: str = _MODEL, store: Store = Depends(get_store),
+def retrieve_model(request: Request, model: str = _MODEL, store: Store = Depends(get_store),
                    org: Organization = Depends(current_org)):
     """Base models, aliases, fine-tuned models and their checkpoints (ft:…:ckpt-step-N)."""
-    return model_object(store_models.describe_model(store, org, model))
+    return model_object(store_models.describe_model(store, org, model,
+                                                    allow_paths=path_models_allowed(request, store)))
 
 
 @router.delete("/models/{model:path}", response_model=ModelDeleted, summary="Delete a fine-tuned model")
 def delete_model(request: Request, model: str = _MODEL, store: Store = Depends(get_store),
                  org: Organization = Depends(current_org)):
     """Fine-tuned models only (403 for base models). The model stops answering at once."""
-    row = store_models.get_fine_tuned_model(store, org, model) if model.startswith("ft:") else None
-    store_models.delete_model(store, org, model)
+    names = store_models.delete_model(store, org, model, allow_paths=path_models_allowed(request, store))
     engine = getattr(request.app.state, "engine", None)
     if engine is not None:
-        names = [model]
-        if row is not None and row.job_id:
-            names += [c.fine_tuned_model_checkpoint
-                      for c in list_checkpoints(store, org, row.job_id, limit=1000).data]
         for name in names:
             try:
                 engine.unload(name)

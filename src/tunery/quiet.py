@@ -1,0 +1,40 @@
+"""Keep library noise out of the user's terminal: transformers/huggingface_hub progress bars, their
+UserWarnings and FutureWarnings. tunery shows its own rich progress instead; libraries' messages still
+reach the logs (the logging module), only the raw terminal output goes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import warnings
+
+_NOISY_MODULES = r"(transformers|huggingface_hub|peft|accelerate|torch|gguf|tokenizers|xgrammar)(\..*)?"
+
+
+def quiet_libraries() -> None:
+    """Process-wide, before the libraries load (the CLI's entry point calls it). Environment defaults
+    are inherited by worker and trainer children; a user's own setting wins."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for category in (FutureWarning, UserWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=_NOISY_MODULES)
+
+
+@contextlib.contextmanager
+def captured_output():
+    """Swallow what a library prints straight to sys.stdout/sys.stderr (tqdm bars that ignore the
+    libraries' own switches) for the duration of the block; the text is kept for error messages."""
+    buf = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
+            yield buf
+
+
+def real_stderr():
+    """The terminal's stderr even inside captured_output()."""
+    return sys.__stderr__ or sys.stderr
