@@ -29,8 +29,9 @@ function poller(fn, errSlot) {
       if (errSlot) errSlot.textContent = "";
       if (again === false) return;
     } catch (err) {
-      if (err.status === 401) return;
+      if (err.status === 401) return;  // the key gate is showing
       if (errSlot) errSlot.textContent = err.message;
+      if (err.status === 404) return;  // gone (or another organization's): nothing to follow
     }
     if (!stopped) timer = setTimeout(tick, POLL_MS);
   };
@@ -55,9 +56,20 @@ export function jobsPage({ main, query, navigate }) {
       h("thead", {}, h("tr", {}, ["Job", "Status", "Model", "Fine-tuned model", "Created", "Duration"].map((c) => h("th", { scope: "col" }, c)))),
       body)),
     count);
+  let lastSig = "";
   return poller(async () => {
     const jobs = await listAll("/v1/fine_tuning/jobs", 100);
     const shown = filter.value ? jobs.filter((j) => j.status === filter.value) : jobs;
+    // Redraw only when something changed, so keyboard focus on a link survives the polling.
+    const sig = JSON.stringify(shown);
+    if (sig === lastSig) {
+      for (const j of shown) {
+        const cell = body.querySelector(`tr[data-job="${j.id}"] .dur`);
+        if (cell) cell.textContent = jobDuration(j);
+      }
+      return;
+    }
+    lastSig = sig;
     clear(body);
     for (const j of shown) {
       body.append(h("tr", { "data-job": j.id },
@@ -65,8 +77,8 @@ export function jobsPage({ main, query, navigate }) {
         h("td", {}, statusBadge(j.status)),
         h("td", { class: "mono" }, j.model),
         h("td", { class: "mono" }, j.fine_tuned_model || ""),
-        h("td", {}, when(j.created_at)),
-        h("td", {}, jobDuration(j))));
+        h("td", { class: "nowrap" }, when(j.created_at)),
+        h("td", { class: "dur nowrap" }, jobDuration(j))));
     }
     count.textContent = jobs.length ? `${shown.length} of ${jobs.length} jobs` + (filter.value ? ` (${filter.value})` : "")
       : "No jobs yet. Upload a file, then create a job.";
@@ -112,6 +124,7 @@ export function jobPage({ main, args }) {
     actionErr.textContent = "";
     try {
       job = await api(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/${verb}`, { method: "POST" });
+      jobSig = JSON.stringify(job);
       drawJob();
     } catch (e) { actionErr.textContent = e.message; }
   };
@@ -148,7 +161,7 @@ export function jobPage({ main, args }) {
     ];
     if (job.estimated_finish && !FINISHED.has(job.status)) facts.push(["Estimated finish", when(job.estimated_finish)]);
     clear(info).append(
-      h("div", {}, h("h2", {}, "Job"), h("table", { class: "kv" }, h("tbody", {}, facts.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", { class: "mono" }, String(v))))))),
+      h("div", {}, h("h2", {}, "Job"), h("table", { class: "kv" }, h("tbody", {}, facts.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", { class: "mono", "data-k": k }, String(v))))))),
       h("div", {}, h("h2", {}, "Hyperparameters"), hpTable(job), h("p", { class: "hint" }, "“auto” values show as resolved once the trainer starts.")));
     if (job.error && job.error.message) info.append(h("div", { class: "error-box", role: "alert" }, h("strong", {}, `Failed (${job.error.code || "error"}): `), job.error.message));
   }
@@ -164,8 +177,7 @@ export function jobPage({ main, args }) {
     if (!msgs.length) events.append(h("li", { class: "muted" }, "No events yet."));
   }
 
-  async function drawCheckpoints() {
-    const list = await listAll(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/checkpoints`, 100);
+  function drawCheckpoints(list) {
     clear(ckpts);
     if (!list.length) { ckpts.append(h("p", { class: "muted" }, "No checkpoints yet (one per epoch).")); return; }
     ckpts.append(h("div", { class: "table-wrap" }, h("table", {},
@@ -176,13 +188,19 @@ export function jobPage({ main, args }) {
         h("td", {}, h("a", { class: "button small", href: `#/playground?models=${encodeURIComponent(job.model)},${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, "Try in playground"))))))));
   }
 
+  let jobSig = "", ckptSig = "";
   stop = poller(async () => {
     job = await api(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}`);
     const fresh = await newEvents(id, known);
     for (const e of fresh) known.set(e.id, e);
-    drawJob();
-    drawEvents();
-    await drawCheckpoints();
+    // Redraw only what changed, so keyboard focus on a button survives the polling.
+    const sig = JSON.stringify(job);
+    if (sig !== jobSig) { jobSig = sig; drawJob(); }
+    else { const d = info.querySelector("[data-k='Duration']"); if (d) d.textContent = jobDuration(job); }
+    if (fresh.length || !charts.firstChild) drawEvents();
+    const list = await listAll(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/checkpoints`, 100);
+    const csig = JSON.stringify(list);
+    if (csig !== ckptSig) { ckptSig = csig; drawCheckpoints(list); }
     return !FINISHED.has(job.status);  // a finished job changes no more: stop polling
   }, err);
   return () => stop();
@@ -281,16 +299,25 @@ export function comparePage({ main, query, navigate }) {
   a.addEventListener("change", go);
   b.addEventListener("change", go);
 
-  (async () => {
-    try {
+  let filled = false;
+  const known = [new Map(), new Map()];
+  return poller(async () => {
+    if (!filled) {
       const jobs = await listAll("/v1/fine_tuning/jobs", 100);
-      if (jobs.length < 1) { out.append(h("p", { class: "muted" }, "No jobs to compare yet.")); return; }
+      if (jobs.length < 1) { clear(out).append(h("p", { class: "muted" }, "No jobs to compare yet.")); return false; }
       for (const sel of [a, b]) for (const j of jobs) sel.append(h("option", { value: j.id }, `${j.id}${j.user_provided_suffix ? " (" + j.user_provided_suffix + ")" : ""} — ${j.status}`));
       a.value = query.get("a") || jobs[Math.min(1, jobs.length - 1)].id;
       b.value = query.get("b") || jobs[0].id;
-      const ids = [a.value, b.value];
-      const [ja, jb] = await Promise.all(ids.map((id) => api(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}`)));
-      const [ea, eb] = await Promise.all(ids.map((id) => newEvents(id, new Map())));
+      if (b.value === a.value && !query.get("a") && jobs.length > 1) a.value = jobs.find((j) => j.id !== b.value).id;
+      filled = true;
+    }
+    const ids = [a.value, b.value];
+    const [ja, jb] = await Promise.all(ids.map((id) => api(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}`)));
+    const fresh = await Promise.all(ids.map((id, i) => newEvents(id, known[i])));
+    fresh.forEach((list, i) => { for (const e of list) known[i].set(e.id, e); });
+    const [ea, eb] = known.map((m) => [...m.values()]);
+    clear(out);
+    {
       const overlay = (trainKey, validKey) => [
         ...metricSeries(ea, trainKey, validKey, "A ", ["s0", "s0"]),
         ...metricSeries(eb, trainKey, validKey, "B ", ["s2", "s2"])];
@@ -314,9 +341,10 @@ export function comparePage({ main, query, navigate }) {
       ];
       out.append(h("div", { class: "table-wrap" }, h("table", { class: "compare" },
         h("thead", {}, h("tr", {}, h("th", { scope: "col" }, ""), h("th", { scope: "col" }, `A: ${ja.id}`), h("th", { scope: "col" }, `B: ${jb.id}`))),
-        h("tbody", {}, rows.map(([k, x, y]) => h("tr", { class: String(x) !== String(y) ? "differs" : "" },
+        h("tbody", {}, rows.filter(([, x, y]) => String(x) !== "" || String(y) !== "").map(([k, x, y]) => h("tr", { class: String(x) !== String(y) ? "differs" : "" },
           h("th", { scope: "row" }, k), h("td", { class: "mono" }, String(x)), h("td", { class: "mono" }, String(y))))))),
       h("p", { class: "hint" }, "Rows that differ are highlighted."));
-    } catch (e) { err.textContent = e.message; }
-  })();
+    }
+    return !(FINISHED.has(ja.status) && FINISHED.has(jb.status));  // follow running jobs live
+  }, err);
 }

@@ -10,7 +10,7 @@ export function modelsPage({ main }) {
     h("h2", {}, "Fine-tuned models"),
     h("div", { class: "table-wrap" }, h("table", { id: "ft-models" }, head(["Model", "Owner", "Created", ""]), ft)),
     h("h2", {}, "Base models and aliases"),
-    h("div", { class: "table-wrap" }, h("table", { id: "base-models" }, head(["Name", "Kind", "Resolves to", "Context", "Chat", "Ready", ""]), base)));
+    h("div", { class: "table-wrap" }, h("table", { id: "base-models" }, head(["Name", "Kind", "Resolves to", "Context", "Chat template", "Installed", ""]), base)));
 
   const tryLink = (id) => h("a", { class: "button small", href: `#/playground?models=${encodeURIComponent(id)}` }, "Playground");
 
@@ -35,7 +35,7 @@ export function modelsPage({ main }) {
       if (!ft.children.length) ft.append(h("tr", {}, h("td", { colspan: 4, class: "muted" }, "No fine-tuned models yet.")));
       clear(base);
       for (const r of registry.data) {
-        base.append(h("tr", { "data-model": r.name }, h("td", { class: "mono" }, r.name), h("td", {}, r.kind),
+        base.append(h("tr", { "data-model": r.name }, h("td", { class: "mono" }, r.name), h("td", {}, r.kind === "alias" ? "alias" : "base"),
           h("td", { class: "mono" }, r.kind === "alias" ? r.resolves_to : ""), h("td", {}, r.context_length ?? ""),
           h("td", {}, r.chat === null || r.chat === undefined ? "" : r.chat ? "yes" : "no"),
           h("td", {}, r.available ? "yes" : "no"), h("td", {}, tryLink(r.name))));

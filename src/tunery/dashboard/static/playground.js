@@ -7,7 +7,7 @@ const MIN = 2, MAX = 4;
 
 export function playgroundPage({ main, query }) {
   const preset = (query.get("models") || "").split(",").map((s) => s.trim()).filter(Boolean).slice(0, MAX);
-  const names = preset.length >= MIN ? preset : [...preset, "smollm2-135m-instruct", "gpt-4o-mini"].slice(0, Math.max(MIN, preset.length));
+  const names = preset.length >= MIN ? preset : [...preset, "smollm2-135m-instruct", "gpt-4o-mini"].slice(0, MIN);
   const datalist = h("datalist", { id: "pg-models" });
   const modelsBox = h("div", { class: "pg-models" });
   const system = h("textarea", { rows: 2 });
@@ -64,6 +64,9 @@ export function playgroundPage({ main, query }) {
   api("/v1/models").then((m) => {
     for (const x of m.data) datalist.append(h("option", { value: x.id }));
     for (const n of preset) if (!m.data.some((x) => x.id === n)) datalist.append(h("option", { value: n }));
+    // With nothing chosen, put a fine-tuned model of yours beside the base model.
+    const tuned = m.data.filter((x) => x.id.startsWith("ft:")).sort((x, y) => y.created - x.created)[0];
+    if (!preset.length && tuned && rows[1] && rows[1].input.value === "gpt-4o-mini") rows[1].input.value = tuned.id;
   }).catch(() => { /* the datalist is a convenience; typing a name still works */ });
 
   let controller = null;
