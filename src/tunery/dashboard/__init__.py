@@ -5,9 +5,11 @@ pages show comes from the same /v1 API the SDK uses, with the same key, so permi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path as PathParam
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from tunery.api.deps import ERROR_RESPONSES, current_org, get_store
 from tunery.errors import NotFound
@@ -55,7 +57,31 @@ def asset(name: str = PathParam(..., max_length=100)) -> Response:
 api = APIRouter(prefix=PREFIX, tags=["tunery"], responses=ERROR_RESPONSES)
 
 
-@api.get("/files/{file_id}/validation", summary="A file's validation report (tunery)")
+class ValidationReport(BaseModel):
+    object: Literal["tunery.validation_report"] = "tunery.validation_report"
+    file_id: str
+    status: str
+    status_details: str | None = None
+    report: dict[str, Any] | None = None
+
+
+class RegistryModel(BaseModel):
+    name: str
+    kind: str
+    resolves_to: str | None = None
+    context_length: int | None = None
+    chat: bool | None = None
+    available: bool | None = None
+    description: str | None = None
+
+
+class RegistryList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[RegistryModel]
+
+
+@api.get("/files/{file_id}/validation", response_model=ValidationReport,
+         summary="A file's validation report (tunery)")
 def file_validation(file_id: str = PathParam(..., max_length=256), store: Store = Depends(get_store),
                     org: Organization = Depends(current_org)) -> dict:
     """The full report the upload produced (every problem with its line numbers and fix); OpenAI's file
@@ -65,7 +91,8 @@ def file_validation(file_id: str = PathParam(..., max_length=256), store: Store 
             "status_details": row.status_details, "report": row.validation}
 
 
-@api.get("/models", summary="Base models and aliases with what they resolve to (tunery)")
+@api.get("/models", response_model=RegistryList,
+         summary="Base models and aliases with what they resolve to (tunery)")
 def registry_models(store: Store = Depends(get_store), org: Organization = Depends(current_org)) -> dict:
     """The server's model registry (the same for every organization; fine-tuned models are in /v1/models)."""
     from tunery.models import list_models

@@ -46,8 +46,11 @@ export function lineChart({ title, series, xLabel = "step", yLabel = "", empty =
     return fig;
   }
   const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
-  const xt = ticks(Math.min(...xs), Math.max(...xs), 6), yt = ticks(Math.min(...ys), Math.max(...ys), 5);
-  const x0 = xt[0], x1 = xt[xt.length - 1], y0 = yt[0], y1 = yt[yt.length - 1];
+  // x runs from 0 (or below) to the last step, so a curve that is still growing reaches the right edge.
+  const x0 = Math.min(0, ...xs), x1 = Math.max(x0 + 1, ...xs);
+  const xt = ticks(x0, x1, 6).filter((v) => v >= x0 && v <= x1);
+  const yt = ticks(Math.min(...ys), Math.max(...ys), 5);
+  const y0 = yt[0], y1 = yt[yt.length - 1];
   const sx = (x) => L + ((x - x0) / (x1 - x0 || 1)) * (W - L - R);
   const sy = (y) => H - B - ((y - y0) / (y1 - y0 || 1)) * (H - T - B);
   const summary = series.filter((s) => s.points.length).map((s) => {

@@ -118,6 +118,7 @@ export function jobPage({ main, args }) {
     h("section", { "aria-labelledby": "ev-h" }, h("h2", { id: "ev-h" }, "Events"), events));
 
   const known = new Map();
+  let order = [];
   let job = null, stop = null;
 
   const act = (verb) => async () => {
@@ -167,7 +168,7 @@ export function jobPage({ main, args }) {
   }
 
   function drawEvents() {
-    const all = [...known.values()].sort((a, b) => (b.created_at - a.created_at) || (a.id < b.id ? 1 : -1));
+    const all = order;  // the API's order (newest first), which keeps same-second events in sequence
     clear(charts).append(...curves(all));
     clear(events);
     const msgs = all.filter((e) => e.type !== "metrics");
@@ -193,6 +194,7 @@ export function jobPage({ main, args }) {
     job = await api(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}`);
     const fresh = await newEvents(id, known);
     for (const e of fresh) known.set(e.id, e);
+    order = fresh.concat(order);
     // Redraw only what changed, so keyboard focus on a button survives the polling.
     const sig = JSON.stringify(job);
     if (sig !== jobSig) { jobSig = sig; drawJob(); }
