@@ -59,6 +59,10 @@ def points(page, title: str) -> int:
     return int(fig.get_attribute("data-points") or 0)
 
 
+def job_training_file(client, job_id: str) -> str:
+    return client.fine_tuning.jobs.retrieve(job_id).training_file
+
+
 def test_dashboard_workflow_and_organizations(dashboard, tiny_model_dir, tmp_path):
     from playwright.sync_api import expect
 
@@ -180,6 +184,27 @@ def test_dashboard_workflow_and_organizations(dashboard, tiny_model_dir, tmp_pat
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), route
     page.set_viewport_size({"width": 1280, "height": 900})
 
+    # Pause, resume and cancel from the job page (the worker follows within a poll).
+    client = srv.client()
+    second = client.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=job_training_file(client, job_id),
+                                            hyperparameters={"n_epochs": 50, "batch_size": 1})
+    page.goto(f"{srv.url}/#/jobs/{second.id}")
+    badge = page.locator(".title-row .badge")
+    expect(badge).to_have_text(re.compile("queued|running|validating_files"))
+    page.get_by_role("button", name="Pause").click()
+    expect(badge).to_have_text("paused")
+    page.get_by_role("button", name="Resume").click()
+    expect(badge).to_have_text(re.compile("queued|running"))
+    page.get_by_role("button", name="Cancel").click()
+    expect(badge).to_have_text("cancelled")
+    expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+    page.get_by_role("link", name="Jobs", exact=True).click()
+    expect(page.locator("tr[data-job]")).to_have_count(2)
+    page.get_by_label("Status").select_option("cancelled")
+    expect(page.locator("tr[data-job]")).to_have_count(1)
+    expect(page.locator(f"tr[data-job='{second.id}']")).to_be_visible()
+    expect(page.get_by_text("1 of 2 jobs (cancelled)")).to_be_visible()
+
     # Keys: the page asks for one; another organization's key shows nothing of ours.
     from tunery.store import create_api_key
 
@@ -205,7 +230,7 @@ def test_dashboard_workflow_and_organizations(dashboard, tiny_model_dir, tmp_pat
     page.get_by_role("button", name="Forget key").click()
     page.get_by_label("API key").fill(own_key)
     page.get_by_role("button", name="Continue").click()
-    page.get_by_role("link", name="Jobs").click()
+    page.get_by_role("link", name="Jobs", exact=True).click()
     expect(page.locator(f"tr[data-job='{job_id}']")).to_contain_text("succeeded")
     assert ckpt_answer
     assert not problems, problems

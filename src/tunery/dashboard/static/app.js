@@ -89,9 +89,7 @@ function showGate(err) {
       await api("/v1/models");
     } catch (e) {
       gateShown = false;
-      auth.clear();
-      auth.set(key);  // keep the refused key for the message, then ask again
-      showGate(e);
+      showGate(e);  // refused (revoked or mistyped): ask again, with the API's message
       return;
     }
     gateShown = false;

@@ -80,7 +80,7 @@ export function filesPage({ main }) {
           if (!window.confirm(`Delete ${f.filename} (${f.id})?`)) return;
           try {
             await api(`/v1/files/${encodeURIComponent(f.id)}`, { method: "DELETE" });
-            if (report.querySelector(`[data-file="${f.id}"]`)) clear(report);
+            if (report.querySelector(`[data-file="${CSS.escape(f.id)}"]`)) clear(report);
             refresh();
           } catch (e) { listErr.textContent = e.message; }
         });

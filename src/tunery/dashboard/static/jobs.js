@@ -64,7 +64,7 @@ export function jobsPage({ main, query, navigate }) {
     const sig = JSON.stringify(shown);
     if (sig === lastSig) {
       for (const j of shown) {
-        const cell = body.querySelector(`tr[data-job="${j.id}"] .dur`);
+        const cell = body.querySelector(`tr[data-job="${CSS.escape(j.id)}"] .dur`);
         if (cell) cell.textContent = jobDuration(j);
       }
       return;
