@@ -3,6 +3,8 @@ read-only /tunery/v1 routes, which answer under the same keys and organization i
 
 from __future__ import annotations
 
+import os
+
 import httpx
 
 from test_api_support import chat_jsonl, make_server, server  # noqa: F401  (fixtures)
@@ -62,3 +64,33 @@ def test_tunery_routes_follow_the_keys(server):
     # The page itself needs no key (it asks for one when /v1/models answers 401).
     assert httpx.get(server.url + "/").status_code == 200
     assert httpx.get(server.url + "/v1/models").status_code == 401
+
+
+def test_tunery_serve_prints_the_dashboard_url_and_serves_it(tmp_path):
+    """`tunery serve` as a user runs it: its first lines name the dashboard, which answers there."""
+    import subprocess
+    import sys
+    import time
+
+    from test_api_support import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tunery.cli", "serve", "--port", str(port), "--home", str(tmp_path),
+                             "--no-worker", "--log-level", "warning"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.1)
+        page = httpx.get(f"http://127.0.0.1:{port}/")
+        assert "<title>tunery</title>" in page.text
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert f"Dashboard: http://127.0.0.1:{port}/" in out

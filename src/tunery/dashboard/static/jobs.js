@@ -58,7 +58,8 @@ export function jobsPage({ main, query, navigate }) {
     count);
   let lastSig = "";
   return poller(async () => {
-    const jobs = await listAll("/v1/fine_tuning/jobs", 100);
+    const page = await api("/v1/fine_tuning/jobs?limit=100");  // the newest 100, every 2 s
+    const jobs = page.data;
     const shown = filter.value ? jobs.filter((j) => j.status === filter.value) : jobs;
     // Redraw only when something changed, so keyboard focus on a link survives the polling.
     const sig = JSON.stringify(shown);
@@ -80,7 +81,7 @@ export function jobsPage({ main, query, navigate }) {
         h("td", { class: "nowrap" }, when(j.created_at)),
         h("td", { class: "dur nowrap" }, jobDuration(j))));
     }
-    count.textContent = jobs.length ? `${shown.length} of ${jobs.length} jobs` + (filter.value ? ` (${filter.value})` : "")
+    count.textContent = jobs.length ? `${shown.length} of ${page.has_more ? "the newest " : ""}${jobs.length} jobs` + (filter.value ? ` (${filter.value})` : "")
       : "No jobs yet. Upload a file, then create a job.";
   }, err);
 }
