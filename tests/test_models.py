@@ -74,8 +74,9 @@ def test_missing_chat_template_names_the_fix(tiny_model_dir):
     assert "chat_template" in exc.value.message and exc.value.code == "no_chat_template"
 
 
-def test_uninstalled_package_model_says_how_to_pull(monkeypatch):
+def test_uninstalled_package_model_says_how_to_pull(monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "_package_dir", lambda module: None)
+    monkeypatch.setenv("TUNERY_MODEL_CACHE", str(tmp_path))  # not converted either (the shared cache may hold it)
     spec = registry.BUILTIN["gemma-3-270m"]
     assert not registry.is_available(spec)
     with pytest.raises(ModelUnavailable) as exc:
