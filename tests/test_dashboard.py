@@ -22,7 +22,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 FAST = {"TUNERY_WORKER_POLL_SECONDS": "0.25", "TUNERY_WORKER_LEASE_SECONDS": "6", "TUNERY_NUM_THREADS": "1"}
 
 pytestmark = [
-    pytest.mark.timeout(180),
+    pytest.mark.timeout(240),
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (apt-get install chromium)"),
 ]
 
@@ -158,7 +158,7 @@ def test_dashboard_workflow_and_organizations(dashboard, tiny_model_dir, tmp_pat
     page.get_by_role("button", name="Send").click()
     expect(page.locator("#pg-temperature-error")).to_contain_text("temperature")
     page.get_by_label("Temperature").fill("0")
-    page.get_by_role("button", name="Send").click()
+    page.get_by_label("User message").press("Control+Enter")  # the keyboard way to send
     answers = page.locator(".pg-answer")
     expect(answers).to_have_count(2)
     for i in range(2):
@@ -182,6 +182,9 @@ def test_dashboard_workflow_and_organizations(dashboard, tiny_model_dir, tmp_pat
         page.goto(f"{srv.url}/{route}")
         page.wait_for_timeout(300)
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), route
+        unlabelled = page.evaluate("[...document.querySelectorAll('input, select, textarea')]"
+                                   ".filter((e) => !e.labels || !e.labels.length).map((e) => e.outerHTML)")
+        assert unlabelled == [], (route, unlabelled)
     page.set_viewport_size({"width": 1280, "height": 900})
 
     # Pause, resume and cancel from the job page (the worker follows within a poll).

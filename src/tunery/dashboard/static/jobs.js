@@ -5,6 +5,7 @@ import { api, apiBlob, clear, clearErrors, duration, field, FINISHED, fmt, h, li
 import { lineChart, metricSeries } from "./chart.js";
 
 const POLL_MS = 2000;
+const JOB_POLL_MS = 1000;  // one job's page: the curve should move step by step
 const STATUSES = ["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"];
 const HP_KEYS = ["n_epochs", "batch_size", "learning_rate_multiplier", "beta"];
 
@@ -21,7 +22,7 @@ function methodOf(job) {
 }
 
 // A poller that runs fn now and every POLL_MS until stopped; a failing poll shows its error and retries.
-function poller(fn, errSlot) {
+function poller(fn, errSlot, every = POLL_MS) {
   let timer = null, stopped = false;
   const tick = async () => {
     try {
@@ -33,7 +34,7 @@ function poller(fn, errSlot) {
       if (errSlot) errSlot.textContent = err.message;
       if (err.status === 404) return;  // gone (or another organization's): nothing to follow
     }
-    if (!stopped) timer = setTimeout(tick, POLL_MS);
+    if (!stopped) timer = setTimeout(tick, every);
   };
   tick();
   return () => { stopped = true; clearTimeout(timer); };
@@ -205,7 +206,7 @@ export function jobPage({ main, args }) {
     const csig = JSON.stringify(list);
     if (csig !== ckptSig) { ckptSig = csig; drawCheckpoints(list); }
     return !FINISHED.has(job.status);  // a finished job changes no more: stop polling
-  }, err);
+  }, err, JOB_POLL_MS);
   return () => stop();
 }
 
