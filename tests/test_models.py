@@ -106,6 +106,7 @@ def test_missing_chat_template_names_the_fix(tiny_model_dir):
 
 def test_uninstalled_package_model_says_how_to_pull(monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "_package_dir", lambda module: None)
+    monkeypatch.setenv("TUNERY_MODEL_CACHE", str(tmp_path))  # not converted either (the shared cache may hold it)
     spec = registry.BUILTIN["gemma-3-270m"]
     # A fresh model cache: the shared one may hold a converted copy from an earlier `models pull`.
     assert not registry.is_available(spec, Settings.from_env(model_cache=tmp_path))

@@ -235,7 +235,7 @@ def run_quickstart(home: Path, *, keep_serving: bool = False, port: int = 0,
     try:
         with console.status(f"  preparing {model} (converted to safetensors once, then cached)"):
             materialize(model, settings)
-        console.print(f"  server up; base model {model} ready")
+        console.print(f"  server up; base model {model} ready; dashboard at http://127.0.0.1:{port}/")
 
         _step(2, "Writing the demo dataset")
         train_path, valid_path = demo.write_dataset(home / "demo")

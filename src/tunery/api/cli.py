@@ -70,6 +70,7 @@ def serve(
     app = create_app(settings, exposed=not loopback and not insecure, public=not loopback)
     app.state.store = store
     console.print(f"tunery API on http://{host}:{port}/v1 (docs at /docs), state in {settings.home}")
+    console.print(f"Dashboard: http://{host}:{port}/")
     from tunery.worker import start_background_worker  # the embedded worker (one job at a time by default)
 
     worker = None if no_worker else start_background_worker(settings)

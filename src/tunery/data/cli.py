@@ -236,3 +236,112 @@ def convert(
     if r.n_skipped:
         console.print(f"[yellow]skipped {r.n_skipped:,} row(s) without usable text, e.g. line(s) "
                       f"{', '.join(map(str, r.skipped_lines))}[/yellow]")
+
+
+# --- generate and discriminator (issue #15: documents → Q&A → classifier data) -------------------------
+
+def _default_base_url() -> str:
+    return os.environ.get("TUNERY_BASE_URL") or "http://127.0.0.1:8000/v1"
+
+
+def _default_api_key() -> str:
+    return os.environ.get("TUNERY_API_KEY") or os.environ.get("OPENAI_API_KEY") or "tunery"
+
+
+@app.command()
+def generate(
+    docs: list[Path] = typer.Argument(..., help="Markdown, HTML or text files, or folders of them."),
+    out: Path = typer.Option(..., "--out", "-o", dir_okay=False, help="The chat JSONL file to write."),
+    n: int = typer.Option(3, "--n", "-n", min=1, max=20, help="Question/answer pairs to ask for per section."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System message of every example."),
+    stop_suffix: Optional[str] = typer.Option(None, "--stop-suffix",
+                                              help='Appended to every answer, e.g. " **STOP**".'),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (default "
+                                           "$TUNERY_BASE_URL or the local server http://127.0.0.1:8000/v1)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model that writes the pairs "
+                                        "(default: the bundled model)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="API key (default $TUNERY_API_KEY, "
+                                          "then $OPENAI_API_KEY)."),
+    budget: int = typer.Option(400, "--budget", min=32, help="Most tokens of document text per section."),
+    min_grounding: float = typer.Option(0.5, "--min-grounding", min=0.0, max=1.0,
+                                        help="Share of an answer's content words that must occur in its "
+                                             "section (else rejected as not grounded)."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, max=2.0),
+    max_tokens: int = typer.Option(600, "--max-tokens", min=16, help="Longest reply per section."),
+    concurrency: int = typer.Option(2, "--concurrency", "-c", min=1, help="Sections asked at once."),
+    force: bool = typer.Option(False, "--force", "-f", help="Start over, overwriting OUT and its sidecars."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Ask a model for question/answer pairs about every section of DOCS; write chat JSONL.
+
+    Re-running continues: sections already done are skipped. OUT.sources.jsonl names each pair's section.
+    """
+    from tunery.data.generate import REJECT_REASONS, GenerateConfig, Limits
+    from tunery.data.generate import generate as run_generate
+    from tunery.models import DEFAULT_MODEL
+
+    cfg = GenerateConfig(base_url=base_url or _default_base_url(), model=model or DEFAULT_MODEL,
+                         api_key=api_key or _default_api_key(), pairs_per_section=n, system=system,
+                         stop_suffix=stop_suffix, budget=budget, temperature=temperature, max_tokens=max_tokens,
+                         concurrency=concurrency, limits=Limits(min_grounding=min_grounding))
+    err = Console(stderr=True)
+    with Progress(TextColumn("[bold]generating"), BarColumn(), TextColumn("{task.completed}/{task.total} sections"),
+                  TextColumn("{task.fields[pairs]} pairs"), TimeRemainingColumn(), console=err,
+                  disable=as_json) as bar:
+        task = bar.add_task("gen", total=None, pairs=0)
+        kept = {"n": 0}
+
+        def on_plan(total: int, done: int) -> None:
+            bar.update(task, total=total, completed=done)
+
+        def on_section(_section, pairs: int, _failure) -> None:
+            kept["n"] += pairs
+            bar.update(task, advance=1, pairs=kept["n"])
+
+        rep = run_generate(docs, out, cfg, force=force, on_plan=on_plan, on_section=on_section)
+    if as_json:
+        typer.echo(json.dumps(rep.to_dict(), indent=2))
+        raise typer.Exit(0 if rep.n_pairs_total else 1)
+    console.print(f"[bold]{rep.n_documents}[/bold] document(s), [bold]{rep.n_sections}[/bold] section(s): "
+                  f"{rep.n_sections_done} asked now, {rep.n_sections_done_before} done before"
+                  + (f", [red]{rep.n_sections_failed} failed[/red] (re-run to retry)" if rep.n_sections_failed else ""))
+    console.print(f"pairs: {rep.n_pairs_asked} proposed, [green]{rep.n_pairs_written} written[/green], "
+                  f"{sum(rep.rejects.values())} rejected; {rep.n_pairs_total} in {escape(str(out))}")
+    for code, k in rep.rejects.items():
+        if k:
+            console.print(f"  rejected: {k} × {REJECT_REASONS[code]} [dim]({code})[/dim]")
+    for f in rep.failures:
+        console.print(f"  [yellow]failed: {escape(f)}[/yellow]")
+    console.print(f"[dim]sources: {escape(rep.sources_path)}  state: {escape(rep.state_path)}[/dim]")
+    if not rep.n_pairs_total:
+        console.print("[red]no pairs were written[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def discriminator(
+    chat_file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True,
+                                     help="Chat JSONL whose user questions are on topic (e.g. from `data generate`)."),
+    out: Path = typer.Option(..., "--out", "-o", dir_okay=False,
+                             help="Writes <stem>_train.jsonl and <stem>_valid.jsonl beside this name."),
+    negatives: Optional[Path] = typer.Option(None, "--negatives", exists=True, dir_okay=False,
+                                             help="Off-topic questions (text, one per line, or JSONL); default: "
+                                                  "the bundled list of varied off-topic questions."),
+    separator: str = typer.Option("\n\n###\n\n", "--separator",
+                                  help="Ends every prompt (escape sequences like \\n are understood)."),
+    valid_fraction: float = typer.Option(0.2, "--valid-fraction", min=0.01, max=0.9,
+                                         help="Share of each label held out for validation."),
+    max_per_label: Optional[int] = typer.Option(None, "--max-per-label", min=2),
+    seed: int = typer.Option(0, "--seed", help="Same inputs and seed → same files."),
+) -> None:
+    """Build a yes/no topic classifier set (prompt/completion, " yes" on topic, " no" off topic), balanced."""
+    from tunery.data.discriminator import build_discriminator
+
+    sep = separator.encode("utf-8").decode("unicode_escape") if "\\" in separator else separator
+    r = build_discriminator(chat_file, out, negatives=negatives, separator=sep, valid_fraction=valid_fraction,
+                            seed=seed, max_per_label=max_per_label)
+    console.print(f"on-topic questions: {r.n_positive_available}, off-topic: {r.n_negative_available}"
+                  + (f" ({r.n_dropped_overlap} dropped: also on topic)" if r.n_dropped_overlap else "")
+                  + f"; {r.n_per_label} per label")
+    console.print(f"wrote {r.n_train} examples to {escape(r.train_path)}")
+    console.print(f"wrote {r.n_valid} held-out examples to {escape(r.valid_path)}")

@@ -542,6 +542,11 @@ def load_tokenizer(name: str, settings: Settings | None = None):
         raise _load_failed(name, exc) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    # A base model without a chat template gets one that fits its vocabulary (models/templates.py); it is
+    # saved with every checkpoint, so trainer, checkpoints and engine all render chats the same way.
+    from tunery.models.templates import ensure_chat_template
+
+    ensure_chat_template(tok)
     return tok
 
 

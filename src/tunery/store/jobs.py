@@ -177,6 +177,31 @@ def _check_model(name: Any, settings: Settings, *, restricted: bool = False) -> 
     return resolved.name
 
 
+def _check_chat_model(base_model: str, settings: Settings, training_file: Path) -> None:
+    """Chat data needs a chat template that builds assistant-only masks; refuse here, not in the worker.
+
+    Built-in models get tested templates (models/templates.py) and are not loaded here (converting Gemma
+    takes minutes); a local or Hugging Face model's tokenizer is loaded once per process and rendered.
+    """
+    from tunery.models import resolve
+    from tunery.models.templates import chat_training_problem
+
+    if resolve(base_model, settings).spec.kind == "gguf_package":
+        return
+    from tunery.data.tokens import get_counter
+
+    try:
+        tokenizer = get_counter(base_model).tokenizer
+    except TuneryError as exc:
+        raise _bad(exc.message, "model", "model_not_available") from exc
+    except (OSError, ValueError) as exc:  # what transformers raises for a tokenizer it cannot read
+        raise _bad(f"The tokenizer of model {base_model[:200]} cannot be loaded: {str(exc)[:300]}", "model",
+                   "model_not_available") from exc
+    problem = chat_training_problem(tokenizer, base_model, training_file)
+    if problem:
+        raise _bad(problem[:4000], "model", "unsupported_model")
+
+
 def _check_file(s, org_id: str, fid: Any, param: str) -> File:
     if not isinstance(fid, str) or not fid:
         raise _bad(f"{param} must be a file id (file-…)", param)
@@ -355,6 +380,8 @@ def create_job(store: Store, org: Organization, req: JobRequest, *, allow_paths:
         problem = validate_pair(Path(train.path), Path(valid.path))
         if problem:
             raise _bad(problem[:4000], "validation_file", "invalid_validation_file")
+    if mtype == "supervised" and (train.validation or {}).get("format") == "chat":
+        _check_chat_model(base_model, settings, Path(train.path))
     if mtype not in TRAINABLE_METHODS:
         # Checked last, so a DPO request still learns everything else wrong with it.
         raise _bad(f"method {mtype} is not trained by this version of tunery yet (only "

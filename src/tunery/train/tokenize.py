@@ -49,21 +49,26 @@ def _clean(messages: list[dict]) -> list[dict]:
     return out
 
 
-def _render(tokenizer, messages: list[dict], *, gen: bool = False, tools=None) -> str:
+def _render(tokenizer, messages: list[dict], *, gen: bool = False, tools=None, line: int = 0) -> str:
     kw = {"tools": tools} if tools else {}
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen, **kw)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen, **kw)
+    except Exception as exc:  # jinja's TemplateError, raise_exception(...), a missing template: all are data
+        # the model cannot take, so they fail the job once with the line, instead of crashing every attempt.
+        raise InvalidRequest(f"line {line}: the model's chat template cannot render this conversation "
+                             f"({type(exc).__name__}: {str(exc)[:300]})", param="training_file") from exc
 
 
 def chat_spans(tokenizer, messages: list[dict], line: int = 0, tools=None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans that are trained."""
     clean = _clean(messages)
-    full = _render(tokenizer, clean, tools=tools)
+    full = _render(tokenizer, clean, tools=tools, line=line)
     spans: list[tuple[int, int]] = []
     for i, m in enumerate(messages):
         if m.get("role") != "assistant" or m.get("weight", 1) == 0:
             continue
-        before = _render(tokenizer, clean[:i], gen=True, tools=tools)
-        after = _render(tokenizer, clean[: i + 1], tools=tools)
+        before = _render(tokenizer, clean[:i], gen=True, tools=tools, line=line)
+        after = _render(tokenizer, clean[: i + 1], tools=tools, line=line)
         if not full.startswith(before) or not full.startswith(after) or len(after) <= len(before):
             raise InvalidRequest(
                 f"line {line}: the model's chat template renders earlier turns differently once later turns "
