@@ -20,8 +20,11 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for category in (FutureWarning, UserWarning, DeprecationWarning):
-        warnings.filterwarnings("ignore", category=category, module=_NOISY_MODULES)
+    # Deprecations are for the code that calls the library (tunery's own tests still show them); a
+    # library's warning is attributed to its caller's module (stacklevel), so these go by category.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=_NOISY_MODULES)
 
 
 @contextlib.contextmanager
