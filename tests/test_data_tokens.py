@@ -150,11 +150,26 @@ def test_template_error_is_reported_with_its_line(tmp_path, tiny_model_dir):
 
 
 def test_model_without_chat_template(tmp_path, tiny_model_dir):
+    # A base model without a template gets tunery's default one (models/templates.py) and takes chat data,
+    # counted with that template; only one that can get none (no EOS token to end a turn) is refused.
+    from tunery.models import load_tokenizer
+
     model = _variant(tiny_model_dir, tmp_path / "base-model", None)
-    r = validate_file(write(tmp_path / "t.jsonl", [chat(i) for i in range(12)]), model=str(model))
+    rows = [chat(i) for i in range(12)]
+    r = validate_file(write(tmp_path / "t.jsonl", rows), model=str(model))
+    assert r.ok, r.summary()
+    tok = load_tokenizer(str(model))
+    assert "### Assistant:" in tok.chat_template
+    want = [len(tok.apply_chat_template(x["messages"], tokenize=True, return_dict=False)) for x in rows]
+    assert r.token_stats["tokens"]["total"] == sum(want)
+    no_eos = _variant(tiny_model_dir, tmp_path / "no-eos", None)
+    cfg = json.loads((no_eos / "tokenizer_config.json").read_text())
+    cfg.update(eos_token=None, pad_token="<|endoftext|>")
+    (no_eos / "tokenizer_config.json").write_text(json.dumps(cfg))
+    r = validate_file(write(tmp_path / "t2.jsonl", rows), model=str(no_eos))
     assert not r.ok and "no_chat_template" in r.kinds() and "template_error" not in r.kinds()
     comp = [{"prompt": f"Q{i}", "completion": f" A{i}"} for i in range(12)]
-    r = validate_file(write(tmp_path / "c.jsonl", comp), model=str(model))
+    r = validate_file(write(tmp_path / "c.jsonl", comp), model=str(no_eos))
     assert r.ok, r.summary()
 
 

@@ -126,17 +126,17 @@ def test_thai_chat_fine_tune_on_gemma_trains_and_streams_thai(make_server, tmp_p
     try:
         client = slow_client(srv)
         system = {"role": "system", "content": "คุณคือไกด์ประจำเกาะมณีจันทร์"}
-        rows = [[system, {"role": "user", "content": q}, {"role": "assistant", "content": a + " **STOP**"}]
-                for q, a in (("ค่าโดยสารเรือเท่าไร", "ค่าโดยสารเรือคนละ 180 บาท"),
-                             ("ตลาดกลางคืนเปิดวันไหน", "ตลาดกลางคืนเปิดทุกวันพฤหัสบดี"),
-                             ("ภูเขาที่สูงที่สุดชื่ออะไร", "ภูเขาที่สูงที่สุดคือดอยผาเงิน"))]
+        places = ["ท่าเรือ", "ตลาด", "น้ำตก", "ประภาคาร", "พิพิธภัณฑ์", "โรงแรม", "วัด", "สวนสาธารณะ", "ชายหาด", "ร้านกาแฟ"]
+        rows = [[system, {"role": "user", "content": f"ค่าเข้า{p}เท่าไร"},
+                 {"role": "assistant", "content": f"ค่าเข้า{p}คนละ {40 + 15 * i} บาท **STOP**"}]
+                for i, p in enumerate(places)]
         path = tmp_path / "th.jsonl"
-        path.write_text("".join(json.dumps({"messages": r}, ensure_ascii=False) + "\n" for r in rows * 4))
+        path.write_text("".join(json.dumps({"messages": r}, ensure_ascii=False) + "\n" for r in rows))
         fid = client.files.create(file=path.open("rb"), purpose="fine-tune").id
         while client.files.retrieve(fid).status not in ("processed", "error"):
             time.sleep(0.2)
         job = client.fine_tuning.jobs.create(model="gemma-3-270m", training_file=fid,
-                                             hyperparameters={"n_epochs": 2})
+                                             hyperparameters={"n_epochs": 3})
         deadline = time.monotonic() + 900
         while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed"):
             assert time.monotonic() < deadline, "the Gemma job did not finish in 15 minutes"
@@ -145,5 +145,9 @@ def test_thai_chat_fine_tune_on_gemma_trains_and_streams_thai(make_server, tmp_p
         chunks, whole = chat_stream(client, job.fine_tuned_model, rows[0][:2], 40, stop="**STOP**")
         text = check_thai_stream(chunks, whole)
         assert "STOP" not in text and "<end_of_turn>" not in text
+        # Without a stop string it ends at the <end_of_turn> it was trained to emit (finish_reason "stop").
+        r = client.chat.completions.create(model=job.fine_tuned_model, messages=rows[0][:2], max_tokens=60,
+                                           temperature=0)
+        assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content.endswith("**STOP**"), r
     finally:
         bg.stop()
