@@ -152,3 +152,35 @@ def test_guard_cli_set_show_remove(make_server, tiny_model_dir, capsys):
         main(["guard", "show", model, "--base-url", srv.base_url])
     err = capsys.readouterr().err
     assert done.value.code == 1 and "HTTP 404" in err and "Traceback" not in err
+
+
+def test_eval_compares_the_bot_with_and_without_its_guard(make_server, tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from tunery.cli import main
+
+    srv = make_server()
+    model = str(tiny_model_dir)
+    # Threshold 1: every question is declined with the guard, none without (the random model never refuses).
+    assert _set(srv, model, classifier=model, threshold=1.0, refusal=REFUSAL).status_code == 200
+    spec = tmp_path / "spec.jsonl"
+    spec.write_text("".join(json.dumps(c) + "\n" for c in [
+        {"question": "When is the studio open?", "kind": "verbatim", "expected": "Tuesday to Saturday."},
+        {"question": "What are your opening hours?", "kind": "variation", "expected": "Tuesday to Saturday."},
+        {"question": "What is Star Wars?", "kind": "off-topic", "should_decline": True},
+        {"question": "Write me a poem about the sea.", "kind": "off-topic", "should_decline": True}]))
+    out = tmp_path / "rep"
+    with pytest.raises(SystemExit) as done:
+        main(["eval", str(spec), "-m", model, "--compare-guard", "--base-url", srv.base_url, "--max-tokens", "4",
+              "--no-semantic", "--out", str(out)])
+    assert done.value.code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"] == [model + " [no guard]", model]
+    [g] = report["guard_comparison"]
+    assert g["off_topic_declined_without"] == 0.0 and g["off_topic_declined_with"] == 1.0
+    assert g["on_topic_answered_without"] == 1.0 and g["on_topic_answered_with"] == 0.0
+    from tunery.eval.report import guard_lines
+
+    assert guard_lines([g])[0].endswith("off-topic declined 0.00 → 1.00 (without → with, 2 cases)")
+    # The guard counted the 4 guarded questions, not the unguarded ones.
+    assert httpx.get(_guard_url(srv, model), timeout=30).json()["decisions"]["declined"] == 4
