@@ -38,6 +38,7 @@ def _register() -> None:
     __import__("tunery.eval.cli", fromlist=["register"]).register(app)  # eval, compare
     __import__("tunery.train.cli", fromlist=["register"]).register(app)  # train, export
     __import__("tunery.inference.cli", fromlist=["register"]).register(app)  # chat
+    app.add_typer(__import__("tunery.guard_cli", fromlist=["app"]).app, name="guard")
 
 
 _register()

@@ -14,7 +14,8 @@ from tunery.settings import Settings, get_settings
 # missing module is an import error at start-up rather than a silently absent endpoint.
 ROUTE_MODULES: list[str] = ["tunery.api.routes.files", "tunery.api.routes.fine_tuning",
                               "tunery.api.routes.models",
-                              "tunery.api.routes.chat", "tunery.api.routes.completions"]
+                              "tunery.api.routes.chat", "tunery.api.routes.completions",
+                              "tunery.api.routes.guards"]
 
 
 def create_app(settings: Settings | None = None, *, exposed: bool = False, public: bool | None = None) -> FastAPI:

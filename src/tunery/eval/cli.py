@@ -122,9 +122,43 @@ def _cases_from_jobs(infos_texts, limit: int, off_topic: bool, should_decline: b
     return cases
 
 
-def _run(cases, models, cfg, semantic: bool, jobs, labels: dict, out: Optional[Path], prefix: str) -> dict:
+NO_GUARD = " [no guard]"
+GuardOpt = typer.Option(False, "--compare-guard", help="For every model with a tunery guard, also ask it with "
+                                                     "the guard off: off-topic declines and on-topic answers, "
+                                                     "without → with the guard.")
+
+
+def _guard_variants(client, models: list[str], cfg, labels: dict) -> tuple[list[str], list[tuple[str, str]]]:
+    """Add '<model> [no guard]' beside every guarded model (GET /v1/tunery/guards/{model} answers 200)."""
+    from urllib.parse import quote
+
+    import openai
+
+    out, pairs = [], []
+    for m in models:
+        try:
+            client.get(f"/tunery/guards/{quote(m, safe=':')}", cast_to=object)
+        except openai.NotFoundError:
+            out.append(m)
+            continue
+        except openai.APIStatusError as exc:
+            raise TuneryError(f"cannot read the guard of {m} at {cfg.base_url} (HTTP {exc.status_code})") from None
+        bare = m + NO_GUARD
+        cfg.variants[bare] = (m, {"tunery_guard": "off"})
+        labels.setdefault(bare, labels.get(m, m) + NO_GUARD)
+        labels.setdefault(m, m)
+        labels[m] = labels[m] + " [guarded]"
+        out += [bare, m]
+        pairs.append((m, bare))
+    if not pairs:
+        console.print("[yellow]--compare-guard: none of the models has a guard[/yellow]")
+    return out, pairs
+
+
+def _run(cases, models, cfg, semantic: bool, jobs, labels: dict, out: Optional[Path], prefix: str,
+         guard_pairs: list | None = None) -> dict:
     from tunery.eval.core import evaluate
-    from tunery.eval.report import terminal_tables, write_reports
+    from tunery.eval.report import guard_comparison, guard_lines, terminal_tables, write_reports
 
     if not models:
         raise InvalidRequest("no model to evaluate: pass --model (or jobs that succeeded)", param="model")
@@ -154,6 +188,10 @@ def _run(cases, models, cfg, semantic: bool, jobs, labels: dict, out: Optional[P
         progress.update(stage, visible=False)
     for table in terminal_tables(report):
         console.print(table)
+    if guard_pairs:
+        report["guard_comparison"] = guard_comparison(report, guard_pairs)
+        for line in guard_lines(report["guard_comparison"]):
+            console.print(line, highlight=False)
     if any(report["summary"][m]["all"].get("n_should_decline") for m in models):
         console.print("[dim]ans¹ = share of should-decline cases the model answered anyway (lower is better)[/dim]")
     first_errors = {}
@@ -180,7 +218,7 @@ def eval_cmd(
     concurrency: int = ConcOpt, max_tokens: int = MaxTokOpt, temperature: float = TempOpt,
     retries: int = RetriesOpt, timeout: float = TimeoutOpt, limit: int = LimitOpt,
     off_topic: bool = OffTopicOpt, should_decline: bool = DeclineOpt, checkpoints: bool = CkptOpt,
-    semantic: bool = SemanticOpt, out: Optional[Path] = OutOpt,
+    semantic: bool = SemanticOpt, out: Optional[Path] = OutOpt, compare_guard: bool = GuardOpt,
 ) -> None:
     """Ask every case of SPEC (and/or of --from-job) to every model; print tables, write JSON and HTML reports."""
     from tunery.eval.spec import load_spec, merge_cases
@@ -200,7 +238,10 @@ def eval_cmd(
         if not models:
             models = job_models
         job_cases = _cases_from_jobs(fetched, limit, off_topic, should_decline)
-    _run(merge_cases(spec_cases, job_cases), models, cfg, semantic, jobs, labels, out, "tunery-eval")
+    pairs = None
+    if compare_guard:
+        models, pairs = _guard_variants(client, models, cfg, labels)
+    _run(merge_cases(spec_cases, job_cases), models, cfg, semantic, jobs, labels, out, "tunery-eval", pairs)
 
 
 def compare_cmd(

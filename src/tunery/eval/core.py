@@ -29,7 +29,7 @@ def evaluate(cases: list[Case], models: list[str], cfg: RunConfig | None = None,
         on_stage("scoring")
     results = score(cases, answers, embedder)
     kinds = kinds_present(cases)
-    config = {k: v for k, v in asdict(cfg).items() if k != "api_key"}
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("api_key", "variants")}
     return build_report(cases=cases, results=results, summary=aggregate(results, models, kinds), models=models,
                         kinds=kinds, config=config, jobs=jobs, model_labels=model_labels,
                         embedding_model=embedder.name if embedder else None)

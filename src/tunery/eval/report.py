@@ -155,3 +155,36 @@ def write_reports(report: dict, out_dir: Path) -> dict[str, Path]:
     paths = {"json": write_json(report, out_dir / "report.json"), "html": out_dir / "report.html"}
     paths["html"].write_text(render_html(report), encoding="utf-8")
     return paths
+
+
+ON_TOPIC = ("verbatim", "variation")
+
+
+def guard_comparison(report: dict, pairs: list[tuple[str, str]]) -> list[dict]:
+    """For each (guarded model, same model without its guard): off-topic decline rate and on-topic answer
+    rate (verbatim + variation cases not declined), without → with the guard."""
+    out = []
+    for guarded, bare in pairs:
+        row = {"model": guarded, "without": bare}
+        for key, name in (("without", bare), ("with", guarded)):
+            res = [r for r in report["results"] if r["model"] == name and r["error"] is None]
+            off = [r for r in res if r["kind"] == "off-topic"]
+            on = [r for r in res if r["kind"] in ON_TOPIC]
+            row[f"off_topic_declined_{key}"] = (sum(bool(r["metrics"]["declined"]) for r in off) / len(off)
+                                                if off else None)
+            row[f"on_topic_answered_{key}"] = (sum(not r["metrics"]["declined"] for r in on) / len(on)
+                                               if on else None)
+            row[f"n_off_topic"], row[f"n_on_topic"] = len(off), len(on)
+        out.append(row)
+    return out
+
+
+def guard_lines(rows: list[dict]) -> list[str]:
+    """Two lines per guarded model for the terminal."""
+    lines = []
+    for g in rows:
+        lines.append(f"guard on {g['model']}: off-topic declined {fmt('decline_rate', g['off_topic_declined_without'])}"
+                     f" → {fmt('decline_rate', g['off_topic_declined_with'])} (without → with, {g['n_off_topic']} cases)")
+        lines.append(f"  on-topic answered {fmt('decline_rate', g['on_topic_answered_without'])} → "
+                     f"{fmt('decline_rate', g['on_topic_answered_with'])} ({g['n_on_topic']} verbatim + variation cases)")
+    return lines

@@ -48,6 +48,9 @@ class RunConfig:
     """First retry delay in seconds; doubles each attempt (with jitter), at most max_backoff."""
     max_backoff: float = 20.0
     seed: int | None = 0
+    variants: dict[str, tuple[str, dict]] = field(default_factory=dict)
+    """Report key → (model to call, extra request body): e.g. "<model> [no guard]" → (model,
+    {"tunery_guard": "off"}), to evaluate a guarded model with and without its guard side by side."""
 
 
 @dataclass
@@ -63,6 +66,8 @@ class Answer:
     finish_reason: str | None = None
     error: str | None = None
     attempts: int = 0
+    guard_declined: bool = False
+    """A tunery guard answered with its refusal (the response's tunery_guard.allowed is false)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,9 +132,12 @@ async def _ask(client, case: Case, model: str, cfg: RunConfig, sem: asyncio.Sema
             limit = case.max_tokens or cfg.max_tokens
             extra = {"seed": cfg.seed} if cfg.seed is not None else {}
             extra["max_completion_tokens" if model in new_style else "max_tokens"] = limit
+            real, body = cfg.variants.get(model, (model, None))
+            if body:
+                extra["extra_body"] = body
             try:
                 resp = await client.chat.completions.create(
-                    model=model, messages=case.messages, temperature=cfg.temperature, **extra)
+                    model=real, messages=case.messages, temperature=cfg.temperature, **extra)
             except Exception as exc:  # noqa: BLE001 - classified right below
                 if model not in new_style and _wants_max_completion_tokens(exc):
                     new_style.add(model)  # remembered for this model's other cases; not a retry
@@ -146,6 +154,8 @@ async def _ask(client, case: Case, model: str, cfg: RunConfig, sem: asyncio.Sema
             choice = resp.choices[0] if resp.choices else None
             ans.text = (choice.message.content or "") if choice else ""
             ans.finish_reason = choice.finish_reason if choice else None
+            guard = (resp.model_extra or {}).get("tunery_guard")
+            ans.guard_declined = isinstance(guard, dict) and guard.get("allowed") is False
             if resp.usage is not None:
                 ans.prompt_tokens = resp.usage.prompt_tokens
                 ans.completion_tokens = resp.usage.completion_tokens

@@ -20,7 +20,8 @@ def score(cases: list[Case], answers: list[Answer], embedder=None) -> list[dict]
     by_id = {c.id: c for c in cases}
     texts = [a.text or "" for a in answers]
     ok = [a.error is None for a in answers]
-    declined = detect_declines(texts, embedder)
+    # A guard's refusal is a decline whatever its wording.
+    declined = [d or a.guard_declined for d, a in zip(detect_declines(texts, embedder), answers)]
     sims: list[float | None] = [None] * len(answers)
     if embedder is not None:
         idx = [i for i, a in enumerate(answers) if ok[i] and by_id[a.case_id].expected is not None]

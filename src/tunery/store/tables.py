@@ -7,7 +7,7 @@ store/queue.py) read and write these tables directly; column meanings are fixed 
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT identity.
@@ -159,3 +159,48 @@ class Model(Base):
     job_id: Mapped[str | None] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Guard(Base):
+    """A chat model bound to a topic classifier (issue #15): requests below the threshold get the refusal."""
+
+    __tablename__ = "guards"
+    __table_args__ = (UniqueConstraint("org_id", "model", name="uq_guards_org_model"),)
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(String(64), ForeignKey("organizations.id"))
+    model: Mapped[str] = mapped_column(String(1200))
+    """The guarded chat model, as requests name it."""
+    classifier: Mapped[str] = mapped_column(String(1200))
+    """A completions model answering " yes"/" no" (a discriminator fine-tune)."""
+    threshold: Mapped[float] = mapped_column(Float)
+    """P(positive label) below this → the refusal."""
+    refusal: Mapped[str] = mapped_column(Text)
+    separator: Mapped[str] = mapped_column(Text)
+    prompt_template: Mapped[str] = mapped_column(Text)
+    """Contains {question}; the classifier prompt is the filled template + separator."""
+    positive_label: Mapped[str] = mapped_column(String(64))
+    check_answer: Mapped[bool] = mapped_column(Boolean, default=False)
+    answer_template: Mapped[str] = mapped_column(Text)
+    """Contains {answer} (and may contain {question}); used when check_answer is on."""
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class GuardDecision(Base):
+    """One classifier verdict on a guarded request (the question, or the produced answer)."""
+
+    __tablename__ = "guard_decisions"
+    __table_args__ = (Index("ix_guard_decisions_org_model", "org_id", "model", "pk"),)
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(String(64), ForeignKey("organizations.id"))
+    model: Mapped[str] = mapped_column(String(1200))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    stage: Mapped[str] = mapped_column(String(16))
+    """question | answer"""
+    score: Mapped[float] = mapped_column(Float)
+    """P(positive label) read from the classifier's logprobs."""
+    allowed: Mapped[bool] = mapped_column(Boolean)
+    text: Mapped[str] = mapped_column(Text)
+    """The classified text, cut to 500 characters (for reviewing declines)."""
