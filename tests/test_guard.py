@@ -121,7 +121,7 @@ def test_guard_bad_input_is_a_clear_4xx(make_server, tiny_model_dir):
 def test_guards_are_per_organization(make_server, tiny_model_dir):
     from tunery.store import create_api_key
 
-    srv = make_server()
+    srv = make_server(model_dirs=(tiny_model_dir.resolve().parent,))  # paths resolve only from here with keys
     _, key_a = create_api_key(srv.store, "alpha")
     _, key_b = create_api_key(srv.store, "beta")
     model = str(tiny_model_dir)
@@ -134,6 +134,27 @@ def test_guards_are_per_organization(make_server, tiny_model_dir):
     a = srv.client(key_a).chat.completions.create(model=model, messages=msgs, max_tokens=3)
     b = srv.client(key_b).chat.completions.create(model=model, messages=msgs, max_tokens=3)
     assert a.choices[0].message.content == REFUSAL and b.choices[0].message.content != REFUSAL
+
+
+def test_guard_classifier_obeys_the_model_name_rules(make_server, tiny_model_dir, tmp_path):
+    """With keys, a classifier named by a path outside TUNERY_MODEL_DIRS is the same 404 as any unknown
+    name, at set time; a guard stored before the rule (or the dirs setting) changed cannot use it either."""
+    import shutil
+
+    from tunery.store import create_api_key, ensure_org
+    from tunery.store import guards as G
+
+    model = str(shutil.copytree(tiny_model_dir, tmp_path / "allowed" / "chat"))
+    elsewhere = shutil.copytree(tiny_model_dir, tmp_path / "other" / "classifier")
+    srv = make_server(model_dirs=((tmp_path / "allowed").resolve(),))
+    _, key = create_api_key(srv.store, "alpha")
+    r = _set(srv, model, key=key, classifier=str(elsewhere))
+    assert r.status_code == 404 and r.json()["error"]["param"] == "classifier", r.text
+    G.set_guard(srv.store, ensure_org(srv.store, "alpha"), model, G.GuardSpec(classifier=str(elsewhere), threshold=1.0, refusal=REFUSAL))
+    msgs = [{"role": "user", "content": "hello"}]
+    with pytest.raises(Exception) as exc:
+        srv.client(key).chat.completions.create(model=model, messages=msgs, max_tokens=3)
+    assert getattr(exc.value, "status_code", None) == 404, exc.value
 
 
 def test_guard_cli_set_show_remove(make_server, tiny_model_dir, capsys):

@@ -43,9 +43,12 @@ def label_probability(top: list[tuple[str, list[int], float]], label: str) -> fl
 async def classify(request, store, org, guard, text: str) -> float:
     """P(positive label) for one classifier prompt, through the same engine entry as /v1/completions."""
     from tunery.inference.engine import SamplingParams, get_engine
+    from tunery.api.deps import path_models_allowed
     from tunery.store import find_servable_model
 
-    servable = await run_in_threadpool(find_servable_model, store, org, guard.classifier)
+    # The same name rules as the request's own model: with keys, no path can stand in for a classifier.
+    servable = await run_in_threadpool(find_servable_model, store, org, guard.classifier,
+                                       allow_paths=path_models_allowed(request, store))
     engine = get_engine(request.app)
     handle = await run_in_threadpool(engine.prepare, servable)
     ids = await run_in_threadpool(handle.encode, text)

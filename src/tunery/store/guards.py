@@ -60,15 +60,16 @@ def _row_dict(row: Guard) -> dict:
             "answer_template": row.answer_template, "created_at": row.created_at, "updated_at": row.updated_at}
 
 
-def set_guard(store: Store, org, model: str, spec: GuardSpec) -> Guard:
-    """Create or replace the guard of `model`; both models must be servable for this organization."""
+def set_guard(store: Store, org, model: str, spec: GuardSpec, *, allow_paths: bool = True) -> Guard:
+    """Create or replace the guard of `model`; both models must be servable for this organization
+    (`allow_paths`: as in find_servable_model — False over an API with keys)."""
     from tunery.errors import ModelNotFound
     from tunery.store.models import find_servable_model
 
     spec.validate()
-    find_servable_model(store, org, model)
+    find_servable_model(store, org, model, allow_paths=allow_paths)
     try:
-        find_servable_model(store, org, spec.classifier)
+        find_servable_model(store, org, spec.classifier, allow_paths=allow_paths)
     except ModelNotFound as exc:
         raise ModelNotFound(exc.message, param="classifier", code="model_not_found") from None
     oid, t = org_id_of(org), now()

@@ -8,11 +8,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunery.api.deps import ERROR_RESPONSES, current_org, get_store
+from tunery.api.deps import ERROR_RESPONSES, current_org, get_store, path_models_allowed
 from tunery.store import Organization, Store
 from tunery.store import guards as G
 
@@ -43,10 +43,12 @@ async def list_guards(store: Store = Depends(get_store), org: Organization = Dep
 
 
 @router.post("/{model:path}", summary="Set a model's guard")
-async def set_guard(model: str, body: GuardRequest, store: Store = Depends(get_store),
+async def set_guard(model: str, body: GuardRequest, request: Request, store: Store = Depends(get_store),
                     org: Organization = Depends(current_org)) -> dict:
+    allow_paths = path_models_allowed(request, store)
+
     def run():
-        row = G.set_guard(store, org, model, G.GuardSpec(**body.model_dump()))
+        row = G.set_guard(store, org, model, G.GuardSpec(**body.model_dump()), allow_paths=allow_paths)
         return G.guard_object(store, org, row)
     return await run_in_threadpool(run)
 
