@@ -67,7 +67,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     augment: int | str = "auto"
     """Rewrites of each chat example's question added to the training set (see tunery.train.augment);
-    "auto": AUTO_VARIANTS for small sets when n_epochs is auto, none when n_epochs is given; 0 turns it off."""
+    "auto": auto_variants() for small sets when n_epochs is auto, none when n_epochs is given; 0 turns it off."""
     early_stop: bool | str = "auto"
     """Stop once the model reproduces the training answers (token accuracy 100% on the original examples,
     teacher-forced, at EARLY_STOP_PATIENCE checks in a row); "auto": on when n_epochs is auto."""
@@ -146,35 +146,43 @@ def auto_multiplier(total_steps: int, method: str) -> float:
 # Measured on invented-fact sets (bench/bench_learning.py): a small model shown each fact under a single
 # question wording memorises the wording; question rewrites plus many more passes than the cookbook's rule
 # make it answer reworded questions too. These rules apply only when n_epochs is "auto".
-AUTO_VARIANTS = ((64, 7), (256, 3), (1024, 1))
-"""(up to this many augmentable examples, rewrites per example); larger sets get none."""
-AUTO_PASSES = 16
-"""Target times each original example is seen (counting its rewrites) for sets of <= 64 examples; the
-early stop usually ends the run before that."""
-AUTO_AUG_BATCH = 8
-"""Auto batch size when augmenting: ~8 short chats fill a CPU micro-batch (packed, ~500 tokens), which
-trains several times more tokens per second than batch 1."""
+AUTO_SMALL_SET = 256
+"""Sets of at most this many augmentable chats get the small-set rules below; larger ones the cookbook's."""
+AUTO_TOKEN_BUDGET = 24_000
+"""Trained tokens an auto small-set run aims at (~2 minutes at ~200 tokens/s on a 2-core CPU). A pure
+function of the data, so the same file always resolves to the same run on any machine."""
+AUTO_PASSES = (4, 24)
+"""Bounds on the times each original example is seen, counting its rewrites."""
+AUTO_MAX_VARIANTS = 5
+AUTO_AUG_BATCH = 4
+"""Auto batch size when augmenting: 4 short chats per step (packed into one row) trains more tokens per
+second than batch 1 while keeping ~100 optimizer steps for a 30-fact set (fewer steps learned less)."""
 EARLY_STOP_PATIENCE = 2
 
 
-def auto_variants(n_augmentable: int) -> int:
-    for limit, k in AUTO_VARIANTS:
-        if n_augmentable <= limit:
-            return k
-    return 0
+def auto_passes(original_tokens: int) -> int:
+    lo, hi = AUTO_PASSES
+    return max(lo, min(hi, round(AUTO_TOKEN_BUDGET / max(1, original_tokens))))
 
 
-def resolve_augment(config: TrainConfig, n_augmentable: int) -> int:
+def auto_variants(n_augmentable: int, original_tokens: int) -> int:
+    """Rewrites per example for a small set: a third of the passes go to new wordings (1..5)."""
+    if n_augmentable == 0 or n_augmentable > AUTO_SMALL_SET:
+        return 0
+    return max(1, min(AUTO_MAX_VARIANTS, auto_passes(original_tokens) // 3 - 1))
+
+
+def resolve_augment(config: TrainConfig, n_augmentable: int, original_tokens: int = 0) -> int:
     """Rewrites per example: explicit value, else auto_variants when n_epochs is auto, else none."""
     if config.augment != "auto":
         return int(config.augment)
     if config.n_epochs != "auto":
         return 0  # an explicit n_epochs means passes over the file as given: no added examples
-    return auto_variants(n_augmentable)
+    return auto_variants(n_augmentable, original_tokens)
 
 
 def resolve_hyperparameters(config: TrainConfig, n_examples: int, n_variants: int = 0,
-                            n_original: int | None = None) -> dict:
+                            n_original: int | None = None, original_tokens: int = 0) -> dict:
     """Turn "auto" into numbers: {n_epochs, batch_size, learning_rate_multiplier, learning_rate}.
 
     n_examples is the training set as trained (originals plus rewrites); n_original the file's examples.
@@ -184,8 +192,8 @@ def resolve_hyperparameters(config: TrainConfig, n_examples: int, n_variants: in
     if config.n_epochs != "auto":
         n_epochs = int(config.n_epochs)
     elif n_variants > 0:
-        passes = int(extra.get("passes", AUTO_PASSES))
-        n_epochs = max(1, math.ceil(passes / (n_variants + 1)))
+        passes = int(extra.get("passes", auto_passes(original_tokens)))
+        n_epochs = max(1, passes // (n_variants + 1))
     else:
         n_epochs = auto_epochs(n_original)
     if config.batch_size != "auto":

@@ -277,9 +277,12 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         hp = dict(resume_meta["hyperparameters"])
         n_variants = int(hp.get("augment", 0))
     else:
-        n_variants = resolve_augment(config, n_augmentable) if n_augmentable else 0
+        n_variants = 0  # decided once the file's examples are encoded (the rule needs their tokens)
         seed0 = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     originals = load_encoded(config.training_file, tok, max_length, cb, "training_file", raw_train)
+    original_tokens = sum(len(e) for e in originals)
+    if not resume_meta and n_augmentable:
+        n_variants = resolve_augment(config, n_augmentable, original_tokens)
     train_set = list(originals)
     if n_variants:
         # Rewrites depend only on (file, seed), so a resumed run rebuilds the same set.
@@ -288,7 +291,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         train_set += load_encoded(config.training_file, tok, max_length, TrainCallbacks(), "training_file",
                                   extra_ex)
     if not resume_meta:
-        hp = resolve_hyperparameters(config, len(train_set), n_variants, len(originals))
+        hp = resolve_hyperparameters(config, len(train_set), n_variants, len(originals), original_tokens)
         hp["seed"] = seed0
         hp["method"] = config.method
         hp["lora_rank"] = config.lora_rank if config.method == "lora" else None
@@ -358,6 +361,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     early_stop = bool(hp.get("early_stop"))
     check_every = max(1, math.ceil(steps_per_epoch * float((config.extra or {}).get("check_frac", 0.5))))
     min_steps = int(steps_per_epoch * float((config.extra or {}).get("min_epochs", 0)))
+    stop_accuracy = float((config.extra or {}).get("stop_accuracy", 1.0))
     stopped_at = None
     while step < total_steps:
         stop = cb.should_stop()
@@ -426,7 +430,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
             cb.on_event("info", f"Checkpoint created at step {step} (epoch {epoch + 1}/{n_epochs})")
         if early_stop and "original_accuracy" in m and step < total_steps and step >= min_steps:
             recent = [h["original_accuracy"] for h in history if "original_accuracy" in h][-EARLY_STOP_PATIENCE:]
-            if len(recent) == EARLY_STOP_PATIENCE and min(recent) >= 1.0:
+            if len(recent) == EARLY_STOP_PATIENCE and min(recent) >= stop_accuracy:
                 stopped_at = step
                 cb.on_event("info", f"Stopping at step {step} of at most {total_steps}: the model reproduces all "
                                     f"{len(originals)} training answers (teacher-forced token accuracy 100% at "
