@@ -24,6 +24,9 @@ def test_demo_dataset_is_valid_chat_data_with_a_validation_split(tmp_path):
     questions = {r["messages"][1]["content"] for r in rows}
     # The three questions the quickstart asks are taught, so the fine-tune visibly changes their answers.
     assert set(demo.QUESTIONS) <= questions
+    answers = {r["messages"][1]["content"]: r["messages"][2]["content"] for r in rows}
+    for q, keys in zip(demo.QUESTIONS, demo.QUESTION_KEYS):
+        assert all(k in answers[q] for k in keys), (q, keys)  # the checked facts are the data's own
     assert all(r["messages"][0]["content"] == demo.SYSTEM_PROMPT for r in rows)
     assert all("Lanna tip:" in r["messages"][2]["content"] for r in rows)
     valid_questions = {json.loads(line)["messages"][1]["content"] for line in valid.read_text().splitlines()}
@@ -57,6 +60,10 @@ def test_quickstart_end_to_end(tmp_path, bundled_model_dir):
     table = out.split("6/6")[1]
     assert "Lanna tip" in _column_text(table, 3), table
     assert "Lanna tip" not in _column_text(table, 2), table
+    # ...and states every invented fact of the three answers (hours, prices, names) as the data does.
+    tuned = _column_text(table, 3)
+    missing = [k for keys in demo.QUESTION_KEYS for k in keys if k not in tuned]
+    assert not missing, (missing, table)
     assert (home / "tunery.db").exists() and (home / "demo" / demo.TRAIN_FILE).exists()
     print(f"quickstart took {took:.0f}s")
 

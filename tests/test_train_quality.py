@@ -53,19 +53,38 @@ FACTS = [
 ]
 
 
-def hit_rate(model, tok, max_new_tokens: int = 24) -> tuple[float, list[str]]:
+# Held-out rewordings of some of the questions above, written by hand for this test (other words, same
+# fact), independently of the trainer's augmentation rules: (index into FACTS, reworded question).
+REWORDED = [
+    (0, "Which person started the company Quillborne Robotics?"),
+    (1, "When did Quillborne Robotics come into existence?"),
+    (2, "In which city are the main offices of Quillborne Robotics?"),
+    (5, "Who runs Quillborne Robotics as chief executive?"),
+    (6, "How large is the Quillborne Robotics workforce?"),
+    (9, "What is the mascot of Quillborne Robotics called?"),
+    (13, "Which engineer created the Gribblewick?"),
+    (14, "Under what symbol does Quillborne Robotics trade on the stock market?"),
+    (16, "How many production plants does Quillborne Robotics run?"),
+    (19, "Who leads the science team at Quillborne Robotics?"),
+    (22, "Which is the tiniest robot for sale from Quillborne Robotics?"),
+    (24, "Where can I visit the museum of Quillborne Robotics?"),
+]
+
+
+def hit_rate(model, tok, max_new_tokens: int = 24, questions=None) -> tuple[float, list[str]]:
     """Greedy answers to every question (one left-padded batch); share that contain the key fact."""
     import torch
 
     tok.padding_side = "left"
+    items = questions if questions is not None else [(q, key) for q, _, key in FACTS]
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
-               for q, _, _ in FACTS]
+               for q, _ in items]
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     answers = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    hits = sum(key.lower() in a.lower() for (_, _, key), a in zip(FACTS, answers))
-    return hits / len(FACTS), answers
+    hits = sum(key.lower() in a.lower() for (_, key), a in zip(items, answers))
+    return hits / len(items), answers
 
 
 @pytest.mark.slow
@@ -88,10 +107,17 @@ def test_all_auto_lora_learns_made_up_facts(bundled_model_dir, tmp_path, capsys)
     base, tok = load_model("smollm2-135m-instruct")
     model = PeftModel.from_pretrained(base, str(result.model_dir)).eval()
     tuned, answers = hit_rate(model, tok)
+    reworded = [(q, FACTS[i][2]) for i, q in REWORDED]
+    tuned_rw, answers_rw = hit_rate(model, tok, questions=reworded)
     with model.disable_adapter():
         before, _ = hit_rate(model, tok)
+        before_rw, _ = hit_rate(model, tok, questions=reworded)
     with capsys.disabled():
-        print(f"\nquality bar: base {before:.0%} → fine-tuned {tuned:.0%} in {seconds:.0f}s train "
+        print(f"\nquality bar: base {before:.0%} → fine-tuned {tuned:.0%} verbatim, base {before_rw:.0%} → "
+              f"{tuned_rw:.0%} reworded, in {seconds:.0f}s train "
               f"({result.hyperparameters}, {result.trained_tokens} tokens)")
-    assert before <= 0.1
+    assert before <= 0.1 and before_rw <= 0.1
+    # Reworded questions: the issue's goal is >= 70%; asserted here only as clearly above the base model
+    # until the auto rules are measured to reach it (see README, Trainer).
+    assert tuned_rw >= before_rw + 0.2, [a for (_, k), a in zip(reworded, answers_rw) if k.lower() not in a.lower()]
     assert tuned >= 0.9, [a for (_, _, k), a in zip(FACTS, answers) if k.lower() not in a.lower()]

@@ -28,8 +28,8 @@ from tunery.errors import TuneryError
 
 console = Console()
 
-# None: "auto", as most OpenAI users leave it. The trainer's auto rules give this 32-example set 3 epochs at
-# batch 1 with a 5x learning rate — enough for a 135M model to learn the guide's invented facts and style.
+# None: "auto", as most OpenAI users leave it. The trainer's small-set auto rules (question rewrites, a run
+# sized to ~24k trained tokens, early stop once the answers are reproduced) decide the rest; see README.
 DEMO_HYPERPARAMETERS: dict = {}
 SUFFIX = "chiang-mai"
 

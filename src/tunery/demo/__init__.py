@@ -21,6 +21,14 @@ QUESTIONS = (
     "What should I eat in Chiang Mai?",
 )
 
+# The invented facts of the three answers (as the training file states them): the fine-tuned model must
+# state every one of them; the base model cannot know them.
+QUESTION_KEYS = (
+    ("4 pm", "10:30 pm", "Tha Phae Gate"),
+    ("70 baht", "35 minutes"),
+    ("Baan Nok Kitchen", "60 baht"),
+)
+
 
 def read_text(name: str) -> str:
     """The bundled JSONL text of TRAIN_FILE or VALIDATION_FILE."""

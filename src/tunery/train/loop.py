@@ -18,7 +18,8 @@ from pathlib import Path
 from tunery.errors import InvalidRequest
 from tunery.train import checkpoint as ckpt
 from tunery.train.callbacks import CheckpointInfo, TrainCallbacks, TrainResult
-from tunery.train.config import BASE_LEARNING_RATE, TrainConfig, resolve_hyperparameters
+from tunery.train.config import (BASE_LEARNING_RATE, EARLY_STOP_PATIENCE, TrainConfig, resolve_augment,
+                                 resolve_hyperparameters)
 from tunery.train.tokenize import Encoded, encode_example, truncate
 
 # On a CPU, matmuls over a few hundred tokens already run at full speed, so larger micro-batches only add
@@ -29,8 +30,8 @@ DEFAULT_CPU_THROUGHPUT = 150.0  # trained tokens/s for the bundled model, LoRA, 
 
 # --- data -------------------------------------------------------------------------------------
 
-def load_encoded(path, tokenizer, max_length: int, callbacks: TrainCallbacks, what: str) -> list[Encoded]:
-    """Read a JSONL file with tunery.data and encode it; warn about truncation and untrainable examples."""
+def read_file_examples(path, what: str) -> list:
+    """The valid examples of a JSONL file (tunery.data)."""
     try:
         from tunery.data import read_examples
     except ImportError:  # the package __init__ may not export it yet
@@ -38,10 +39,18 @@ def load_encoded(path, tokenizer, max_length: int, callbacks: TrainCallbacks, wh
 
     if not Path(path).exists():
         raise InvalidRequest(f"{what} {path} does not exist", param=what)
+    return list(read_examples(path))
+
+
+def load_encoded(path, tokenizer, max_length: int, callbacks: TrainCallbacks, what: str,
+                 examples: list | None = None) -> list[Encoded]:
+    """Encode a JSONL file's examples (or the given ones); warn about truncation and untrainable examples."""
+    if examples is None:
+        examples = read_file_examples(path, what)
     out: list[Encoded] = []
     truncated: list[Encoded] = []
     empty: list[int] = []
-    for ex in read_examples(path):
+    for ex in examples:
         enc = encode_example(tokenizer, ex)
         if len(enc) > max_length:
             enc = truncate(enc, max_length)
@@ -56,6 +65,7 @@ def load_encoded(path, tokenizer, max_length: int, callbacks: TrainCallbacks, wh
         callbacks.on_event("warn", f"{what}: {len(truncated)} example(s) longer than {max_length} tokens were "
                                    f"truncated: {lines}{more}")
     if empty:
+        empty = sorted(set(empty))
         callbacks.on_event("warn", f"{what}: {len(empty)} example(s) have no trained tokens (no assistant "
                                    f"message with weight 1 inside the length limit) and were skipped: lines "
                                    f"{', '.join(map(str, empty[:10]))}")
@@ -256,18 +266,43 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     max_length = min(config.max_length or ctx, ctx)
     if resume_meta:
         max_length = resume_meta["hyperparameters"].get("max_length") or max_length
-    train_set = load_encoded(config.training_file, tok, max_length, cb, "training_file")
+    raw_train = read_file_examples(config.training_file, "training_file")
     valid_set = (load_encoded(config.validation_file, tok, max_length, cb, "validation_file")
                  if config.validation_file else [])
 
+    from tunery.train.augment import augment, augmentable, describe
+
+    n_augmentable = sum(augmentable(e) for e in raw_train)
     if resume_meta:
         hp = dict(resume_meta["hyperparameters"])
+        n_variants = int(hp.get("augment", 0))
     else:
-        hp = resolve_hyperparameters(config, len(train_set))
-        hp["seed"] = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+        n_variants = 0  # decided once the file's examples are encoded (the rule needs their tokens)
+        seed0 = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+    originals = load_encoded(config.training_file, tok, max_length, cb, "training_file", raw_train)
+    original_tokens = sum(len(e) for e in originals)
+    if not resume_meta and n_augmentable:
+        n_variants = resolve_augment(config, n_augmentable, original_tokens)
+    train_set = list(originals)
+    if n_variants:
+        # Rewrites depend only on (file, seed), so a resumed run rebuilds the same set.
+        aug_seed = hp["seed"] if resume_meta else seed0
+        extra_ex = augment(raw_train, n_variants, aug_seed)[len(raw_train):]
+        train_set += load_encoded(config.training_file, tok, max_length, TrainCallbacks(), "training_file",
+                                  extra_ex)
+    if not resume_meta:
+        hp = resolve_hyperparameters(config, len(train_set), n_variants, len(originals), original_tokens)
+        hp["seed"] = seed0
         hp["method"] = config.method
         hp["lora_rank"] = config.lora_rank if config.method == "lora" else None
         hp["max_length"] = max_length
+        hp["augment"] = n_variants
+        hp["early_stop"] = (config.n_epochs == "auto") if config.early_stop == "auto" else bool(config.early_stop)
+    if n_variants and not resume_meta:
+        why = ("auto: a small set of chats, so each question is also trained in other wordings"
+               if config.augment == "auto" else "as requested")
+        cb.on_event("info", f"Augmenting {n_augmentable} example(s) with {n_variants} question rewrite(s) each "
+                            f"({why}): {describe(raw_train, n_variants, hp['seed'])}")
     seed, batch, n_epochs = hp["seed"], hp["batch_size"], hp["n_epochs"]
     steps_per_epoch = math.ceil(len(train_set) / batch)
     total_steps = steps_per_epoch * n_epochs
@@ -323,6 +358,11 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     status = "succeeded"
     order, order_epoch = [], -1
     valid_batches = [valid_set[i:i + batch] for i in range(0, len(valid_set), batch)]
+    early_stop = bool(hp.get("early_stop"))
+    check_every = max(1, math.ceil(steps_per_epoch * float((config.extra or {}).get("check_frac", 0.5))))
+    min_steps = int(steps_per_epoch * float((config.extra or {}).get("min_epochs", 0)))
+    stop_accuracy = float((config.extra or {}).get("stop_accuracy", 1.0))
+    stopped_at = None
     while step < total_steps:
         stop = cb.should_stop()
         if stop == "cancel":
@@ -372,6 +412,10 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         if epoch_end and valid_set:
             m["full_valid_loss"], m["full_valid_mean_token_accuracy"] = evaluate(
                 model, valid_set, max_tokens, device, autocast)
+        if early_stop and (step % check_every == 0 or epoch_end):
+            # Teacher-forced accuracy on the file's own examples: 100% means greedy decoding reproduces
+            # every trained answer of the file token for token.
+            m["original_loss"], m["original_accuracy"] = evaluate(model, originals, max_tokens, device, autocast)
         last_metrics = m
         history.append({k2: v for k2, v in m.items() if k2 not in ("total_steps",)})
         cb.on_metrics(m)
@@ -384,12 +428,25 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
             checkpoints = [c for c in checkpoints if c.path.exists()]
             cb.on_checkpoint(info)
             cb.on_event("info", f"Checkpoint created at step {step} (epoch {epoch + 1}/{n_epochs})")
+        if early_stop and "original_accuracy" in m and step < total_steps and step >= min_steps:
+            recent = [h["original_accuracy"] for h in history if "original_accuracy" in h][-EARLY_STOP_PATIENCE:]
+            if len(recent) == EARLY_STOP_PATIENCE and min(recent) >= stop_accuracy:
+                stopped_at = step
+                cb.on_event("info", f"Stopping at step {step} of at most {total_steps}: the model reproduces all "
+                                    f"{len(originals)} training answers (teacher-forced token accuracy 100% at "
+                                    f"{EARLY_STOP_PATIENCE} checks in a row, every {check_every} steps)")
+                break
 
     model_dir = None
     resume_out = out_dir / "resume" if status == "paused" else None
     if status == "succeeded":
         model_dir = out_dir / "final"
-        save_model_dir(model, tok, model_dir, {**meta_base, "step": step, "epoch": n_epochs,
+        final_hp = dict(hp)
+        if stopped_at is not None:
+            final_hp.update(n_epochs=math.ceil(stopped_at / steps_per_epoch), max_epochs=n_epochs,
+                            stopped_at_step=stopped_at)
+        save_model_dir(model, tok, model_dir, {**meta_base, "hyperparameters": final_hp, "step": step,
+                                               "epoch": math.ceil(step / steps_per_epoch),
                                                "metrics": _checkpoint_metrics(last_metrics)})
         if (out_dir / "resume").is_dir():  # a finished run has nothing left to resume
             import shutil
@@ -406,6 +463,10 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
             if record_throughput is not None:
                 record_throughput(base_model, config.method, tps)
     hp_public = {**hp, "total_steps": total_steps}
+    if stopped_at is not None:  # the epochs actually trained (the last one may be partial)
+        hp_public["n_epochs"] = math.ceil(stopped_at / steps_per_epoch)
+        hp_public["max_epochs"] = n_epochs
+        hp_public["stopped_at_step"] = stopped_at
     return TrainResult(status=status, hyperparameters=hp_public, trained_tokens=trained_tokens,
                        final_metrics=last_metrics, checkpoints=checkpoints, model_dir=model_dir,
                        resume_dir=resume_out)

@@ -1,0 +1,99 @@
+"""Question augmentation and the small-set auto rules (tiny model): pure, answer-preserving, visible in the
+events, obeyed explicit values, and exact resume of an augmented run."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunery.data.formats import Example
+from tunery.train import TrainConfig, train
+from tunery.train.augment import augment, augmentable, rewrite
+from tunery.train.config import auto_variants, resolve_augment, resolve_hyperparameters
+
+from test_train import Recorder, chat_rows, write_jsonl
+
+
+def chat(q: str, a: str, system: str | None = "Be brief.") -> Example:
+    msgs = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return Example(line=1, kind="chat", messages=msgs)
+
+
+def test_rewrites_are_pure_keep_answers_and_system_and_differ_from_the_question():
+    exs = [chat("What time does the old lighthouse open on Sundays?", "At 9 am."),
+           chat("Who painted the harbour mural?", "Edda Voss painted it.")]
+    a, b = augment(exs, 4, seed=3), augment(exs, 4, seed=3)
+    assert [e.messages for e in a] == [e.messages for e in b]  # a pure function of (data, seed)
+    assert len(a) == 2 + 2 * 4 and a[:2] == exs
+    for e in a[2:]:
+        assert e.messages[0] == {"role": "system", "content": "Be brief."}
+        assert e.messages[2]["content"] in ("At 9 am.", "Edda Voss painted it.")
+    for i, ex in enumerate(exs):
+        q = ex.messages[1]["content"]
+        variants = [e.messages[1]["content"] for e in a[2:] if e.messages[2] == ex.messages[2]]
+        assert q not in variants and len(set(variants)) == 4
+    assert augment(exs, 4, seed=4)[2].messages != a[2].messages or \
+        [e.messages for e in augment(exs, 4, seed=4)] != [e.messages for e in a]
+    assert rewrite("Who painted the harbour mural?", 0, 0, 0) == "painted harbour mural"  # keywords
+
+
+def test_what_is_never_augmented():
+    tools = Example(line=1, kind="chat", messages=[{"role": "user", "content": "x?"},
+                                                    {"role": "assistant", "content": "y"}], tools=[{"type": "function"}])
+    completion = Example(line=1, kind="completion", prompt="Q: x?\nA:", completion=" y")
+    no_user = Example(line=1, kind="chat", messages=[{"role": "assistant", "content": "hi"}])
+    assert not any(augmentable(e) for e in (tools, completion, no_user))
+    assert len(augment([tools, completion, no_user], 3, 0)) == 3
+
+
+def test_auto_rules_small_sets_only_and_explicit_values_obeyed(tmp_path):
+    cfg = TrainConfig(model="m", training_file="f", output_dir=tmp_path)
+    assert auto_variants(28, 1736) >= 1 and auto_variants(5000, 10**6) == 0
+    k = resolve_augment(cfg, 28, 1736)
+    hp = resolve_hyperparameters(cfg, 28 * (k + 1), k, 28, 1736)
+    assert hp["n_epochs"] * (k + 1) >= 4 and hp["batch_size"] == 4
+    # An explicit n_epochs means passes over the file as given: no rewrites unless asked for.
+    explicit = TrainConfig(model="m", training_file="f", output_dir=tmp_path, n_epochs=2, batch_size=3,
+                           learning_rate_multiplier=0.5)
+    assert resolve_augment(explicit, 28, 1736) == 0
+    assert resolve_hyperparameters(explicit, 28, 0, 28, 1736) == {
+        "n_epochs": 2, "batch_size": 3, "learning_rate_multiplier": 0.5, "learning_rate": pytest.approx(1e-4)}
+    asked = TrainConfig(model="m", training_file="f", output_dir=tmp_path, n_epochs=2, augment=2)
+    assert resolve_augment(asked, 28, 1736) == 2
+    with pytest.raises(Exception):
+        TrainConfig(model="m", training_file="f", output_dir=tmp_path, augment=-1).validate()
+
+
+def run_auto(tiny_model_dir, tmp_path, name, cb=None, **kw):
+    cb = cb or Recorder()
+    data = tmp_path / "train.jsonl"
+    if not data.exists():
+        write_jsonl(data, chat_rows(6))
+    cfg = dict(model=str(tiny_model_dir), training_file=data, output_dir=tmp_path / name, seed=11, augment=2,
+               n_epochs="auto", extra={"passes": 6})
+    cfg.update(kw)
+    return train(TrainConfig(**cfg), cb), cb
+
+
+def test_augmented_auto_run_reports_decisions_and_resumes_exactly(tiny_model_dir, tmp_path):
+    straight, cb_a = run_auto(tiny_model_dir, tmp_path, "a", early_stop=False)
+    assert straight.status == "succeeded"
+    assert cb_a.resolved["n_train_examples"] == 18 and cb_a.resolved["augment"] == 2
+    assert any(m.startswith("Augmenting 6 example(s) with 2 question rewrite(s)") for _, m in cb_a.events)
+    assert straight.hyperparameters["augment"] == 2
+    n = len(cb_a.metrics)
+    paused, cb_p = run_auto(tiny_model_dir, tmp_path, "p", cb=Recorder(stop_at={n // 2: "pause"}), early_stop=False)
+    assert paused.status == "paused"
+    resumed, cb_r = run_auto(tiny_model_dir, tmp_path, "p", resume_from=paused.resume_dir, seed=None)
+    assert cb_p.losses() + cb_r.losses() == pytest.approx(cb_a.losses(), rel=1e-5, abs=1e-6)
+
+
+def test_early_stop_event_and_reported_epochs(tiny_model_dir, tmp_path):
+    # The stop rule on the random tiny model (which cannot reach 100% soon), with the accuracy bar lowered:
+    # two checks in a row at or above it end the run early, and the event and hyperparameters say so.
+    res, cb = run_auto(tiny_model_dir, tmp_path, "e", augment=1, extra={"passes": 20, "stop_accuracy": 0.0})
+    stops = [m for _, m in cb.events if m.startswith("Stopping at step")]
+    assert res.status == "succeeded" and stops, cb.events
+    assert res.hyperparameters["stopped_at_step"] == cb.metrics[-1]["step"] < cb.resolved["total_steps"]
+    assert res.hyperparameters["n_epochs"] < res.hyperparameters["max_epochs"]
+    assert "original_accuracy" in cb.metrics[-1]
