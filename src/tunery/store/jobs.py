@@ -42,7 +42,7 @@ HYPERPARAMETER_RANGES: dict[str, tuple[type, float, float, bool]] = {
 SUPERVISED_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 DPO_KEYS = SUPERVISED_KEYS + ("beta",)
 # What tunery.train can run: a job of another method would only fail in the worker, so it is refused here.
-TRAINABLE_METHODS = ("supervised",)
+TRAINABLE_METHODS = ("supervised", "dpo")
 
 
 @dataclass
@@ -146,9 +146,6 @@ def _check_model(name: Any, settings: Settings) -> str:
         raise _bad("model must be a non-empty string", "model")
     if len(name) > 1024 or "\x00" in name:
         raise _bad("model name is too long or contains a NUL character", "model")
-    if name.startswith("ft:"):
-        raise _bad(f"Fine-tuning an already fine-tuned model ({name[:200]}) is not supported; start from its "
-                   "base model.", "model", "model_not_available")
     try:
         resolved = resolve(name, settings)
     except ModelNotFound as exc:
@@ -167,6 +164,24 @@ def _check_model(name: Any, settings: Settings) -> str:
             f"Model {name[:200]} ({resolved.name}) has no weights on this machine; run `tunery models pull "
             f"{resolved.name}` first.", param="model", code="model_not_available")
     return resolved.name
+
+
+def _check_fine_tuned_model(store: Store, org: Organization, name: str) -> str:
+    """An ft: model (or one of its checkpoints) of this org to continue from: the base model it was trained on.
+    The worker starts from its weights (the usual path: SFT first, then DPO on top)."""
+    from tunery.store.models import find_servable_model
+
+    if len(name) > 1024 or "\x00" in name:
+        raise _bad("model name is too long or contains a NUL character", "model")
+    try:
+        servable = find_servable_model(store, org, name)
+    except TuneryError as exc:
+        raise _bad(f"Model {name[:200]} is not available for fine-tuning or does not exist: no such fine-tuned "
+                   "model or checkpoint in this organization.", "model", "model_not_available") from exc
+    if servable.adapter_dir is None or not (Path(servable.adapter_dir) / "tunery.json").is_file():
+        raise _bad(f"The files of {name[:200]} are missing from this machine, so it cannot be trained further.",
+                   "model", "model_not_available")
+    return _check_model(servable.base_model, store.settings)
 
 
 def _check_file(s, org_id: str, fid: Any, param: str) -> File:
@@ -307,7 +322,8 @@ def _check_format(row: File, mtype: str, param: str) -> None:
 def create_job(store: Store, org: Organization, req: JobRequest) -> FineTuningJob:
     """Check everything that can be checked now (400 naming the field), then insert the job and queue it."""
     settings = store.settings
-    base_model = _check_model(req.model, settings)
+    base_model = (_check_fine_tuned_model(store, org, req.model) if isinstance(req.model, str)
+                  and req.model.startswith("ft:") else _check_model(req.model, settings))
     suffix = req.suffix
     if suffix is not None:
         if not isinstance(suffix, str):
