@@ -119,12 +119,12 @@ def test_job_create_and_lifecycle(client):
 def test_dpo_job(client):
     pref = upload(client, preference_jsonl(), name="pref.jsonl")
     assert pref.status == "processed", pref.status_details
-    # Valid DPO data and hyperparameters, but the trainer is supervised-only: refused up front, nothing created.
-    with pytest.raises(openai.BadRequestError) as e:
-        client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=pref.id, method={
-            "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1, "n_epochs": 1}}})
-    assert e.value.body["param"] == "method.type" and e.value.body["code"] == "unsupported_method"
-    assert client.fine_tuning.jobs.list().data == []
+    job = client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=pref.id, method={
+        "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1, "n_epochs": 1}}})
+    assert job.status == "queued" and job.method.type == "dpo"
+    hp = job.method.dpo.hyperparameters
+    assert (hp.beta, hp.n_epochs, hp.batch_size) == (0.1, 1, "auto")
+    assert [j.id for j in client.fine_tuning.jobs.list().data] == [job.id]
     chat = upload(client)
     with pytest.raises(openai.BadRequestError) as e:
         client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=chat.id, method={"type": "dpo"})

@@ -159,12 +159,12 @@ def test_dpo_needs_preference_data(store):
     org = ensure_org(store, "personal")
     pref = create_file(store, org, filename="p.jsonl", purpose="fine-tune", content=preference_jsonl())
     assert pref.status == "processed", pref.status_details
-    # Preference data passes every check, but the trainer is supervised-only: refused, nothing inserted.
-    with pytest.raises(InvalidRequest) as e:
-        create_job(store, org, JobRequest(model="gpt-4o-mini", training_file=pref.id, method={
-            "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}}))
-    assert e.value.param == "method.type" and e.value.code == "unsupported_method"
-    assert list_jobs(store, org).data == []
+    job = create_job(store, org, JobRequest(model="gpt-4o-mini", training_file=pref.id, method={
+        "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}}))
+    assert job.status == "queued" and job.method == {"type": "dpo"}
+    assert job.hyperparameters == {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto",
+                                   "beta": 0.2}
+    assert [j.id for j in list_jobs(store, org).data] == [job.id]
     with pytest.raises(InvalidRequest) as e:
         create_job(store, org, JobRequest(model="gpt-4o-mini", training_file=pref.id))
     assert e.value.param == "training_file"

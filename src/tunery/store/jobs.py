@@ -43,7 +43,7 @@ HYPERPARAMETER_RANGES: dict[str, tuple[type, float, float, bool]] = {
 SUPERVISED_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 DPO_KEYS = SUPERVISED_KEYS + ("beta",)
 # What tunery.train can run: a job of another method would only fail in the worker, so it is refused here.
-TRAINABLE_METHODS = ("supervised",)
+TRAINABLE_METHODS = ("supervised", "dpo")
 
 
 @dataclass
@@ -150,9 +150,6 @@ def _check_model(name: Any, settings: Settings, *, restricted: bool = False) -> 
     if len(name) > 1024 or "\x00" in name:
         raise _bad("model name is too long or contains a NUL character", "model")
     shown = name[:200]
-    if name.startswith("ft:"):
-        raise _bad(f"Fine-tuning an already fine-tuned model ({shown}) is not supported; start from its "
-                   "base model.", "model", "model_not_available")
     unknown = _bad(f"Model {shown} is not available for fine-tuning or does not exist. Use a name from "
                    "GET /v1/models.", "model", "model_not_available")
     try:
@@ -200,6 +197,24 @@ def _check_chat_model(base_model: str, settings: Settings, training_file: Path) 
     problem = chat_training_problem(tokenizer, base_model, training_file)
     if problem:
         raise _bad(problem[:4000], "model", "unsupported_model")
+
+
+def _check_fine_tuned_model(store: Store, org: Organization, name: str, allow_paths: bool = True) -> str:
+    """An ft: model (or one of its checkpoints) of this org to continue from: the base model it was trained on.
+    The worker starts from its weights (the usual path: SFT first, then DPO on top)."""
+    from tunery.store.models import find_servable_model
+
+    if len(name) > 1024 or "\x00" in name:
+        raise _bad("model name is too long or contains a NUL character", "model")
+    try:
+        servable = find_servable_model(store, org, name)
+    except TuneryError as exc:
+        raise _bad(f"Model {name[:200]} is not available for fine-tuning or does not exist: no such fine-tuned "
+                   "model or checkpoint in this organization.", "model", "model_not_available") from exc
+    if servable.adapter_dir is None or not (Path(servable.adapter_dir) / "tunery.json").is_file():
+        raise _bad(f"The files of {name[:200]} are missing from this machine, so it cannot be trained further.",
+                   "model", "model_not_available")
+    return _check_model(servable.base_model, store.settings, restricted=not allow_paths)
 
 
 def _check_file(s, org_id: str, fid: Any, param: str) -> File:
@@ -346,7 +361,8 @@ def create_job(store: Store, org: Organization, req: JobRequest, *, allow_paths:
     `allow_paths=False` (the API with keys, or not on loopback) lets only registry names, aliases and
     directories under TUNERY_MODEL_DIRS be the base model."""
     settings = store.settings
-    base_model = _check_model(req.model, settings, restricted=not allow_paths)
+    base_model = (_check_fine_tuned_model(store, org, req.model, allow_paths) if isinstance(req.model, str)
+                  and req.model.startswith("ft:") else _check_model(req.model, settings, restricted=not allow_paths))
     suffix = req.suffix
     if suffix is not None:
         if not isinstance(suffix, str):

@@ -71,6 +71,13 @@ class TrainConfig:
     early_stop: bool | str = "auto"
     """Stop once the model reproduces the training answers (token accuracy 100% on the original examples,
     teacher-forced, at EARLY_STOP_PATIENCE checks in a row); "auto": on when n_epochs is auto."""
+    objective: Literal["supervised", "dpo"] = "supervised"
+    """OpenAI's method.type: "supervised" (token cross-entropy) or "dpo" (preference pairs, see dpo.py)."""
+    beta: float | str = "auto"
+    """DPO's β (strength of the pull towards the reference); "auto" → DEFAULT_DPO_BETA. Ignored for SFT."""
+    init_from: Path | str | None = None
+    """Start from a tunery fine-tuned model dir (an ft: model: adapter or full weights) instead of the bare
+    base; its tunery.json names the base and method. For DPO it is also the reference."""
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -95,10 +102,11 @@ class TrainConfig:
                                  param="early_stop")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
             raise InvalidRequest(f"seed must be a non-negative integer, got {self.seed!r}", param="seed")
+        _check_objective(self)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("training_file", "validation_file", "output_dir", "resume_from"):
+        for k in ("training_file", "validation_file", "output_dir", "resume_from", "init_from"):
             d[k] = None if d[k] is None else str(d[k])
         return d
 
@@ -210,3 +218,27 @@ def resolve_hyperparameters(config: TrainConfig, n_examples: int, n_variants: in
         mult = float(extra["mult"])
     return {"n_epochs": n_epochs, "batch_size": batch, "learning_rate_multiplier": mult,
             "learning_rate": BASE_LEARNING_RATE[config.method] * mult}
+
+
+# --- preference fine-tuning (DPO) -----------------------------------------------------------------
+
+# β = 0.1: the DPO paper's value for its dialogue/summarisation runs and TRL's default. β scales the implicit
+# reward β·log(π/π_ref): smaller lets the model drift further from the reference, larger keeps it closer.
+DEFAULT_DPO_BETA = 0.1
+
+
+def _check_objective(config: TrainConfig) -> None:
+    if config.objective not in ("supervised", "dpo"):
+        raise InvalidRequest(f"objective (method type) must be 'supervised' or 'dpo', got {config.objective!r}",
+                             param="method.type")
+    b = config.beta
+    if b != "auto" and (not isinstance(b, (int, float)) or isinstance(b, bool) or not (0 < b <= 2)):
+        raise InvalidRequest(f"beta must be 'auto' or a number in (0, 2], got {b!r}",
+                             param="method.dpo.hyperparameters.beta")
+
+
+def resolve_objective(config: TrainConfig) -> dict:
+    """{objective, beta}: beta is a number for DPO ("auto" → DEFAULT_DPO_BETA), absent for SFT."""
+    if config.objective != "dpo":
+        return {"objective": "supervised"}
+    return {"objective": "dpo", "beta": DEFAULT_DPO_BETA if config.beta == "auto" else float(config.beta)}

@@ -19,7 +19,7 @@ from tunery.errors import InvalidRequest
 from tunery.train import checkpoint as ckpt
 from tunery.train.callbacks import CheckpointInfo, TrainCallbacks, TrainResult
 from tunery.train.config import (BASE_LEARNING_RATE, EARLY_STOP_PATIENCE, TrainConfig, resolve_augment,
-                                 resolve_hyperparameters)
+                                 resolve_hyperparameters, resolve_objective)
 from tunery.train.tokenize import Encoded, encode_example, truncate
 
 # On a CPU, matmuls over a few hundred tokens already run at full speed, so larger micro-batches only add
@@ -43,17 +43,19 @@ def read_file_examples(path, what: str) -> list:
 
 
 def load_encoded(path, tokenizer, max_length: int, callbacks: TrainCallbacks, what: str,
-                 examples: list | None = None) -> list[Encoded]:
-    """Encode a JSONL file's examples (or the given ones); warn about truncation and untrainable examples."""
+                 examples: list | None = None, encode=encode_example, cut=truncate) -> list:
+    """Encode a JSONL file's examples (or the given ones); warn about truncation and untrainable examples.
+
+    encode(tokenizer, example) makes one item and cut(item, max_length) shortens it (returning it unchanged
+    when it fits); an item has len(), .n_trained, .line, .truncated and .original_length (Encoded; dpo.Pair)."""
     if examples is None:
         examples = read_file_examples(path, what)
     out: list[Encoded] = []
     truncated: list[Encoded] = []
     empty: list[int] = []
     for ex in examples:
-        enc = encode_example(tokenizer, ex)
-        if len(enc) > max_length:
-            enc = truncate(enc, max_length)
+        enc = cut(encode(tokenizer, ex), max_length)
+        if enc.truncated:
             truncated.append(enc)
         if enc.n_trained == 0 or len(enc) < 2:
             empty.append(enc.line)
@@ -82,7 +84,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def micro_batches(examples: list[Encoded], max_tokens: int) -> list[list[Encoded]]:
+def micro_batches(examples: list, max_tokens: int) -> list[list]:
     """Split one batch into consecutive groups of at most max_tokens tokens (at least one example each)."""
     groups: list[list[Encoded]] = [[]]
     used = 0
@@ -102,6 +104,7 @@ class Packed:
     keep: object  # LongTensor [K]: positions whose next token is trained
     targets: object  # LongTensor [K]
     n_tokens: int
+    seq: object = None  # LongTensor [K]: which of the packed examples each kept position belongs to
 
 
 def pack(examples: list[Encoded], device) -> Packed:
@@ -111,7 +114,8 @@ def pack(examples: list[Encoded], device) -> Packed:
     pos: list[int] = []
     keep: list[int] = []
     tgt: list[int] = []
-    for e in examples:
+    seq: list[int] = []
+    for j, e in enumerate(examples):
         off = len(ids)
         ids.extend(e.input_ids)
         pos.extend(range(len(e)))
@@ -119,8 +123,17 @@ def pack(examples: list[Encoded], device) -> Packed:
             if e.loss_mask[t]:
                 keep.append(off + t - 1)
                 tgt.append(e.input_ids[t])
+                seq.append(j)
     return Packed(torch.tensor([ids], device=device), torch.tensor([pos], device=device),
-                  torch.tensor(keep, device=device), torch.tensor(tgt, device=device), len(ids))
+                  torch.tensor(keep, device=device), torch.tensor(tgt, device=device), len(ids),
+                  torch.tensor(seq, device=device))
+
+
+def forward_logits(model, p: Packed, autocast):
+    """fp32 logits [K, vocab] at the trained positions only (the head is not run anywhere else)."""
+    with autocast():
+        out = model(input_ids=p.input_ids, position_ids=p.position_ids, logits_to_keep=p.keep, use_cache=False)
+    return out.logits[0].float()
 
 
 def forward_loss(model, p: Packed, autocast):
@@ -128,9 +141,7 @@ def forward_loss(model, p: Packed, autocast):
     import torch
     import torch.nn.functional as F
 
-    with autocast():
-        out = model(input_ids=p.input_ids, position_ids=p.position_ids, logits_to_keep=p.keep, use_cache=False)
-    logits = out.logits[0].float()
+    logits = forward_logits(model, p, autocast)
     loss = F.cross_entropy(logits, p.targets, reduction="sum")
     with torch.no_grad():
         correct = int((logits.argmax(-1) == p.targets).sum())
@@ -155,6 +166,59 @@ def evaluate(model, examples: list[Encoded], max_tokens: int, device, autocast) 
     if was_training:
         model.train()
     return loss_sum / max(1, total), correct / max(1, total)
+
+
+class Supervised:
+    """The SFT step objective: mean token cross-entropy over the trained tokens of a batch.
+
+    The loop asks its objective (chosen once, by method type: this or dpo.Dpo) to load the data, run one
+    step's forward/backward and evaluate; metrics come back unprefixed and the loop adds train_/valid_."""
+
+    checkpoint_keys = ("loss", "mean_token_accuracy")
+
+    def load(self, path, tokenizer, max_length: int, callbacks: TrainCallbacks, what: str) -> list[Encoded]:
+        return load_encoded(path, tokenizer, max_length, callbacks, what)
+
+    def start(self, model, hp: dict, train_set, valid_set, resume_dir, run) -> None:
+        """Called once the model is built, before the first step (nothing to prepare for SFT)."""
+
+    def save(self, path: Path) -> None:
+        """Called for every checkpoint/resume dir before its trainer state is written."""
+
+    def step(self, model, batch: list[Encoded], run) -> dict:
+        n_target = sum(e.n_trained - (e.loss_mask[0] if e.loss_mask else 0) for e in batch)
+        loss_sum = 0.0
+        correct = 0
+        for group in micro_batches(batch, run.max_tokens):
+            p = pack(group, run.device)
+            loss, c = forward_loss(model, p, run.autocast)
+            (loss / max(1, n_target)).backward()
+            loss_sum += float(loss.detach())
+            correct += c
+        return {"loss": loss_sum / max(1, n_target), "mean_token_accuracy": correct / max(1, n_target)}
+
+    def evaluate(self, model, examples: list[Encoded], run) -> dict:
+        loss, acc = evaluate(model, examples, run.max_tokens, run.device, run.autocast)
+        return {"loss": loss, "mean_token_accuracy": acc}
+
+
+@dataclass
+class RunContext:
+    """What an objective needs to know about the run to pack and run its batches."""
+
+    device: str
+    autocast: object
+    max_tokens: int
+    method: str  # lora | full
+    init_from: Path | None
+
+
+def make_objective(name: str):
+    if name == "dpo":
+        from tunery.train.dpo import Dpo
+
+        return Dpo()
+    return Supervised()
 
 
 # --- schedule ---------------------------------------------------------------------------------
@@ -213,8 +277,9 @@ def _build_model_inner(config: TrainConfig, hp: dict, device: str, resume_dir: P
 
     from tunery.models import load_model
 
-    if config.method == "full" and resume_dir is not None:
-        model, tok = load_model(str(resume_dir), device=device)
+    weights_from = resume_dir or (Path(config.init_from) if config.init_from else None)
+    if config.method == "full" and weights_from is not None:
+        model, tok = load_model(str(weights_from), device=device)
     else:
         model, tok = load_model(config.model, device=device)
     model.config.use_cache = False
@@ -225,15 +290,28 @@ def _build_model_inner(config: TrainConfig, hp: dict, device: str, resume_dir: P
         lcfg = LoraConfig(r=hp["lora_rank"], lora_alpha=2 * hp["lora_rank"], lora_dropout=0.0,
                           target_modules="all-linear", task_type="CAUSAL_LM")
         model = get_peft_model(model, lcfg)
-        if resume_dir is not None:
+        if weights_from is not None:
             from safetensors.torch import load_file
 
-            set_peft_model_state_dict(model, load_file(str(resume_dir / "adapter_model.safetensors")))
+            set_peft_model_state_dict(model, load_file(str(weights_from / "adapter_model.safetensors")))
     else:
         for p in model.parameters():
             p.requires_grad_(True)
     model.train()
     return model, tok
+
+
+def _start_from_fine_tuned(config: TrainConfig, cb: TrainCallbacks) -> None:
+    """init_from is a fine-tuned model: it decides the base, the method and (LoRA) the rank, like a resume.
+
+    A LoRA result is trained further as the same adapter (one adapter on the same base, so it is saved,
+    served and exported like any other), not stacked under a new one."""
+    meta = ckpt.read_meta(Path(config.init_from))
+    if config.method != meta["method"]:
+        cb.on_event("info", f"Continuing {config.init_from}'s {meta['method']} fine-tuning (it decides the method)")
+    config.method = meta["method"]
+    config.model = meta["base_model"]
+    config.lora_rank = (meta.get("hyperparameters") or {}).get("lora_rank") or config.lora_rank
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -257,7 +335,12 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         # The checkpoint decides what is being trained; the config only adds where and with which data.
         config.method = resume_meta["method"]
         config.model = resume_meta["base_model"]
+        config.init_from = resume_meta["hyperparameters"].get("init_from")
+        config.objective = resume_meta["hyperparameters"].get("objective", "supervised")
+    elif config.init_from:
+        _start_from_fine_tuned(config, cb)
     base_model = resolve(config.model).name
+    objective = make_objective(config.objective)
 
     from tunery.models import load_tokenizer
 
@@ -266,12 +349,14 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     max_length = min(config.max_length or ctx, ctx)
     if resume_meta:
         max_length = resume_meta["hyperparameters"].get("max_length") or max_length
-    raw_train = read_file_examples(config.training_file, "training_file")
-    valid_set = (load_encoded(config.validation_file, tok, max_length, cb, "validation_file")
+    valid_set = (objective.load(config.validation_file, tok, max_length, cb, "validation_file")
                  if config.validation_file else [])
 
     from tunery.train.augment import augment, augmentable, describe
 
+    # Question rewrites are for chat SFT only; preference pairs are trained as given.
+    supervised = config.objective == "supervised"
+    raw_train = read_file_examples(config.training_file, "training_file") if supervised else []
     n_augmentable = sum(augmentable(e) for e in raw_train)
     if resume_meta:
         hp = dict(resume_meta["hyperparameters"])
@@ -279,7 +364,8 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     else:
         n_variants = 0  # decided once the file's examples are encoded (the rule needs their tokens)
         seed0 = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
-    originals = load_encoded(config.training_file, tok, max_length, cb, "training_file", raw_train)
+    originals = (load_encoded(config.training_file, tok, max_length, cb, "training_file", raw_train) if supervised
+                 else objective.load(config.training_file, tok, max_length, cb, "training_file"))
     original_tokens = sum(len(e) for e in originals)
     if not resume_meta and n_augmentable:
         n_variants = resolve_augment(config, n_augmentable, original_tokens)
@@ -297,7 +383,11 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         hp["lora_rank"] = config.lora_rank if config.method == "lora" else None
         hp["max_length"] = max_length
         hp["augment"] = n_variants
-        hp["early_stop"] = (config.n_epochs == "auto") if config.early_stop == "auto" else bool(config.early_stop)
+        hp["early_stop"] = supervised and ((config.n_epochs == "auto") if config.early_stop == "auto"
+                                           else bool(config.early_stop))
+        hp.update(resolve_objective(config))
+        if config.init_from:
+            hp["init_from"] = str(config.init_from)
     if n_variants and not resume_meta:
         why = ("auto: a small set of chats, so each question is also trained in other wordings"
                if config.augment == "auto" else "as requested")
@@ -324,6 +414,9 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
                     "estimated_seconds": round(epoch_tokens * n_epochs / throughput, 1)})
 
     model, _ = _build_model(config, hp, device, resume_dir)
+    run = RunContext(device, autocast, max_tokens, config.method,
+                     Path(config.init_from) if config.init_from else None)
+    objective.start(model, hp, train_set, valid_set, resume_dir, run)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=hp["learning_rate"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
@@ -350,6 +443,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
 
     def save(path: Path, epoch: int, metrics: dict) -> None:
         save_model_dir(model, tok, path, {**meta_base, "step": step, "epoch": epoch, "metrics": metrics})
+        objective.save(path)
         ckpt.save_state(path, optimizer=opt, step=step, trained_tokens=trained_tokens, metrics=metrics,
                         history=history)
 
@@ -378,20 +472,12 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         if order_epoch != epoch:
             order, order_epoch = epoch_order(len(train_set), seed, epoch), epoch
         batch_ex = [train_set[i] for i in order[k * batch:(k + 1) * batch]]
-        n_target = sum(e.n_trained - (e.loss_mask[0] if e.loss_mask else 0) for e in batch_ex)
 
         t0 = time.perf_counter()
         lr = lr_at(step, total_steps, hp["learning_rate"])
         for g in opt.param_groups:
             g["lr"] = lr
-        loss_sum = 0.0
-        correct = 0
-        for group in micro_batches(batch_ex, max_tokens):
-            p = pack(group, device)
-            loss, c = forward_loss(model, p, autocast)
-            (loss / max(1, n_target)).backward()
-            loss_sum += float(loss.detach())
-            correct += c
+        stats = objective.step(model, batch_ex, run)
         opt.step()
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
@@ -402,16 +488,15 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         session_time += dt
 
         m = {"step": step, "total_steps": total_steps, "epoch": epoch + 1,
-             "train_loss": loss_sum / max(1, n_target), "train_mean_token_accuracy": correct / max(1, n_target),
+             **{f"train_{k2}": v for k2, v in stats.items()},
              "learning_rate": lr, "trained_tokens": trained_tokens,
              "tokens_per_second": session_tokens / session_time if session_time else 0.0}
         epoch_end = step % steps_per_epoch == 0
         if valid_batches and (step % eval_every == 0 or epoch_end):
             vb = valid_batches[(step // eval_every) % len(valid_batches)]
-            m["valid_loss"], m["valid_mean_token_accuracy"] = evaluate(model, vb, max_tokens, device, autocast)
+            m.update({f"valid_{k2}": v for k2, v in objective.evaluate(model, vb, run).items()})
         if epoch_end and valid_set:
-            m["full_valid_loss"], m["full_valid_mean_token_accuracy"] = evaluate(
-                model, valid_set, max_tokens, device, autocast)
+            m.update({f"full_valid_{k2}": v for k2, v in objective.evaluate(model, valid_set, run).items()})
         if early_stop and (step % check_every == 0 or epoch_end):
             # Teacher-forced accuracy on the file's own examples: 100% means greedy decoding reproduces
             # every trained answer of the file token for token.
@@ -421,8 +506,8 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         cb.on_metrics(m)
         if epoch_end:
             path = ckpt_dir / f"step-{step}"
-            save(path, epoch + 1, _checkpoint_metrics(m))
-            info = CheckpointInfo(step=step, epoch=epoch + 1, path=path, metrics=_checkpoint_metrics(m))
+            save(path, epoch + 1, _checkpoint_metrics(m, objective))
+            info = CheckpointInfo(step=step, epoch=epoch + 1, path=path, metrics=_checkpoint_metrics(m, objective))
             checkpoints.append(info)
             ckpt.prune(ckpt_dir, config.keep_checkpoints)
             checkpoints = [c for c in checkpoints if c.path.exists()]
@@ -447,7 +532,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
                             stopped_at_step=stopped_at)
         save_model_dir(model, tok, model_dir, {**meta_base, "hyperparameters": final_hp, "step": step,
                                                "epoch": math.ceil(step / steps_per_epoch),
-                                               "metrics": _checkpoint_metrics(last_metrics)})
+                                               "metrics": _checkpoint_metrics(last_metrics, objective)})
         if (out_dir / "resume").is_dir():  # a finished run has nothing left to resume
             import shutil
 
@@ -455,7 +540,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         tps = session_tokens / session_time if session_time else 0.0
         cb.on_event("info", f"Training finished: {step} steps, {trained_tokens} trained tokens, "
                             f"{tps:.0f} tokens/s")
-        if session_tokens >= 1000:
+        if session_tokens >= 1000 and config.objective == "supervised":  # estimates are for SFT jobs
             try:
                 from tunery.data.estimate import record_throughput
             except ImportError:
@@ -472,12 +557,9 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
                        resume_dir=resume_out)
 
 
-_CKPT_KEYS = ("step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
-              "full_valid_loss", "full_valid_mean_token_accuracy")
-
-
-def _checkpoint_metrics(m: dict) -> dict:
-    return {k: m[k] for k in _CKPT_KEYS if k in m}
+def _checkpoint_metrics(m: dict, objective) -> dict:
+    keys = ["step"] + [f"{p}{k}" for p in ("train_", "valid_", "full_valid_") for k in objective.checkpoint_keys]
+    return {k: m[k] for k in keys if k in m}
 
 
 def save_model_dir(model, tok, path: Path, meta: dict) -> None:

@@ -114,8 +114,26 @@ def encode_example(tokenizer, example) -> Encoded:
     if kind == "completion":
         return encode_completion(tokenizer, example.prompt or "", example.completion or "", example.line)
     raise InvalidRequest(
-        f"line {example.line}: {kind} examples need method 'dpo', which this trainer does not support; "
-        "use chat or prompt/completion data for supervised fine-tuning.", param="training_file")
+        f"line {example.line}: {kind} examples are preference pairs: train them with the dpo method "
+        "(method type 'dpo'), or use chat or prompt/completion data for supervised fine-tuning.",
+        param="training_file")
+
+
+def encode_preference(tokenizer, example) -> tuple[Encoded, Encoded]:
+    """A preference pair → (chosen, rejected): input + preferred / non-preferred output, each a full chat.
+
+    Only the output's tokens are trained (assistant turns inside the input get weight 0), with the same
+    template-prefix masks as SFT, so a DPO log-prob sums exactly the tokens SFT would train on that output.
+    """
+    if example.kind != "preference":
+        raise InvalidRequest(f"line {example.line}: the dpo method needs preference pairs ({{input, "
+                             f"preferred_output, non_preferred_output}}), not {example.kind} examples",
+                             param="training_file")
+    prompt = [dict(m, weight=0) if m.get("role") == "assistant" else m for m in example.messages or []]
+    tools = getattr(example, "tools", None)
+    chosen = encode_chat(tokenizer, prompt + list(example.preferred), example.line, tools)
+    rejected = encode_chat(tokenizer, prompt + list(example.non_preferred), example.line, tools)
+    return chosen, rejected
 
 
 def truncate(enc: Encoded, max_length: int) -> Encoded:

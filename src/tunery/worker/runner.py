@@ -100,6 +100,11 @@ def _tail(path: Path, n: int = 5) -> str:
 def _model_name_base(job) -> str:
     """The <base> part of ft:<base>:<org>:<suffix>:<id>: the model as requested (a directory's name)."""
     base = job.model
+    if base.startswith("ft:"):  # training a fine-tuned model further: named after its base, as OpenAI does
+        from tunery.ids import parse_fine_tuned_name
+
+        parsed = parse_fine_tuned_name(base)
+        base = parsed.base if parsed is not None else job.base_model
     if "/" in base or os.sep in base:
         base = Path(base.rstrip("/")).name or "model"
     return base.replace(":", "-")
@@ -124,7 +129,11 @@ def _metrics_message(d: dict) -> str:
 
 _METRIC_KEYS = ("step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "valid_loss",
                 "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy",
-                "trained_tokens", "tokens_per_second")
+                "trained_tokens", "tokens_per_second") + tuple(
+    f"{p}{k}" for p in ("train_", "valid_", "full_valid_")  # DPO (tunery.train.dpo)
+    for k in ("reward_accuracy", "reward_margin", "chosen_rewards", "rejected_rewards", "chosen_logps",
+              "rejected_logps"))
+_RESOLVED_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")
 
 
 class JobRun:
@@ -173,6 +182,15 @@ class JobRun:
             spec = resolve(self.job.base_model, self.settings).spec
         except TuneryError as exc:
             return f"The base model {self.job.model!r} is unavailable: {exc.message}"
+        if self.job.model.startswith("ft:"):  # continuing a fine-tuned model: its files must still be here
+            from tunery.store.models import find_servable_model
+
+            try:
+                adapter = find_servable_model(self.store, self.job.org_id, self.job.model).adapter_dir
+            except TuneryError as exc:
+                return f"The fine-tuned model {self.job.model!r} is unavailable: {exc.message}"
+            if adapter is None or not (Path(adapter) / "tunery.json").is_file():
+                return f"The files of the fine-tuned model {self.job.model!r} are missing from this machine."
         if not is_available(spec, self.settings):
             hint = (f"run `tunery models pull {spec.name}` on the worker's machine" if spec.kind != "local"
                     else "the directory is missing or has no config.json and *.safetensors")
@@ -221,7 +239,19 @@ class JobRun:
             cfg["method"] = hp["training_type"]
         if isinstance(hp.get("lora_rank"), int):
             cfg["lora_rank"] = hp["lora_rank"]
+        cfg.update(self._method_config(mtype, hp))
         return cfg
+
+    def _method_config(self, mtype: str, hp: dict) -> dict:
+        """The trainer's objective (OpenAI's method.type) and, for an ft: model, the weights to start from."""
+        out: dict = {"objective": mtype}
+        if mtype == "dpo":
+            out["beta"] = hp.get("beta", "auto")
+        if self.job.model.startswith("ft:"):
+            from tunery.store.models import find_servable_model
+
+            out["init_from"] = str(find_servable_model(self.store, self.job.org_id, self.job.model).adapter_dir)
+        return out
 
     def _child_env(self) -> dict:
         s = self.settings
@@ -251,9 +281,9 @@ class JobRun:
         from tunery.store import queue
 
         job = self.job
-        if (job.method or {}).get("type", "supervised") not in ("supervised",):
+        if (job.method or {}).get("type", "supervised") not in ("supervised", "dpo"):
             self.fail("unsupported_method", f"method type {job.method.get('type')!r} is not supported by "
-                      "this worker's trainer (supervised only)", "method")
+                      "this worker's trainer (supervised and dpo only)", "method")
             return
         reason = self._check_base_model()
         if reason:
@@ -384,7 +414,7 @@ class JobRun:
             self._update_eta(data)
         elif kind == "resolved":
             hp = msg[1]
-            resolved = {k: hp[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier") if k in hp}
+            resolved = {k: hp[k] for k in _RESOLVED_KEYS if k in hp}
             values = {"resolved_hyperparameters": resolved}
             if hp.get("estimated_seconds"):
                 values["estimated_finish"] = int(time.time() + float(hp["estimated_seconds"]))
@@ -488,8 +518,7 @@ class JobRun:
             self.fail("training_crashed", "the trainer reported success but wrote no model directory")
             return
         csv_text = queue.result_csv(queue.metrics_events(self.store, self.job.id))
-        hp = {k: result["hyperparameters"][k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")
-              if k in result.get("hyperparameters", {})}
+        hp = {k: result["hyperparameters"][k] for k in _RESOLVED_KEYS if k in result.get("hyperparameters", {})}
         ok = queue.finish_succeeded(self.store, self.job, self.owner, fine_tuned_model=self.ft_name,
                                     model_path=str(model_dir), trained_tokens=int(result["trained_tokens"]),
                                     resolved_hyperparameters=hp or None, result_csv_text=csv_text)
