@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tunery.api.deps import ERROR_RESPONSES, current_org, get_store
-from tunery.inference.engine import get_engine
+from tunery.inference.router import get_engine
 from tunery.inference.wire import Answer, ChatCompletionRequest, chat_messages, chat_params
 from tunery.store import Organization, Store, find_servable_model
 
