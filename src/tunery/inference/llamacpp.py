@@ -256,6 +256,10 @@ class LlamaCppEngine:
                prompt_param: str = "messages") -> Generation:
         m: GGUFModel = handle.backend
         check_context(m.context_length, len(prompt_ids), params, prompt_param)
+        if params.json_schema is not None:
+            from tunery.inference.grammar import check_schema
+
+            check_schema(params.json_schema)
         with self._lock:
             if self._closed:
                 raise ModelUnavailable("the inference engine is shut down")
