@@ -305,3 +305,17 @@ def _add_tokenizer(writer, model_dir: Path, vocab_size: int, base: Path | None) 
         template = (model_dir / "chat_template.jinja").read_text()
     if isinstance(template, str) and template:
         writer.add_chat_template(template)
+
+
+def convert_for_llamacpp(model_dir: Path | str, base_model: str, settings=None) -> Path | None:
+    """A finished job's weights as GGUF beside them (adapter.gguf for a LoRA, model.gguf for full
+    weights of a Llama-architecture model); None when the base has no GGUF to pair a LoRA with or the
+    architecture does not convert (the torch engine serves those)."""
+    model_dir = Path(model_dir)
+    if (model_dir / "adapter_config.json").exists():
+        base = base_gguf(base_model, settings)
+        return lora_to_gguf(model_dir, base) if base is not None else None
+    cfg = json.loads((model_dir / "config.json").read_text())
+    if cfg.get("model_type") != "llama":
+        return None
+    return model_to_gguf(model_dir, base=base_gguf(base_model, settings))
