@@ -30,7 +30,7 @@ from tunery.inference.config import EngineConfig, ModelHandle, Servable
 from tunery.inference.generation import (  # noqa: F401  (re-exported: the torch engine's old import path)
     Choice, Delta, Done, Failed, Finished, Generation, SamplingParams, TokenLogprob, Usage, check_context,
 )
-from tunery.inference.torch_models import Backend, _Adapter, _Request
+from tunery.inference.torch_models import Backend, _Adapter, _Request, _Seq
 from tunery.inference.torch_sampling import Sampling
 from tunery.settings import Settings, get_settings
 
