@@ -1,23 +1,14 @@
-"""Inference: an engine serving base models, LoRA adapters and full fine-tunes with continuous batching."""
+"""Inference: a router in front of backends (llama.cpp, tunery's torch engine) serving base models,
+LoRA adapters and full fine-tunes."""
 
-from tunery.inference.engine import (
-    Choice,
-    Delta,
-    Done,
-    Engine,
-    EngineConfig,
-    Failed,
-    Finished,
-    Generation,
-    ModelHandle,
-    SamplingParams,
-    Servable,
-    TokenLogprob,
-    Usage,
-    get_engine,
+from tunery.inference.config import EngineConfig, ModelHandle, Servable
+from tunery.inference.engine import Engine
+from tunery.inference.generation import (
+    Choice, Delta, Done, Failed, Finished, Generation, SamplingParams, TokenLogprob, Usage,
 )
+from tunery.inference.router import Router, get_engine
 
 __all__ = [
     "Choice", "Delta", "Done", "Engine", "EngineConfig", "Failed", "Finished", "Generation", "ModelHandle",
-    "SamplingParams", "Servable", "TokenLogprob", "Usage", "get_engine",
+    "Router", "SamplingParams", "Servable", "TokenLogprob", "Usage", "get_engine",
 ]

@@ -86,3 +86,15 @@ class GrammarFactory:
 
     def apply(self, logits, bitmask, rows: list[int]) -> None:
         self.xgr.apply_token_bitmask_inplace(logits, bitmask, indices=rows)
+
+
+def check_schema(schema: dict) -> None:
+    """A 400 for a JSON Schema xgrammar cannot use (backends whose own grammar engine would accept
+    nonsense silently — llama.cpp's llguidance — check here first, so every backend refuses alike)."""
+    import xgrammar as xgr
+
+    try:
+        xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=True)
+    except Exception as exc:  # xgrammar reports unsupported or invalid schemas with its own errors
+        raise InvalidRequest(f"response_format JSON schema could not be used: {exc}",
+                             param="response_format.json_schema.schema") from exc

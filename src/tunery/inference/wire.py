@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunery import __version__
 from tunery.errors import InvalidRequest, TuneryError
-from tunery.inference.engine import Delta, Done, Failed, Finished, Generation, SamplingParams, TokenLogprob
+from tunery.inference.generation import Delta, Done, Failed, Finished, Generation, SamplingParams, TokenLogprob
 from tunery.inference.grammar import schema_of
 
 SYSTEM_FINGERPRINT = f"fp_tunery_{__version__.replace('.', '_')}"

@@ -96,11 +96,19 @@ def export_command(
     directory: Path = typer.Argument(..., help="A run's final/ or checkpoints/step-N directory."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Where to write (default: DIR-merged)."),
     merge: bool = typer.Option(False, "--merge", help="Merge the LoRA adapter into the base weights."),
+    gguf: bool = typer.Option(False, "--gguf", help="Write GGUF for llama.cpp (a GGUF LoRA, or a GGUF model)."),
+    ollama: bool = typer.Option(False, "--ollama", help="GGUF plus an Ollama Modelfile (FROM + ADAPTER)."),
 ) -> None:
-    """Export a trained model as a standalone Hugging Face directory (--merge) or a clean adapter copy."""
-    from tunery.train.export import export_model
+    """Export a trained model as a standalone Hugging Face directory (--merge), a clean adapter copy,
+    or GGUF for llama.cpp / Ollama (--gguf, --ollama)."""
+    from tunery.train.export import export_gguf, export_model
 
     directory = directory.resolve()
+    if gguf or ollama:
+        out = output or directory.with_name(directory.name + ("-ollama" if ollama else "-gguf"))
+        export_gguf(directory, out, ollama=ollama)
+        console.print(f"[green]exported[/green] → {out}")
+        return
     out = output or directory.with_name(directory.name + ("-merged" if merge else "-export"))
     export_model(directory, out, merge=merge)
     console.print(f"[green]exported[/green] → {out}")

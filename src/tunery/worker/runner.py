@@ -510,6 +510,23 @@ class JobRun:
                           reason=f"Retrying (attempt {job.attempts + 1} of {self.cfg.max_attempts}) from the "
                                  "last checkpoint")
 
+    def _convert_gguf(self, model_dir: Path) -> None:
+        """issue 14: the weights as GGUF beside them, so llama.cpp serves the model at its first request.
+        A failure is a warning, not a failed job: the torch engine still serves the model."""
+        from tunery.inference.convert import convert_for_llamacpp
+
+        self.event("info", "Converting adapter to GGUF for llama.cpp…")
+        try:
+            out = convert_for_llamacpp(model_dir, self.job.base_model, self.settings)
+        except Exception as exc:  # any conversion problem: say it, keep the job's success
+            self.event("warning", f"GGUF conversion failed ({exc}); the model is served by the torch engine")
+            return
+        if out is None:
+            self.event("info", "No GGUF conversion for this model (its base has no GGUF or it is not "
+                               "Llama-architecture); llama.cpp converts or the torch engine serves it")
+        else:
+            self.event("info", f"Wrote {out.name} for llama.cpp")
+
     def _succeed(self, result: dict) -> None:
         from tunery.store import queue
 
@@ -517,6 +534,7 @@ class JobRun:
         if not model_dir or not Path(model_dir).exists():
             self.fail("training_crashed", "the trainer reported success but wrote no model directory")
             return
+        self._convert_gguf(Path(model_dir))
         csv_text = queue.result_csv(queue.metrics_events(self.store, self.job.id))
         hp = {k: result["hyperparameters"][k] for k in _RESOLVED_KEYS if k in result.get("hyperparameters", {})}
         ok = queue.finish_succeeded(self.store, self.job, self.owner, fine_tuned_model=self.ft_name,

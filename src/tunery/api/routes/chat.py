@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from tunery.api.deps import ERROR_RESPONSES, check_choices, current_org, get_store, path_models_allowed
 from tunery.api.guard import bypassed, guarded_chat
-from tunery.inference.engine import get_engine
+from tunery.inference.router import get_engine
 from tunery.inference.wire import Answer, ChatCompletionRequest, chat_messages, chat_params
 from tunery.store import Organization, Store, find_servable_model
 from tunery.store.guards import find_guard

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from tunery.api.deps import ERROR_RESPONSES, check_choices, current_org, get_store, path_models_allowed
 from tunery.errors import InvalidRequest
-from tunery.inference.engine import get_engine
+from tunery.inference.router import get_engine
 from tunery.inference.wire import Answer, CompletionRequest, completion_params
 from tunery.store import Organization, Store, find_servable_model
 

@@ -1,0 +1,382 @@
+"""The llama.cpp backend: llama.cpp's server in-process (the `xllamacpp` wheel), one per served GGUF.
+
+llama.cpp fixes a server's LoRA list when it starts and picks adapters per request (`lora: [{id,
+scale}]`). So each GGUF model keeps one *current* server instance with every adapter asked for so far;
+when a request names an adapter the instance lacks (a job just succeeded, a checkpoint is asked for),
+a new instance starts with the longer list and takes over, while the old one finishes the requests it
+has (it is dropped when its last one ends). Deleting a model rebuilds the list without it.
+
+Requests go to the instance's own HTTP endpoint on 127.0.0.1 (streamed, one blocking client per
+sequence on a thread pool: no GIL held while llama.cpp decodes). Prompts are sent as token ids made
+by the model's Hugging Face tokenizer, so prompts, usage and echo are identical on every backend;
+n > 1 is n sequences (seed + i, as the torch engine); stop strings, grammar (JSON Schema through
+llama.cpp's llguidance), penalties and logprobs are llama.cpp's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunery.errors import ModelUnavailable, RateLimited, TuneryError
+from tunery.inference.config import EngineConfig, ModelHandle, Servable
+from tunery.inference.generation import (
+    Delta, Done, Failed, Finished, Generation, SamplingParams, TokenLogprob, Usage, check_context,
+)
+from tunery.settings import Settings, get_settings
+
+log = logging.getLogger("tunery.inference")
+
+
+def available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("xllamacpp") is not None
+
+
+@dataclass
+class _Instance:
+    server: object
+    url: str
+    adapters: list[str]  # GGUF LoRA paths; the index is llama.cpp's adapter id
+    active: int = 0
+    retired: bool = False
+
+
+@dataclass
+class GGUFModel:
+    """One served GGUF (a base model, or a converted full fine-tune) and its tokenizer."""
+
+    key: str
+    gguf: Path
+    tokenizer: object
+    context_length: int
+    vocab_size: int
+    model_id: str | None = None  # set for full fine-tunes (what unload() matches)
+    adapters: dict[str, str] = field(default_factory=dict)  # GGUF LoRA path → model id (served ones)
+    names: dict[str, str] = field(default_factory=dict)  # every path ever seen → model id (for loaded())
+    current: _Instance | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)  # adapters and current
+    build_lock: threading.Lock = field(default_factory=threading.Lock)  # one instance starts at a time
+
+
+class LlamaCppEngine:
+    name = "llamacpp"
+
+    def __init__(self, settings: Settings | None = None, config: EngineConfig | None = None):
+        from tunery.models import setup_threads
+
+        if not available():
+            raise ModelUnavailable("the llama.cpp backend needs the xllamacpp package (pip install xllamacpp)")
+        self.settings = settings or get_settings()
+        self.config = config or EngineConfig.from_env()
+        self.threads = setup_threads(self.settings)
+        self.models: dict[str, GGUFModel] = {}
+        self._lock = threading.RLock()
+        self._pool = ThreadPoolExecutor(max_workers=self.config.max_batch + self.config.max_queue + 4,
+                                        thread_name_prefix="tunery-llamacpp")
+        self._seqs = 0  # sequences submitted and not finished
+        self._closed = False
+
+    # -- models --
+
+    def _model(self, key: str, make) -> GGUFModel:
+        with self._lock:
+            m = self.models.get(key)
+            if m is None:
+                m = self.models[key] = make()
+            return m
+
+    def prepare(self, model: str | Servable) -> ModelHandle:
+        """Resolve what `model` needs (converting to GGUF once) and make sure a server instance has it.
+
+        Blocks while a server instance starts (the first request for a model, a new adapter)."""
+        from tunery.inference import convert
+        from tunery.models import context_length, load_tokenizer, resolve
+
+        if isinstance(model, str):
+            model = Servable(id=model, base_model=resolve(model, self.settings).name, adapter_dir=None)
+        adapter_dir = Path(model.adapter_dir) if getattr(model, "adapter_dir", None) else None
+        if adapter_dir is not None and not (adapter_dir / "adapter_config.json").exists():
+            gguf = adapter_dir / convert.MODEL_GGUF
+            if not gguf.exists():
+                convert.model_to_gguf(adapter_dir, gguf, base=convert.base_gguf(model.base_model, self.settings))
+
+            def make_full():
+                has_tok = (adapter_dir / "tokenizer.json").exists()
+                tok = load_tokenizer(str(adapter_dir) if has_tok else model.base_model, self.settings)
+                ctx = min(context_length(model.base_model, self.settings),
+                          json.loads((adapter_dir / "config.json").read_text()).get("max_position_embeddings", 2048))
+                return GGUFModel(str(adapter_dir.resolve()), gguf, tok, ctx, len(tok), model_id=model.id)
+
+            m = self._model(str(adapter_dir.resolve()), make_full)
+            self._ensure(m, None)
+            return ModelHandle(model.id, m)
+        base = model.base_model
+        gguf = self._base_gguf(base)
+
+        def make_base():
+            tok = load_tokenizer(base, self.settings)
+            return GGUFModel(base, gguf, tok, context_length(base, self.settings), len(tok))
+
+        m = self._model(base, make_base)
+        lora = None
+        if adapter_dir is not None:
+            lora_path = adapter_dir / convert.LORA_GGUF
+            if not lora_path.exists():
+                convert.lora_to_gguf(adapter_dir, m.gguf, lora_path)
+            lora = str(lora_path.resolve())
+            with m.lock:
+                m.adapters[lora] = m.names[lora] = model.id
+        self._ensure(m, lora)
+        return ModelHandle(model.id, m, adapter=lora, adapter_dir=adapter_dir)
+
+    def _base_gguf(self, base: str) -> Path:
+        from tunery.inference import convert
+        from tunery.models import materialize
+
+        path = convert.base_gguf(base, self.settings)
+        if path is not None:
+            return path
+        # A Hugging Face directory (local, or a downloaded snapshot): convert it once into the cache.
+        src = materialize(base, self.settings)
+        out = self.settings.model_cache / "gguf" / (hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:16]
+                                                    + ".gguf")
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            convert.model_to_gguf(src, out)
+        return out
+
+    def _ensure(self, m: GGUFModel, lora: str | None) -> None:
+        """Make the current instance have `lora`; only a request that needs a new instance waits for it."""
+        cur = m.current
+        if cur is not None and (lora is None or lora in cur.adapters):
+            return
+        with m.build_lock:
+            cur = m.current
+            if cur is not None and (lora is None or lora in cur.adapters):
+                return
+            with m.lock:
+                wanted = list(cur.adapters) if cur is not None else []
+                wanted = [p for p in wanted if p in m.adapters] + [p for p in m.adapters if p not in wanted]
+            self._swap(m, wanted)
+
+    def _swap(self, m: GGUFModel, adapters: list[str]) -> None:
+        """Start an instance with `adapters` and make it current; the old one drains (build_lock held)."""
+        new = self._start(m, adapters)
+        with m.lock:
+            old, m.current = m.current, new
+        if old is not None:
+            self._retire(old)
+
+    def _start(self, m: GGUFModel, adapters: list[str]) -> _Instance:
+        import xllamacpp
+
+        p = xllamacpp.CommonParams()
+        p.model.path = str(m.gguf)
+        p.n_parallel = self.config.max_batch
+        p.kv_unified = True  # one KV pool shared by the slots, so one long request can use the window
+        p.n_ctx = max(m.context_length, int(os.environ.get("TUNERY_LLAMACPP_CTX", "16384") or 16384))
+        p.cpuparams.n_threads = self.threads
+        p.cpuparams_batch.n_threads = self.threads
+        p.verbosity = -1
+        p.warmup = False
+        p.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(a, 0.0) for a in adapters]
+        p.lora_init_without_apply = True
+        try:
+            server = xllamacpp.Server(p)
+        except Exception as exc:  # llama.cpp's load failure (bad GGUF, adapter of another base): name it
+            raise ModelUnavailable(f"llama.cpp could not load {m.gguf.name}: {exc}", param="model") from exc
+        log.info("llama.cpp instance for %s with %d adapters at %s", m.key, len(adapters), server.listening_address)
+        return _Instance(server, server.listening_address, list(adapters))
+
+    def _stop(self, inst: _Instance) -> None:
+        inst.server = None  # the wheel's destructor stops the server's threads
+
+    def unload(self, model_id: str) -> None:
+        """Forget a deleted model: its adapter leaves the adapter list (a new instance starts without it;
+        requests already running on the old one finish), a full fine-tune's instance is dropped."""
+        def matches(mid):
+            return mid == model_id or mid.startswith(model_id + ":ckpt-step-")
+
+        for m in list(self.models.values()):
+            if m.model_id is not None and matches(m.model_id):
+                with self._lock:
+                    self.models.pop(m.key, None)
+                with m.lock:
+                    if m.current is not None:
+                        self._retire(m.current)
+                        m.current = None
+                continue
+            with m.lock:
+                gone = [p for p, mid in m.adapters.items() if matches(mid)]
+                if not gone:
+                    continue
+                for p in gone:
+                    del m.adapters[p]
+                if m.current is not None and any(p in m.current.adapters for p in gone):
+                    self._pool.submit(self._rebuild, m)
+
+    def _rebuild(self, m: GGUFModel) -> None:
+        try:
+            with m.build_lock:
+                with m.lock:
+                    wanted = list(m.adapters)
+                self._swap(m, wanted)
+        except Exception:  # the old instance keeps serving; the next new adapter rebuilds again
+            log.exception("rebuilding the llama.cpp instance for %s failed", m.key)
+
+    def _retire(self, inst: _Instance) -> None:
+        with self._lock:
+            inst.retired = True
+            if inst.active == 0:
+                self._stop(inst)
+
+    def loaded(self) -> dict[str, list[str]]:
+        """Served GGUFs and the model ids of the adapters their current instance has (a deleted one
+        until the instance without it has taken over)."""
+        out = {}
+        for key, m in list(self.models.items()):
+            cur = m.current
+            out[key] = [m.names[p] for p in (cur.adapters if cur else [])]
+        return out
+
+    def waiting(self) -> int:
+        return max(0, self._seqs - self.config.max_batch)
+
+    # -- requests --
+
+    def submit(self, handle: ModelHandle, prompt_ids: list[int], params: SamplingParams, loop=None,
+               prompt_param: str = "messages") -> Generation:
+        m: GGUFModel = handle.backend
+        check_context(m.context_length, len(prompt_ids), params, prompt_param)
+        if params.json_schema is not None:
+            from tunery.inference.grammar import check_schema
+
+            check_schema(params.json_schema)
+        with self._lock:
+            if self._closed:
+                raise ModelUnavailable("the inference engine is shut down")
+            waiting = self.waiting()
+            if self._seqs + params.n > self.config.max_batch + self.config.max_queue:
+                raise RateLimited(
+                    f"The server is busy: {waiting} sequences are already waiting (limit {self.config.max_queue}, "
+                    "TUNERY_MAX_QUEUE). Retry after a short wait.")
+            inst = m.current
+            if inst is None or (handle.adapter is not None and handle.adapter not in inst.adapters):
+                raise ModelUnavailable(f"model {handle.model_id!r} was unloaded; retry", param="model")
+            inst.active += params.n
+            self._seqs += params.n
+        gen = Generation(params.n, len(prompt_ids), loop)
+        state = {"left": params.n, "tokens": 0, "failed": False}
+        lock = threading.Lock()
+        body = self._body(inst, handle, prompt_ids, params)
+        for i in range(params.n):
+            self._pool.submit(self._run, inst, gen, body, params, i, state, lock, len(prompt_ids))
+        return gen
+
+    def _body(self, inst: _Instance, handle: ModelHandle, ids: list[int], p: SamplingParams) -> dict:
+        m: GGUFModel = handle.backend
+        body = {
+            "prompt": list(ids), "stream": True, "temperature": p.temperature, "top_p": p.top_p,
+            # llama.cpp's defaults prune with top_k=40 and min_p=0.05; OpenAI's semantics have neither.
+            "top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0,
+            "presence_penalty": p.presence_penalty, "frequency_penalty": p.frequency_penalty,
+            "max_tokens": p.max_tokens if p.max_tokens is not None else m.context_length - len(ids),
+            "stop": list(p.stop), "ignore_eos": p.ignore_eos, "cache_prompt": True,
+            "lora": [{"id": i, "scale": 1.0 if a == handle.adapter else 0.0} for i, a in enumerate(inst.adapters)],
+        }
+        if p.logprobs:
+            body["logprobs"] = max(1, p.top_logprobs)
+        if p.json_schema is not None:
+            schema = dict(p.json_schema)
+            # Compact separators, as the torch engine's grammar: a small model cannot loop on blanks.
+            schema.setdefault("x-guidance", {"whitespace_flexible": False, "item_separator": ", ",
+                                             "key_separator": ": "})
+            body["json_schema"] = schema
+        return body
+
+    def _run(self, inst, gen: Generation, body: dict, p: SamplingParams, index: int, state: dict, lock,
+             n_prompt: int) -> None:
+        import httpx
+
+        body = dict(body)
+        seed = (p.seed + index) if p.seed is not None else int.from_bytes(os.urandom(4), "little")
+        body["seed"] = seed & 0x7FFF_FFFF
+        tokens = 0
+        reason = None
+        try:
+            with httpx.Client(timeout=httpx.Timeout(600, connect=10)) as client, client.stream(
+                    "POST", inst.url + "/v1/completions", json=body) as r:
+                if r.status_code != 200:
+                    raise ModelUnavailable(f"llama.cpp refused the request: {r.read().decode()[:300]}")
+                for line in r.iter_lines():
+                    if gen.cancelled:
+                        break
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        raise ModelUnavailable(f"llama.cpp: {chunk['error'].get('message', chunk['error'])}")
+                    if chunk.get("usage"):
+                        tokens = chunk["usage"].get("completion_tokens", tokens)
+                    for c in chunk.get("choices", []):
+                        lps = _logprobs(c.get("logprobs"), p) if p.logprobs else None
+                        if c.get("text") or lps:
+                            gen._emit(Delta(index, c.get("text") or "", lps))
+                        if c.get("finish_reason"):
+                            reason = "length" if c["finish_reason"] == "length" else "stop"
+            if reason is not None:
+                gen._emit(Finished(index, reason))
+        except Exception as exc:  # fail this request, keep serving the others
+            if not gen.cancelled:
+                err = exc if isinstance(exc, TuneryError) else ModelUnavailable(
+                    f"generation failed ({type(exc).__name__}: {exc})")
+                with lock:
+                    first = not state["failed"]
+                    state["failed"] = True
+                if first:
+                    gen._emit(Failed(err))
+        finally:
+            with self._lock:
+                inst.active -= 1
+                self._seqs -= 1
+                if inst.retired and inst.active == 0:
+                    self._stop(inst)
+            with lock:
+                state["tokens"] += tokens
+                state["left"] -= 1
+                done = state["left"] == 0 and not state["failed"]
+            if done and not gen.cancelled:
+                gen._emit(Done(Usage(n_prompt, state["tokens"])))
+
+    def generate(self, model, *, prompt=None, messages=None, **params) -> Generation:
+        handle = self.prepare(model)
+        ids = handle.encode_chat(messages) if messages is not None else (
+            handle.encode(prompt) if isinstance(prompt, str) else list(prompt or []))
+        return self.submit(handle, ids, SamplingParams(**params).validate())
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for m in self.models.values():
+            if m.current is not None:
+                self._retire(m.current)
+
+
+def _logprobs(lp: dict | None, p: SamplingParams) -> list[TokenLogprob] | None:
+    if not lp:
+        return None
+    out = []
+    for t in lp.get("content") or []:
+        top = [(x["token"], list(x.get("bytes") or []), max(float(x["logprob"]), -9999.0))
+               for x in (t.get("top_logprobs") or [])[: p.top_logprobs]]
+        out.append(TokenLogprob(t["token"], list(t.get("bytes") or []), max(float(t["logprob"]), -9999.0), top))
+    return out or None

@@ -1,0 +1,176 @@
+"""The router in front of the inference backends: which backend serves a model, and one interface
+(prepare → submit → Generation events, unload, loaded) for the OpenAI routes, the CLI and benchmarks.
+
+Backends: `llamacpp` (llama.cpp's server in-process, through xllamacpp) and `torch` (tunery's own engine).
+TUNERY_INFERENCE_BACKEND=torch|llamacpp|auto picks one for everything it can serve (auto = llamacpp where
+it can). The default is still `torch`: llama.cpp's speed over this API has not been measured in a same-run
+bench yet, and it serves the Q4_1 GGUF with quantized activations, whose greedy answers already differ
+from the fp32 weights the trainer fine-tunes, so whether learned facts survive it is unmeasured too; `vllm` is named but not built yet (a 400 saying so). The torch engine still serves what
+llama.cpp cannot: full fine-tunes and base models that are not Llama-architecture and have no GGUF
+(conversion here writes Llama GGUFs only), and every model when xllamacpp is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from tunery.errors import InvalidRequest, ModelUnavailable, TuneryError
+from tunery.inference.config import EngineConfig, ModelHandle, Servable
+from tunery.inference.generation import Generation, SamplingParams
+from tunery.settings import Settings, get_settings
+
+log = logging.getLogger("tunery.inference")
+BACKENDS = ("auto", "llamacpp", "torch", "vllm")
+DEFAULT_BACKEND = "torch"  # see the module docstring: llamacpp becomes the CPU default once measured
+
+
+def configured_backend() -> str:
+    name = (os.environ.get("TUNERY_INFERENCE_BACKEND") or DEFAULT_BACKEND).strip().lower()
+    if name not in BACKENDS:
+        raise InvalidRequest(f"TUNERY_INFERENCE_BACKEND must be one of {', '.join(BACKENDS)}, not {name!r}")
+    if name == "vllm":
+        raise InvalidRequest("TUNERY_INFERENCE_BACKEND=vllm: the vLLM backend is not built yet; use llamacpp or torch")
+    return name
+
+
+class Router:
+    def __init__(self, settings: Settings | None = None, config: EngineConfig | None = None,
+                 backend: str | None = None):
+        self.settings = settings or get_settings()
+        self.config = config or EngineConfig.from_env()
+        self.choice = backend or configured_backend()
+        self._engines: dict[str, object] = {}
+        self._lock = threading.Lock()
+        self._where: dict[str, str] = {}  # model id → backend that served it last
+
+    # -- backends --
+
+    def engine(self, name: str):
+        with self._lock:
+            e = self._engines.get(name)
+            if e is None:
+                if name == "llamacpp":
+                    from tunery.inference.llamacpp import LlamaCppEngine
+
+                    e = LlamaCppEngine(self.settings, self.config)
+                else:
+                    from tunery.inference.engine import Engine
+
+                    e = Engine(self.settings, self.config)
+                self._engines[name] = e
+            return e
+
+    def backend_for(self, model: str | Servable) -> str:
+        """Which backend serves `model` (without loading it)."""
+        from tunery.inference.llamacpp import available
+
+        if self.choice == "torch" or not available():
+            return "torch"
+        adapter_dir = getattr(model, "adapter_dir", None)
+        if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").exists():
+            cfg = Path(adapter_dir) / "config.json"
+            import json
+
+            try:
+                arch = json.loads(cfg.read_text()).get("model_type")
+            except (OSError, ValueError):
+                arch = None
+            if arch != "llama":
+                return "torch"
+        base = model if isinstance(model, str) else model.base_model
+        if not self._llamacpp_base(base):
+            return "torch"
+        return "llamacpp"
+
+    def _llamacpp_base(self, base: str) -> bool:
+        from tunery.inference.convert import base_gguf
+        from tunery.models import registry
+
+        try:
+            spec = registry.resolve(base, self.settings).spec
+            if spec.kind == "gguf_package":
+                return base_gguf(base, self.settings) is not None or not registry.is_available(spec, self.settings)
+            import json
+
+            path = registry.materialize(base, self.settings)
+            return json.loads((path / "config.json").read_text()).get("model_type") == "llama"
+        except TuneryError:
+            return True  # let prepare() raise the precise error
+        except (OSError, ValueError):
+            return False
+
+    # -- the engine interface --
+
+    def prepare(self, model: str | Servable) -> ModelHandle:
+        name = self.backend_for(model)
+        model_id = model if isinstance(model, str) else model.id
+        try:
+            handle = self.engine(name).prepare(model)
+        except TuneryError:
+            raise
+        except Exception as exc:  # a model directory that does not load is the request's problem: 400
+            log.exception("loading %s on %s failed", model_id, name)
+            raise ModelUnavailable(f"model {model_id!r} could not be loaded: {type(exc).__name__}: {exc}",
+                                   param="model") from exc
+        handle.engine = self.engine(name)
+        handle.backend_name = name
+        self._where[model_id] = name
+        return handle
+
+    def submit(self, handle: ModelHandle, prompt_ids: list[int], params: SamplingParams, loop=None,
+               prompt_param: str = "messages") -> Generation:
+        return handle.engine.submit(handle, prompt_ids, params, loop, prompt_param)
+
+    def generate(self, model, *, prompt=None, messages=None, **params) -> Generation:
+        handle = self.prepare(model)
+        ids = handle.encode_chat(messages) if messages is not None else (
+            handle.encode(prompt) if isinstance(prompt, str) else list(prompt or []))
+        return self.submit(handle, ids, SamplingParams(**params).validate())
+
+    def unload(self, model_id: str) -> None:
+        for e in list(self._engines.values()):
+            e.unload(model_id)
+
+    def loaded(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for e in list(self._engines.values()):
+            for k, v in e.loaded().items():
+                out.setdefault(k, []).extend(v)
+        return out
+
+    def waiting(self) -> int:
+        n = 0
+        for e in list(self._engines.values()):
+            n += e.waiting() if hasattr(e, "waiting") else sum(
+                r.params.n for b in e.backends.values() for r in b.waiting)
+        return n
+
+    @property
+    def steps(self) -> int:
+        e = self._engines.get("torch")
+        return e.steps if e is not None else 0
+
+    def close(self) -> None:
+        for e in list(self._engines.values()):
+            e.close()
+
+
+_engine_lock = threading.Lock()
+
+
+def get_engine(app_or_settings=None) -> Router:
+    """The app's router (created on first use, on app.state.engine), or a new one for a Settings object."""
+    state = getattr(app_or_settings, "state", None)
+    if state is None:
+        return Router(app_or_settings if isinstance(app_or_settings, Settings) else None)
+    engine = getattr(state, "engine", None)
+    if engine is None:
+        with _engine_lock:
+            engine = getattr(state, "engine", None)
+            if engine is None:
+                engine = Router(getattr(state, "settings", None))
+                state.engine = engine
+    return engine
