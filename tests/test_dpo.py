@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tunery.train import TrainCallbacks, TrainConfig, train
+from test_train import Recorder, tok  # noqa: F401  (the SFT tests' callback recorder and tokenizer fixture)
+from tunery.train import TrainConfig, train
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -27,32 +28,6 @@ def pref_rows(n: int, start: int = 0) -> list[dict]:
                     "preferred_output": [{"role": "assistant", "content": answer + ". Cheers, Tuna!"}],
                     "non_preferred_output": [{"role": "assistant", "content": answer + "."}]})
     return out
-
-
-class Recorder(TrainCallbacks):
-    def __init__(self, stop_at: dict | None = None):
-        self.metrics: list[dict] = []
-        self.events: list[tuple[str, str]] = []
-        self.stop_at = stop_at or {}
-
-    def on_event(self, level, message):
-        self.events.append((level, message))
-
-    def on_metrics(self, data):
-        self.metrics.append(data)
-
-    def should_stop(self):
-        return self.stop_at.get(len(self.metrics))
-
-    def losses(self) -> list[float]:
-        return [m["train_loss"] for m in self.metrics]
-
-
-@pytest.fixture(scope="module")
-def tok(bundled_model_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(bundled_model_dir)
 
 
 @pytest.fixture
