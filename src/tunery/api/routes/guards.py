@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunery.api.deps import ERROR_RESPONSES, current_org, get_store, path_models_allowed
+from tunery.api.deps import ERROR_RESPONSES, add_method_not_allowed, current_org, get_store, path_models_allowed
 from tunery.store import Organization, Store
 from tunery.store import guards as G
 
@@ -63,3 +63,7 @@ async def delete_guard(model: str, store: Store = Depends(get_store),
                        org: Organization = Depends(current_org)) -> dict:
     await run_in_threadpool(G.delete_guard, store, org, model)
     return {"object": "tunery.guard.deleted", "model": model, "deleted": True}
+
+
+add_method_not_allowed(router, "", ["GET"])
+add_method_not_allowed(router, "/{model:path}", ["GET", "POST", "DELETE"])
