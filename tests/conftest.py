@@ -70,16 +70,25 @@ def gemma_pulled() -> bool:
     return (SHARED_MODEL_CACHE / "gemma-3-270m" / "config.json").exists()
 
 
+def _opt_in(marker: str) -> bool:
+    if marker == "gemma":
+        return os.environ.get("TUNERY_TEST_GEMMA") == "1" or gemma_pulled()
+    return os.environ.get("TUNERY_TEST_CHAIN") == "1"
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gemma` need gemma-3-270m, which tests may not download (a 242 MB pull plus minutes of
     conversion). They run where it is pulled, or always with TUNERY_TEST_GEMMA=1 (then a missing pull is a
-    failure); elsewhere they are deselected, not skipped, so `make test` in CI does not fail for want of it."""
-    if os.environ.get("TUNERY_TEST_GEMMA") == "1" or gemma_pulled():
-        return
-    keep = [i for i in items if i.get_closest_marker("gemma") is None]
-    if len(keep) != len(items):
-        config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("gemma") is not None])
-        items[:] = keep
+    failure); elsewhere they are deselected, not skipped, so `make test` in CI does not fail for want of it.
+    Tests marked `chain` (the whole documents → guarded bot chain on the real model: generation alone is one
+    request per section on a 135M model, tens of minutes on 2 cores) run with TUNERY_TEST_CHAIN=1 only."""
+    for marker in ("gemma", "chain"):
+        if _opt_in(marker):
+            continue
+        keep = [i for i in items if i.get_closest_marker(marker) is None]
+        if len(keep) != len(items):
+            config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker(marker) is not None])
+            items[:] = keep
 
 
 @pytest.hookimpl(hookwrapper=True)
