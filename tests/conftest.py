@@ -40,14 +40,16 @@ def bundled_model_dir() -> Path:
     return materialize("smollm2-135m-instruct", settings)
 
 
-def build_tiny_model(out: Path, tokenizer_dir: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
-    """A randomly initialised Llama-architecture causal LM with the bundled model's real tokenizer."""
+def build_tiny_model(out: Path, tokenizer_dir: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0,
+                     vocab_size: int | None = None) -> Path:
+    """A randomly initialised Llama-architecture causal LM with the bundled model's real tokenizer
+    (`vocab_size` smaller than the tokenizer's makes a model that loads but crashes on most inputs)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        vocab_size=vocab_size or len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=True,

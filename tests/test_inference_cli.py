@@ -10,11 +10,19 @@ import time
 
 from typer.testing import CliRunner
 
+import pytest
+
 from test_inference_api import model, srv  # noqa: F401  (module fixtures: a server on the tiny model)
 from tunery.cli import app
 from tunery.errors import TuneryError
 
 runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def backend() -> str:
+    """The CLI is tested on the default backend; test_inference_api covers every backend."""
+    return "torch"
 
 
 def _greedy(client, model_name: str, content: str, n: int) -> str:

@@ -17,6 +17,7 @@ import openai
 import pytest
 from sqlalchemy import select
 
+from conftest import build_tiny_model
 from test_api_support import make_server, pg_server_url, pg_url  # noqa: F401  (fixtures)
 from tunery import demo
 from tunery.store import queue
@@ -352,10 +353,9 @@ def test_two_worker_processes_run_every_job_exactly_once(make_server, workers, s
 def test_a_crash_looping_trainer_fails_after_the_attempt_limit_with_its_error(embedded, tiny_model_dir,
                                                                              tmp_path):
     srv, client = embedded
-    broken = tmp_path / "broken-model"
-    shutil.copytree(tiny_model_dir, broken)
-    weights = next(broken.glob("*.safetensors"))
-    weights.write_bytes(weights.read_bytes()[:1000])  # truncated weights: loading crashes every time
+    # A model that loads (so it is no invalid_model) but whose 64-token embedding cannot look up the tokenizer's
+    # ids: the first training step crashes with an IndexError on every attempt.
+    broken = build_tiny_model(tmp_path / "broken-model", tiny_model_dir, vocab_size=64)
     job = create_job(client, broken, upload(client, tmp_path))
     done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed")
                     and j, 120, "the job to fail")
