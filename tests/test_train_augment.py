@@ -8,7 +8,8 @@ import pytest
 from tunery.data.formats import Example
 from tunery.train import TrainConfig, train
 from tunery.train.augment import augment, augmentable, rewrite
-from tunery.train.config import auto_variants, resolve_augment, resolve_hyperparameters
+from tunery.train.config import (AUTO_AUG_BATCH, AUTO_AUG_MULTIPLIER, auto_variants, resolve_augment,
+                                 resolve_hyperparameters)
 
 from test_train import Recorder, chat_rows, write_jsonl
 
@@ -51,7 +52,10 @@ def test_auto_rules_small_sets_only_and_explicit_values_obeyed(tmp_path):
     assert auto_variants(28, 1736) >= 1 and auto_variants(5000, 10**6) == 0
     k = resolve_augment(cfg, 28, 1736)
     hp = resolve_hyperparameters(cfg, 28 * (k + 1), k, 28, 1736)
-    assert hp["n_epochs"] * (k + 1) >= 4 and hp["batch_size"] == 4
+    assert hp["n_epochs"] * (k + 1) >= 4 and hp["batch_size"] == AUTO_AUG_BATCH
+    assert hp["learning_rate_multiplier"] == AUTO_AUG_MULTIPLIER  # LoRA small-set rate
+    full = TrainConfig(model="m", training_file="f", output_dir=tmp_path, method="full")
+    assert resolve_hyperparameters(full, 28 * (k + 1), k, 28, 1736)["learning_rate_multiplier"] <= 5
     # An explicit n_epochs means passes over the file as given: no rewrites unless asked for.
     explicit = TrainConfig(model="m", training_file="f", output_dir=tmp_path, n_epochs=2, batch_size=3,
                            learning_rate_multiplier=0.5)

@@ -387,8 +387,10 @@ def test_a_trainer_killed_like_an_oom_fails_that_attempt_and_the_worker_carries_
     srv, client = embedded
     job = create_job(client, tiny_model_dir, upload(client, tmp_path, repeat=2), n_epochs=2)
     wait_for(lambda: metrics_steps(client, job.id), 60, "training to start")
-    (trainer,) = [p for p in children_of(os.getpid()) if b"tunery.worker.child" in Path(f"/proc/{p}/cmdline")
-                  .read_bytes()]
+    children = [p for p in children_of(os.getpid()) if b"tunery.worker.child" in Path(f"/proc/{p}/cmdline")
+                .read_bytes()]
+    # Once a warm child has taken the job, the worker pre-starts the next spare: the trainer is the older one.
+    trainer = min(children, key=lambda p: int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[19]))
     os.kill(trainer, signal.SIGKILL)  # what the kernel's OOM killer does
     wait_for(lambda: any("killed by SIGKILL" in m for m in messages(client, job.id)), 20,
              "the crash to be seen")

@@ -297,8 +297,27 @@ def _build_model_inner(config: TrainConfig, hp: dict, device: str, resume_dir: P
     else:
         for p in model.parameters():
             p.requires_grad_(True)
+    alpha = float((config.extra or {}).get("neftune", 0) or 0)
+    if alpha > 0:
+        add_embedding_noise(model, alpha)
     model.train()
     return model, tok
+
+
+def add_embedding_noise(model, alpha: float) -> None:
+    """NEFTune (Jain et al. 2023): uniform noise of scale alpha/sqrt(L·d) on the input embeddings while the
+    model trains (never in eval mode), so it cannot key its answers on the exact tokens of a question."""
+    import torch
+
+    emb = model.get_input_embeddings()
+
+    def hook(module, args, output):
+        if not module.training:
+            return output
+        scale = alpha / math.sqrt(output.shape[-2] * output.shape[-1])
+        return output + torch.empty_like(output).uniform_(-scale, scale)
+
+    emb.register_forward_hook(hook)
 
 
 def _start_from_fine_tuned(config: TrainConfig, cb: TrainCallbacks) -> None:
