@@ -20,6 +20,7 @@ from tunery.train import checkpoint as ckpt
 from tunery.train.callbacks import CheckpointInfo, TrainCallbacks, TrainResult
 from tunery.train.config import (BASE_LEARNING_RATE, EARLY_STOP_PATIENCE, TrainConfig, resolve_augment,
                                  resolve_hyperparameters, resolve_objective)
+from tunery.train.metric_names import SFT_METRICS, per_split
 from tunery.train.tokenize import Encoded, encode_example, truncate
 
 # On a CPU, matmuls over a few hundred tokens already run at full speed, so larger micro-batches only add
@@ -174,7 +175,7 @@ class Supervised:
     The loop asks its objective (chosen once, by method type: this or dpo.Dpo) to load the data, run one
     step's forward/backward and evaluate; metrics come back unprefixed and the loop adds train_/valid_."""
 
-    checkpoint_keys = ("loss", "mean_token_accuracy")
+    checkpoint_keys = SFT_METRICS
 
     def load(self, path, tokenizer, max_length: int, callbacks: TrainCallbacks, what: str) -> list[Encoded]:
         return load_encoded(path, tokenizer, max_length, callbacks, what)
@@ -558,7 +559,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
 
 
 def _checkpoint_metrics(m: dict, objective) -> dict:
-    keys = ["step"] + [f"{p}{k}" for p in ("train_", "valid_", "full_valid_") for k in objective.checkpoint_keys]
+    keys = ("step",) + per_split(objective.checkpoint_keys)
     return {k: m[k] for k in keys if k in m}
 
 
