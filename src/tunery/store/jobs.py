@@ -1,7 +1,7 @@
 """Fine-tuning jobs: creation with every up-front check, the API-side state transitions
 (cancel, pause, resume), events and checkpoints.
 
-State machine (CONTRACTS.md): create → validating_files → queued (or failed); cancel: any
+State machine (docs/architecture.md): create → validating_files → queued (or failed); cancel: any
 non-terminal → cancelled at once; pause: running|queued → paused; resume: paused → queued.
 The worker (store/queue.py) claims queued → running and writes only conditionally on
 status='running' AND its lease, so these transitions are never overwritten.

@@ -40,9 +40,7 @@ async def create_completion(body: CompletionRequest, request: Request,
     prompts = _prompts(body.prompt)
     engine = get_engine(request.app)
     check_choices(params.n, engine, n_prompts=len(prompts))
-    servable = await run_in_threadpool(find_servable_model, store, org, body.model,
-                                       allow_paths=path_models_allowed(request, store))
-    handle = await run_in_threadpool(engine.prepare, servable)
+    handle = await _prepare(request, store, org, engine, body.model)
     encoded = await run_in_threadpool(lambda: [_encode(handle, p) for p in prompts])
     gens = await _submit_all(engine, handle, encoded, params)
     echo = [p if isinstance(p, str) else handle.tokenizer.decode(p) for p in prompts] if body.echo else None
@@ -54,6 +52,13 @@ async def create_completion(body: CompletionRequest, request: Request,
 
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _prepare(request: Request, store: Store, org: Organization, engine, model: str):
+    """The engine's handle on the requested model (loaded if it is not yet)."""
+    servable = await run_in_threadpool(find_servable_model, store, org, model,
+                                       allow_paths=path_models_allowed(request, store))
+    return await run_in_threadpool(engine.prepare, servable)
 
 
 def _encode(handle, prompt) -> list[int]:
