@@ -34,14 +34,14 @@ def run_as_worker(srv, job_id: str, *, steps: int, loss0: float, tokens: int, mo
     owner = queue.new_owner_id()
     claimed = queue.claim_next(store, owner, 60)
     assert claimed is not None and claimed.id == job_id
-    queue.append_event(store, job_id, owner, "info", "Fine-tuning job started")
+    queue.append_event_if_held(store, job_id, owner, "Fine-tuning job started", level="info")
     written = []
     for step in range(1, steps + 1):
         data = {"step": step, "total_steps": steps, "train_loss": loss0 / step,
                 "train_mean_token_accuracy": 0.5 + step / (4 * steps)}
         if step % 2 == 0:
             data.update(valid_loss=loss0 / step + 0.1, valid_mean_token_accuracy=0.4 + step / (4 * steps))
-        queue.append_event(store, job_id, owner, "info", f"Step {step}/{steps}", type="metrics", data=data)
+        queue.append_event_if_held(store, job_id, owner, f"Step {step}/{steps}", type="metrics", data=data, level="info")
         written.append(data)
     ft = f"ft:smollm2-135m-instruct:personal:{claimed.suffix}:{job_id[-8:]}"
     queue.add_checkpoint(store, job_id, owner, step=steps // 2, model_name=f"{ft}:ckpt-step-{steps // 2}",

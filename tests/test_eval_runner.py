@@ -138,7 +138,8 @@ def test_scores_and_aggregates_match_hand_computed_values(report):
 def test_json_and_terminal_reports(report, tmp_path):
     from rich.console import Console
 
-    from tunery.eval.report import terminal_tables, write_reports
+    from tunery.eval.html import write_reports
+    from tunery.eval.report import terminal_tables
 
     paths = write_reports(report, tmp_path / "out")
     data = json.loads(paths["json"].read_text())

@@ -26,6 +26,38 @@ def test_user_alias_overrides_default_and_persists(tunery_home, tiny_model_dir):
     assert registry.resolve("gpt-4o-mini").spec.name == "smollm2-135m-instruct"
 
 
+def test_aliases_are_read_once_and_reread_when_the_file_changes(tunery_home, tiny_model_dir):
+    """resolve() runs on every request: aliases.json is parsed once, then again only when it changes,
+    whoever changes it (set_alias here, or another process such as `tunery models alias`)."""
+    from tunery.settings import get_settings
+
+    path = get_settings().aliases_file
+    registry.set_alias("mine", str(tiny_model_dir))
+    assert registry.resolve("mine").spec.kind == "local"
+    reads = []
+    real = Path.read_text
+
+    def counting(self, *a, **kw):
+        if self == path:
+            reads.append(self)
+        return real(self, *a, **kw)
+
+    Path.read_text = counting
+    try:
+        for _ in range(5):
+            assert registry.resolve("mine").alias_of == str(tiny_model_dir)
+        assert reads == []  # served from the cache
+        path.write_text(json.dumps({"mine": "smollm2-135m-instruct", "other": "smollm2-135m-instruct"}))
+        assert registry.resolve("mine").name == "smollm2-135m-instruct"
+        assert registry.resolve("other").alias_of == "smollm2-135m-instruct"
+        assert len(reads) == 1
+        registry.remove_alias("other")
+        with pytest.raises(ModelNotFound):
+            registry.resolve("other")
+    finally:
+        Path.read_text = real
+
+
 def test_alias_to_unknown_model_is_refused():
     with pytest.raises(ModelNotFound):
         registry.set_alias("mine", "no-such-model")

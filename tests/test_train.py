@@ -316,3 +316,49 @@ def test_cli_train(tiny_model_dir, tmp_path, capsys):
     assert (tmp_path / "cli" / "final" / "adapter_model.safetensors").exists()
     err = capsys.readouterr().err
     assert "succeeded" in err and "batch size 5" in err
+
+
+def test_resume_point_is_the_latest_complete_checkpoint_or_the_paused_state(tmp_path):
+    """train/checkpoint.py alone knows the folder layout: the worker asks it where to resume."""
+    import json as _json
+
+    from tunery.train import checkpoint
+
+    def folder(name, step, state=True):
+        p = tmp_path / name
+        p.mkdir(parents=True)
+        (p / checkpoint.META_FILE).write_text(_json.dumps({"step": step}))
+        if state:
+            (p / checkpoint.STATE_FILE).write_bytes(b"x")
+        return p
+
+    assert checkpoint.resume_point(tmp_path, []) == (None, 0)
+    s2, s4 = folder("checkpoints/step-2", 2), folder("checkpoints/step-4", 4)
+    folder("checkpoints/step-6", 6, state=False)  # no trainer state: not resumable
+    rows = [(s2, 2), (s4, 4), (tmp_path / "checkpoints/step-6", 6)]
+    assert checkpoint.resume_point(tmp_path, rows) == (s4, 4)
+    resume = folder(checkpoint.RESUME_DIR, 5)
+    assert checkpoint.resume_point(tmp_path, rows) == (resume, 5)
+    assert checkpoint.is_resume_dir(resume) and not checkpoint.is_resume_dir(s4)
+    assert checkpoint.meta_step(resume) == 5 and checkpoint.is_model_dir(s2) and not checkpoint.is_model_dir(None)
+
+
+def test_the_trainer_and_the_api_check_the_same_ranges():
+    """train/config.py owns the ranges: TrainConfig.validate and the API's create check read the same table."""
+    from tunery.store.jobs import _check_number
+    from tunery.train.config import HYPERPARAMETER_RANGES, from_job
+
+    for name, (kind, low, high, low_inclusive) in HYPERPARAMETER_RANGES.items():
+        too_high = kind(high + 1)
+        with pytest.raises(InvalidRequest):
+            _check_number(name, too_high, f"hyperparameters.{name}")
+        assert _check_number(name, kind(high), f"hyperparameters.{name}") == high
+        if name != "beta":
+            with pytest.raises(InvalidRequest):
+                TrainConfig(model="m", training_file="t", output_dir="o", **{name: too_high}).validate()
+    with pytest.raises(InvalidRequest):
+        TrainConfig(model="m", training_file="t", output_dir="o", objective="dpo", beta=3.0).validate()
+    assert from_job({"n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": 2.0, "beta": 0.2}, "dpo") == {
+        "n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": 2.0, "objective": "dpo", "beta": 0.2}
+    assert from_job({}, "supervised") == {"n_epochs": "auto", "batch_size": "auto",
+                                          "learning_rate_multiplier": "auto", "objective": "supervised"}

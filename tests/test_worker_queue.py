@@ -101,15 +101,15 @@ def test_writes_need_the_lease_and_running_status(store):
     (jid,) = _queued_jobs(store, 1)
     job = queue.claim_next(store, "w1", 60)
     assert job.id == jid and job.org_name == "personal" and job.attempts == 1
-    assert queue.append_event(store, jid, "w1", "info", "hello")
-    assert not queue.append_event(store, jid, "w2", "info", "stale worker")  # not the owner
+    assert queue.append_event_if_held(store, jid, "w1", "hello", level="info")
+    assert not queue.append_event_if_held(store, jid, "w2", "stale worker", level="info")  # not the owner
     assert queue.renew_lease(store, jid, "w1", 60) and not queue.renew_lease(store, jid, "w2", 60)
     assert queue.add_checkpoint(store, jid, "w1", step=5, model_name="ft:m:personal::x:ckpt-step-5",
                                 metrics={"step": 5}, path="/nowhere")
     # The API cancels: every later worker write is refused, so a cancel is never overwritten.
     with store.session() as s:
         s.execute(update(FineTuningJob).where(FineTuningJob.id == jid).values(status="cancelled"))
-    assert not queue.append_event(store, jid, "w1", "info", "after cancel")
+    assert not queue.append_event_if_held(store, jid, "w1", "after cancel", level="info")
     assert not queue.update_running(store, jid, "w1", trained_tokens=5)
     assert not queue.finish_failed(store, jid, "w1", code="x", message="late failure")
     assert not queue.renew_lease(store, jid, "w1", 60)
@@ -127,7 +127,7 @@ def test_expired_leases_are_requeued_then_failed_after_the_attempt_limit(store):
         job = queue.claim_next(store, "otherhost:1:abc", 60)
         assert job.id == jid and job.attempts == attempt
         assert queue.recover_expired(store, max_attempts=3) == []  # lease still valid: left alone
-        queue.append_event(store, jid, "otherhost:1:abc", "error", f"Training attempt {attempt} failed: boom")
+        queue.append_event_if_held(store, jid, "otherhost:1:abc", f"Training attempt {attempt} failed: boom", level="error")
         with store.session() as s:  # the worker vanishes: its lease runs out
             s.execute(update(FineTuningJob).where(FineTuningJob.id == jid).values(lease_expires_at=now() - 1))
         expected = "requeued" if attempt < 3 else "failed"

@@ -28,17 +28,27 @@ def version() -> None:
 
 
 def _register() -> None:
-    # Sub-command groups, one module per area of the code (see DESIGN.md's layout).
+    # Sub-command groups, one module per area of the code (docs/architecture.md has the layout).
     from tunery.models.cli import app as models_app
 
     app.add_typer(models_app, name="models")
     app.add_typer(__import__("tunery.data.cli", fromlist=["app"]).app, name="data")
     __import__("tunery.api.cli", fromlist=["register"]).register(app)  # serve, keys
-    __import__("tunery.worker.cli", fromlist=["register"]).register(app)  # worker, quickstart
+    __import__("tunery.worker.cli", fromlist=["register"]).register(app)  # worker
+    _register_quickstart()
     __import__("tunery.eval.cli", fromlist=["register"]).register(app)  # eval, compare
     __import__("tunery.train.cli", fromlist=["register"]).register(app)  # train, export
     __import__("tunery.inference.cli", fromlist=["register"]).register(app)  # chat
     app.add_typer(__import__("tunery.guard_cli", fromlist=["app"]).app, name="guard")
+
+
+def _register_quickstart() -> None:
+    # The tour drives every layer (data, API, worker, inference), so it is registered from the top, not by
+    # worker/cli.py: no module imports back up the layers.
+    from tunery.quickstart import quickstart
+    from tunery.worker.cli import help_text
+
+    app.command(name="quickstart", help=help_text(quickstart))(quickstart)
 
 
 _register()

@@ -3,10 +3,11 @@
 Imports no torch; transformers is loaded only when a model's tokenizer is needed.
 """
 
-from tunery.data.estimate import auto_epochs, billed_tokens, measured_throughput, record_throughput
+from tunery.data.estimate import billed_tokens, measured_throughput, record_throughput
 from tunery.data.formats import KINDS, Example, Format, detect_object_format
 from tunery.data.reading import detect_format, read_examples
 from tunery.data.validation import Problem, ValidationReport, validate_file
+from tunery.train.config import auto_epochs  # a hyperparameter rule: train/config.py owns them all
 
 __all__ = [
     "KINDS", "Example", "Format", "Problem", "ValidationReport", "auto_epochs", "billed_tokens",

@@ -15,11 +15,6 @@ from pathlib import Path
 
 from tunery.settings import Settings, get_settings
 
-TARGET_EPOCHS = 3
-MIN_TARGET_EXAMPLES = 100
-MAX_TARGET_EXAMPLES = 25_000
-MIN_DEFAULT_EPOCHS = 1
-MAX_DEFAULT_EPOCHS = 25
 KEEP_RUNS = 5
 
 # Built-in trained tokens/s, used until the trainer has recorded runs on this machine. Each was measured
@@ -33,16 +28,6 @@ BUILTIN_THROUGHPUT: dict[tuple[str, str], tuple[float, str]] = {
     ("gemma-3-270m", "lora"): (80.0, "LoRA, measured by the lead (DESIGN.md), not re-measured here"),
 }
 BUILTIN_NOTE = "built-in figure for this machine class (2 CPU cores, fp32; tunery's trainer, {what})"
-
-
-def auto_epochs(n_examples: int) -> int:
-    """OpenAI's "auto" n_epochs: 3, raised for tiny sets and lowered for huge ones (cookbook rule)."""
-    n = max(1, int(n_examples))
-    if n * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
-        return min(MAX_DEFAULT_EPOCHS, MIN_TARGET_EXAMPLES // n)
-    if n * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
-        return max(MIN_DEFAULT_EPOCHS, MAX_TARGET_EXAMPLES // n)
-    return TARGET_EPOCHS
 
 
 def billed_tokens(lengths, context_length: int | None, epochs: int) -> int:

@@ -6,7 +6,8 @@ import math
 from array import array
 from os import PathLike
 
-from tunery.data.estimate import auto_epochs, billed_tokens, measured_throughput
+from tunery.data.estimate import billed_tokens, measured_throughput
+from tunery.train.config import auto_epochs
 from tunery.data.validation import validate_file
 
 HIST_BINS = 10

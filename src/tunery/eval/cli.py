@@ -158,7 +158,8 @@ def _guard_variants(client, models: list[str], cfg, labels: dict) -> tuple[list[
 def _run(cases, models, cfg, semantic: bool, jobs, labels: dict, out: Optional[Path], prefix: str,
          guard_pairs: list | None = None) -> dict:
     from tunery.eval.core import evaluate
-    from tunery.eval.report import guard_comparison, guard_lines, terminal_tables, write_reports
+    from tunery.eval.html import write_reports
+    from tunery.eval.report import guard_comparison, guard_lines, terminal_tables
 
     if not models:
         raise InvalidRequest("no model to evaluate: pass --model (or jobs that succeeded)", param="model")
@@ -258,7 +259,8 @@ def compare_cmd(
 ) -> None:
     """Compare fine-tuning jobs: hyperparameters, dataset stats, loss/accuracy curves overlaid, training time,
     trained tokens, and the same evaluation run against each job's model."""
-    from tunery.eval.report import build_report, terminal_tables, write_reports
+    from tunery.eval.html import write_reports
+    from tunery.eval.report import build_report, terminal_tables
     from tunery.eval.spec import load_spec
 
     cfg = _config(base_url, api_key, concurrency, max_tokens, temperature, retries, timeout)

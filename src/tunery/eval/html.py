@@ -6,9 +6,10 @@ import difflib
 import html
 import math
 import re
+from pathlib import Path
 
 from tunery.eval import metrics as M
-from tunery.eval.report import LABELS, columns, fmt, job_rows
+from tunery.eval.report import LABELS, columns, fmt, job_rows, write_json
 from tunery.eval.score import QUALITY
 
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be185d", "#4d7c0f"]
@@ -449,3 +450,11 @@ def render_html(report: dict) -> str:
                  "templates when embeddings are on (English-centred; read the answers).</footer>")
     parts.append("</main></body></html>")
     return "".join(parts)
+
+
+def write_reports(report: dict, out_dir: Path) -> dict[str, Path]:
+    """report.json and report.html in out_dir (here, not in report.py, which html.py builds on)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": write_json(report, out_dir / "report.json"), "html": out_dir / "report.html"}
+    paths["html"].write_text(render_html(report), encoding="utf-8")
+    return paths

@@ -147,16 +147,6 @@ def terminal_tables(report: dict) -> list:
     return out
 
 
-def write_reports(report: dict, out_dir: Path) -> dict[str, Path]:
-    """report.json and report.html in out_dir."""
-    from tunery.eval.html import render_html
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": write_json(report, out_dir / "report.json"), "html": out_dir / "report.html"}
-    paths["html"].write_text(render_html(report), encoding="utf-8")
-    return paths
-
-
 ON_TOPIC = ("verbatim", "variation")
 
 

@@ -174,3 +174,15 @@ def get_engine(app_or_settings=None) -> Router:
                 engine = Router(getattr(state, "settings", None))
                 state.engine = engine
     return engine
+
+
+def unload_models(app, names) -> None:
+    """Drop deleted models from the app's engine, if it has one (they stop answering at once)."""
+    engine = getattr(app.state, "engine", None)
+    if engine is None:
+        return
+    for name in names:
+        try:
+            engine.unload(name)
+        except Exception:  # the model is deleted either way; a failed unload only costs memory
+            log.exception("engine.unload(%s) failed", name)

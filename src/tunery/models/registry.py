@@ -112,9 +112,19 @@ class AliasTable:
 
     @classmethod
     def load(cls, settings: Settings) -> "AliasTable":
+        """The table as aliases.json holds it now. resolve() runs on every request, so the parsed file is
+        kept until the file changes (its stat changes: set_alias/remove_alias replace it, an editor rewrites it)."""
         path = settings.aliases_file
-        if not path.exists():
+        try:
+            st = path.stat()
+        except FileNotFoundError:
             return cls()
+        except OSError:
+            st = None
+        key = None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = _ALIAS_CACHE.get(path)
+        if key is not None and cached is not None and cached[0] == key:
+            return cls(user=dict(cached[1]))
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -122,6 +132,8 @@ class AliasTable:
         if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                  for k, v in data.items()):
             raise InvalidRequest(f"{path} must map alias names to model names")
+        if key is not None:
+            _ALIAS_CACHE[path] = (key, dict(data))
         return cls(user=data)
 
     def merged(self) -> dict[str, str]:
@@ -129,7 +141,12 @@ class AliasTable:
 
     def save(self, settings: Settings) -> None:
         settings.home.mkdir(parents=True, exist_ok=True)
+        _ALIAS_CACHE.pop(settings.aliases_file, None)
         _atomic_write(settings.aliases_file, json.dumps(self.user, indent=2, sort_keys=True) + "\n")
+
+
+# aliases.json path → ((inode, mtime_ns, size) when read, its aliases): see AliasTable.load.
+_ALIAS_CACHE: dict[Path, tuple[tuple[int, int, int], dict[str, str]]] = {}
 
 
 def _atomic_write(path: Path, text: str) -> None:

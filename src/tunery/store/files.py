@@ -150,12 +150,10 @@ def commit_upload(store: Store, org, tmp_path: Path, *, filename: str, purpose: 
         _fsync(tmp_path)  # the bytes are on disk before any row names them
         fid = file_id()
         final = store.files_dir / fid
-        row = File(id=fid, org_id=org_id_of(org), filename=clean_filename(filename), purpose=purpose,
-                   bytes=int(nbytes), created_at=now(), status=status, status_details=details,
-                   path=str(final), validation=info)
         try:
             with store.session() as s:
-                s.add(row)
+                row = add_file_row(s, fid=fid, org=org, filename=filename, purpose=purpose, nbytes=nbytes,
+                                   path=final, status=status, status_details=details, validation=info)
                 s.flush()
                 os.replace(tmp_path, final)
                 _fsync(final.parent)
@@ -165,6 +163,26 @@ def commit_upload(store: Store, org, tmp_path: Path, *, filename: str, purpose: 
         return row
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def add_file_row(session, *, fid: str, org, filename: str, purpose: str, nbytes: int, path: Path,
+                 status: str = "processed", status_details: str | None = None, validation: dict | None = None,
+                 created_at: int | None = None) -> File:
+    """Insert one file row inside the caller's transaction (uploads, and the worker's result file)."""
+    row = File(id=fid, org_id=org_id_of(org), filename=clean_filename(filename), purpose=purpose,
+               bytes=int(nbytes), created_at=created_at or now(), status=status, status_details=status_details,
+               path=str(path), validation=validation)
+    session.add(row)
+    return row
+
+
+def stored_path(store: Store, org, fid: str) -> Path | None:
+    """Where a file's content is kept, or None when the organization has no such file (the worker's view;
+    the API's is file_content_path)."""
+    try:
+        return Path(get_file(store, org, fid).path)
+    except NotFound:
+        return None
 
 
 def _fsync(path: Path) -> None:

@@ -1,7 +1,7 @@
 """Fine-tuning jobs: creation with every up-front check, the API-side state transitions
 (cancel, pause, resume), events and checkpoints.
 
-State machine (CONTRACTS.md): create → validating_files → queued (or failed); cancel: any
+State machine (docs/architecture.md): create → validating_files → queued (or failed); cancel: any
 non-terminal → cancelled at once; pause: running|queued → paused; resume: paused → queued.
 The worker (store/queue.py) claims queued → running and writes only conditionally on
 status='running' AND its lease, so these transitions are never overwritten.
@@ -27,21 +27,13 @@ from tunery.store.tables import (
     ACTIVE_STATUSES, CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, TERMINAL_STATUSES, VALIDATING_FILES, File,
     FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, Organization,
 )
+from tunery.train.config import HYPERPARAMETER_RANGES, keys_for
 
 MAX_SEED = 2**31 - 1
 METADATA_MAX_PAIRS = 16
 METADATA_MAX_KEY = 64
 METADATA_MAX_VALUE = 512
 
-# name → (kind, low, high, low_inclusive)
-HYPERPARAMETER_RANGES: dict[str, tuple[type, float, float, bool]] = {
-    "n_epochs": (int, 1, 50, True),
-    "batch_size": (int, 1, 256, True),
-    "learning_rate_multiplier": (float, 0, 10, False),
-    "beta": (float, 0, 2, False),
-}
-SUPERVISED_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier")
-DPO_KEYS = SUPERVISED_KEYS + ("beta",)
 # What tunery.train can run: a job of another method would only fail in the worker, so it is refused here.
 TRAINABLE_METHODS = ("supervised", "dpo")
 
@@ -211,7 +203,9 @@ def _check_fine_tuned_model(store: Store, org: Organization, name: str, allow_pa
     except TuneryError as exc:
         raise _bad(f"Model {name[:200]} is not available for fine-tuning or does not exist: no such fine-tuned "
                    "model or checkpoint in this organization.", "model", "model_not_available") from exc
-    if servable.adapter_dir is None or not (Path(servable.adapter_dir) / "tunery.json").is_file():
+    from tunery.train.checkpoint import is_model_dir
+
+    if not is_model_dir(servable.adapter_dir):
         raise _bad(f"The files of {name[:200]} are missing from this machine, so it cannot be trained further.",
                    "model", "model_not_available")
     return _check_model(servable.base_model, store.settings, restricted=not allow_paths)
@@ -296,7 +290,7 @@ def _check_method(method: Any, deprecated_hp: Any) -> tuple[str, dict]:
                                                                                and method[key] is not None):
                 raise _bad(f"method.{str(key)[:50]} does not go with method.type '{mtype}'",
                            f"method.{str(key)[:50]}")
-    allowed = DPO_KEYS if mtype == "dpo" else SUPERVISED_KEYS
+    allowed = keys_for(mtype)
     inner = method.get(mtype) or {}
     if not isinstance(inner, dict):
         raise _bad(f"method.{mtype} must be an object", f"method.{mtype}")

@@ -31,9 +31,10 @@ def _missing(name: str) -> ModelNotFound:
 
 
 def register_model(store: Store, org, *, model_id: str, base_model: str, job_id: str | None, path: str | Path,
-                   session=None) -> Model:
-    """Insert a fine-tuned model row (the worker calls this inside its success transaction)."""
-    row = Model(id=model_id, org_id=org_id_of(org), created_at=now(), base_model=base_model, job_id=job_id,
+                   session=None, created_at: int | None = None) -> Model:
+    """Insert a fine-tuned model row (store.queue.finish_succeeded calls this inside its success transaction)."""
+    row = Model(id=model_id, org_id=org_id_of(org), created_at=created_at or now(), base_model=base_model,
+                job_id=job_id,
                 path=str(path), deleted=False)
     if session is not None:
         session.add(row)
@@ -47,6 +48,21 @@ def list_fine_tuned_models(store: Store, org) -> list[Model]:
     with store.read() as s:
         return list(s.execute(select(Model).where(Model.org_id == org_id_of(org), Model.deleted.is_(False))
                               .order_by(Model.pk.desc())).scalars())
+
+
+def available_models(store: Store, org) -> list[dict]:
+    """What GET /v1/models lists: the organization's fine-tuned models (newest first), then every base model
+    and alias not shadowed by one of them, as {id, created, owned_by}."""
+    from tunery.models import list_models
+
+    out = [{"id": row.id, "created": row.created_at, "owned_by": org.name}
+           for row in list_fine_tuned_models(store, org)]
+    seen = {m["id"] for m in out}
+    for row in list_models(store.settings):
+        if row["name"] not in seen:
+            seen.add(row["name"])
+            out.append({"id": row["name"], "created": BASE_MODEL_CREATED, "owned_by": "tunery"})
+    return out
 
 
 def get_fine_tuned_model(store: Store, org, name: str) -> Model:

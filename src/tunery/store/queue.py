@@ -4,6 +4,8 @@ running job's events, checkpoints and outcome.
 Every write a worker makes is conditional on it still holding the job
 (`WHERE id=? AND lease_owner=? AND status='running'`), so a job the API cancelled or paused, or one
 another worker recovered after this worker's lease expired, is never overwritten by a stale worker.
+These are the lease-holding variants of the store's writes: events, files and model rows themselves are
+built only by store/jobs.py, store/files.py and store/models.py, inside this module's transactions.
 
 Claiming is atomic: PostgreSQL locks the chosen row with FOR UPDATE SKIP LOCKED (concurrent workers
 skip each other's rows instead of waiting); SQLite, which has one writer at a time, flips the oldest
@@ -19,27 +21,21 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import and_, delete, or_, select, text, update
+from sqlalchemy import and_, delete, or_, select, update
 
 from tunery import ids
 from tunery.store.db import Store, now
+from tunery.store.files import add_file_row
+from tunery.store.jobs import append_event
+from tunery.store.models import register_model
 from tunery.store.tables import (
-    PAUSED,
-    QUEUED,
-    RUNNING,
-    FAILED,
-    SUCCEEDED,
-    File,
-    FineTuningJob,
-    FineTuningJobCheckpoint,
-    FineTuningJobEvent,
-    Model,
+    FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED, FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent,
     Organization,
 )
+from tunery.train.metric_names import RESULT_COLUMNS
 
 DEFAULT_MAX_ATTEMPTS = 3
 
-RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 
 
 @dataclass(frozen=True)
@@ -178,24 +174,16 @@ def _lock_held(s, job_id: str, owner: str, statuses: tuple[str, ...]) -> bool:
     return r.rowcount == 1
 
 
-def append_event(store: Store, job_id: str, owner: str, level: str, message: str, *,
-                 type: str = "message", data: dict | None = None,
-                 statuses: tuple[str, ...] = (RUNNING,)) -> bool:
-    """Add an event to a job this owner holds (in one of statuses); False (nothing written) otherwise."""
+def append_event_if_held(store: Store, job_id: str, owner: str, message: str, *, level: str = "info",
+                         type: str = "message", data: dict | None = None,
+                         statuses: tuple[str, ...] = (RUNNING,)) -> bool:
+    """store.jobs.append_event for a job this owner holds (in one of statuses); False (nothing written)
+    otherwise. For a job no worker holds, use store.jobs.add_event."""
     with store.session() as s:
         if not _lock_held(s, job_id, owner, statuses):
             return False
-        s.add(FineTuningJobEvent(id=ids.event_id(), job_id=job_id, created_at=now(), level=level,
-                                 message=message, type=type, data=data))
+        append_event(s, job_id, message, level=level, type=type, data=data)
         return True
-
-
-def add_event(store: Store, job_id: str, level: str, message: str, *, type: str = "message",
-              data: dict | None = None) -> None:
-    """Unconditional event (for jobs no worker holds, e.g. when recovery fails or requeues them)."""
-    with store.session() as s:
-        s.add(FineTuningJobEvent(id=ids.event_id(), job_id=job_id, created_at=now(), level=level,
-                                 message=message, type=type, data=data))
 
 
 def add_checkpoint(store: Store, job_id: str, owner: str, *, step: int, model_name: str, metrics: dict,
@@ -300,14 +288,12 @@ def finish_succeeded(store: Store, job: ClaimedJob, owner: str, *, fine_tuned_mo
                 values["resolved_hyperparameters"] = resolved_hyperparameters
             if s.execute(update(FineTuningJob).where(_held(job.id, owner)).values(**values)).rowcount != 1:
                 return False
-            s.add(File(id=fid, org_id=job.org_id, filename="step_metrics.csv", purpose="fine-tune-results",
-                       bytes=len(data), created_at=t, status="processed", path=str(blob)))
-            s.add(Model(id=fine_tuned_model, org_id=job.org_id, created_at=t, base_model=job.base_model,
-                        job_id=job.id, path=model_path, deleted=False))
-            s.add(FineTuningJobEvent(id=ids.event_id(), job_id=job.id, created_at=t, level="info", type="message",
-                                     message=f"New fine-tuned model created: {fine_tuned_model}"))
-            s.add(FineTuningJobEvent(id=ids.event_id(), job_id=job.id, created_at=t, level="info",
-                                     message="The job has successfully completed", type="message"))
+            add_file_row(s, fid=fid, org=job.org_id, filename="step_metrics.csv", purpose="fine-tune-results",
+                         nbytes=len(data), path=blob, created_at=t)
+            register_model(store, job.org_id, model_id=fine_tuned_model, base_model=job.base_model,
+                           job_id=job.id, path=model_path, session=s, created_at=t)
+            append_event(s, job.id, f"New fine-tuned model created: {fine_tuned_model}", created_at=t)
+            append_event(s, job.id, "The job has successfully completed", created_at=t)
             ok = True
             return True
     finally:
@@ -325,8 +311,7 @@ def finish_failed(store: Store, job_id: str, owner: str, *, code: str, message: 
             lease_owner=None, lease_expires_at=None, estimated_finish=None, updated_at=t))
         if r.rowcount != 1:
             return False
-        s.add(FineTuningJobEvent(id=ids.event_id(), job_id=job_id, created_at=t, level="error",
-                                 message=f"The job failed: {message}", type="message"))
+        append_event(s, job_id, f"The job failed: {message}", level="error", created_at=t)
         return True
 
 
@@ -340,8 +325,7 @@ def requeue(store: Store, job_id: str, owner: str, *, reason: str, count_attempt
     with store.session() as s:
         if s.execute(update(FineTuningJob).where(_held(job_id, owner)).values(**values)).rowcount != 1:
             return False
-        s.add(FineTuningJobEvent(id=ids.event_id(), job_id=job_id, created_at=t, level="warn",
-                                 message=reason, type="message"))
+        append_event(s, job_id, reason, level="warn", created_at=t)
         return True
 
 
@@ -353,8 +337,7 @@ def release_paused(store: Store, job_id: str, owner: str, message: str) -> bool:
             lease_owner=None, lease_expires_at=None, estimated_finish=None, updated_at=t))
         if r.rowcount != 1:
             return False
-        s.add(FineTuningJobEvent(id=ids.event_id(), job_id=job_id, created_at=t, level="info",
-                                 message=message, type="message"))
+        append_event(s, job_id, message, created_at=t)
         return True
 
 
@@ -396,18 +379,16 @@ def recover_expired(store: Store, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                     finished_at=t, lease_owner=None, lease_expires_at=None, estimated_finish=None,
                     updated_at=t))
                 if r.rowcount == 1:
-                    s.add(FineTuningJobEvent(id=ids.event_id(), job_id=job_id, created_at=t, level="error",
-                                             message=f"The job failed: {msg}", type="message"))
+                    append_event(s, job_id, f"The job failed: {msg}", level="error", created_at=t)
                     out.append((job_id, "failed"))
             else:
                 r = s.execute(update(FineTuningJob).where(cond).values(
                     status=QUEUED, lease_owner=None, lease_expires_at=None, estimated_finish=None,
                     updated_at=t))
                 if r.rowcount == 1:
-                    s.add(FineTuningJobEvent(
-                        id=ids.event_id(), job_id=job_id, created_at=t, level="warn", type="message",
-                        message=f"The worker running this job ({owner}) was lost during attempt {attempts}; "
-                                "the job is queued again and will resume from its last checkpoint"))
+                    append_event(s, job_id, f"The worker running this job ({owner}) was lost during attempt "
+                                 f"{attempts}; the job is queued again and will resume from its last checkpoint",
+                                 level="warn", created_at=t)
                     out.append((job_id, "requeued"))
     return out
 
@@ -417,9 +398,3 @@ def _last_error(s, job_id: str) -> str | None:
                     .where(FineTuningJobEvent.job_id == job_id, FineTuningJobEvent.level == "error")
                     .order_by(FineTuningJobEvent.seq.desc()).limit(1)).scalar()
     return msg
-
-
-def count_by_status(store: Store) -> dict[str, int]:
-    with store.read() as s:
-        return {st: n for st, n in s.execute(text(
-            "SELECT status, COUNT(*) FROM fine_tuning_jobs GROUP BY status")).all()}

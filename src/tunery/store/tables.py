@@ -1,8 +1,9 @@
 """Database tables (SQLAlchemy 2 declarative). Timestamps are unix seconds (ints), as on the wire.
 
 Every table has an integer primary key (`pk`, or `seq` for events) that gives insertion order for
-stable cursor pagination, and a public string `id` in OpenAI's shape. Other areas (the worker's
-store/queue.py) read and write these tables directly; column meanings are fixed by CONTRACTS.md.
+stable cursor pagination, and a public string `id` in OpenAI's shape. Only store/ modules read and write
+these tables (the worker through store/queue.py); columns mean what store/wire.py makes of them on the
+wire (docs/architecture.md).
 """
 
 from __future__ import annotations

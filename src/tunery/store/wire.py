@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 from tunery.store.tables import File, FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, Organization
+from tunery.train.config import SUPERVISED_KEYS
+from tunery.train.metric_names import CHECKPOINT_KEYS
 
-METRIC_KEYS = ("step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
-               "full_valid_loss", "full_valid_mean_token_accuracy")
 
 
 def file_object(row: File) -> dict:
@@ -28,7 +28,7 @@ def job_hyperparameters(row: FineTuningJob) -> dict:
 def job_object(row: FineTuningJob, org: Organization | str | None = None) -> dict:
     hp = job_hyperparameters(row)
     mtype = (row.method or {}).get("type", "supervised")
-    top = {k: hp.get(k, "auto") for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
+    top = {k: hp.get(k, "auto") for k in SUPERVISED_KEYS}
     return {
         "id": row.id, "object": "fine_tuning.job", "created_at": row.created_at,
         "error": row.error or None, "fine_tuned_model": row.fine_tuned_model, "finished_at": row.finished_at,
@@ -55,7 +55,7 @@ def event_object(row: FineTuningJobEvent) -> dict:
 
 
 def checkpoint_object(row: FineTuningJobCheckpoint) -> dict:
-    metrics = {k: _num((row.metrics or {}).get(k)) for k in METRIC_KEYS}
+    metrics = {k: _num((row.metrics or {}).get(k)) for k in CHECKPOINT_KEYS}
     if metrics["step"] is None:
         metrics["step"] = float(row.step_number)
     return {"id": row.id, "object": "fine_tuning.job.checkpoint", "created_at": row.created_at,

@@ -93,3 +93,46 @@ def prune(checkpoints_dir: Path, keep: int) -> list[Path]:
     for p in gone:
         shutil.rmtree(p, ignore_errors=True)
     return gone
+
+
+# --- what the worker needs to know about a run's folders --------------------------------------------
+
+RESUME_DIR = "resume"
+"""<output_dir>/resume: the state a paused run saved (the trainer writes it, a resumed attempt reads it)."""
+
+
+def is_model_dir(path: Path | str | None) -> bool:
+    """A folder tunery's trainer wrote (a checkpoint, a final model, a resume state): it has tunery.json."""
+    return path is not None and (Path(path) / META_FILE).is_file()
+
+
+def meta_step(path: Path | str) -> int | None:
+    """The optimizer step a checkpoint or resume folder was saved at (None when unreadable)."""
+    try:
+        meta = json.loads((Path(path) / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    step = meta.get("step")
+    return int(step) if isinstance(step, (int, float)) else None
+
+
+def is_resume_dir(path: Path | str) -> bool:
+    return Path(path).name == RESUME_DIR
+
+
+def resume_point(output_dir: Path | str, checkpoints=()) -> tuple[Path | None, int]:
+    """Where an earlier attempt left off: (folder, step) of the paused run's resume/ dir or of the newest
+    complete checkpoint among `checkpoints` ((path, step) pairs, e.g. the job's checkpoint rows), whichever
+    is later; (None, 0) when there is none."""
+    best: tuple[Path | None, int] = (None, 0)
+    for path, step in checkpoints:
+        p = Path(path)
+        complete = (p / META_FILE).exists() and (p / STATE_FILE).exists()
+        if complete and step > best[1]:
+            best = (p, step)
+    resume = Path(output_dir) / RESUME_DIR
+    if (resume / META_FILE).exists():
+        step = meta_step(resume)
+        if step is not None and step >= best[1]:
+            best = (resume, step)
+    return best

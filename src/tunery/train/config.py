@@ -1,4 +1,8 @@
-"""Training configuration and the "auto" hyperparameter rules.
+"""Training configuration and the job's hyperparameters: their names, ranges, "auto" rules and resolution.
+
+The one owner of these facts (torch-free): the API's checks (store/jobs.py), the wire shape
+(store/wire.py), the worker (worker/runner.py), the data estimates (data/estimate.py) and the trainer
+all read them from here.
 
 Learning rate = BASE_LEARNING_RATE[method] × learning_rate_multiplier, so the multiplier means the same
 thing for every model: 1.0 is a sound default for that method, 2.0 twice as aggressive.
@@ -20,6 +24,37 @@ BASE_LEARNING_RATE = {
     "lora": 2e-4,
     "full": 1e-5,
 }
+
+# --- the job's hyperparameters as the API names them ----------------------------------------------
+
+# name → (kind, low, high, low_inclusive): what a job may ask for (store/jobs.py) and TrainConfig.validate.
+HYPERPARAMETER_RANGES: dict[str, tuple[type, float, float, bool]] = {
+    "n_epochs": (int, 1, 50, True),
+    "batch_size": (int, 1, 256, True),
+    "learning_rate_multiplier": (float, 0, 10, False),
+    "beta": (float, 0, 2, False),
+}
+SUPERVISED_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+"""A supervised job's hyperparameters, also the top-level `hyperparameters` of the job object."""
+DPO_KEYS = SUPERVISED_KEYS + ("beta",)
+"""A DPO job's hyperparameters; also what the worker stores as the job's resolved hyperparameters."""
+RESOLVED_KEYS = DPO_KEYS
+
+
+def keys_for(method_type: str) -> tuple[str, ...]:
+    """The hyperparameters a job of this method type (OpenAI's method.type) may set."""
+    return DPO_KEYS if method_type == "dpo" else SUPERVISED_KEYS
+
+
+def from_job(hyperparameters: dict | None, method_type: str) -> dict:
+    """The TrainConfig fields a job's stored hyperparameters and method type decide ("auto" when unset)."""
+    hp = hyperparameters or {}
+    out: dict = {k: hp.get(k, "auto") for k in SUPERVISED_KEYS}
+    out["objective"] = method_type
+    if method_type == "dpo":
+        out["beta"] = hp.get("beta", "auto")
+    return out
+
 
 # OpenAI's documented "auto" batch size is ~0.2% of the examples; small sets use batch 1.
 MAX_AUTO_BATCH = 32
@@ -83,11 +118,12 @@ class TrainConfig:
     def validate(self) -> None:
         if self.method not in BASE_LEARNING_RATE:
             raise InvalidRequest(f"method must be 'lora' or 'full', got {self.method!r}", param="method")
-        _check_auto_int(self.n_epochs, "n_epochs", 1, 50)
-        _check_auto_int(self.batch_size, "batch_size", 1, 256)
+        _check_auto_int(self.n_epochs, "n_epochs")
+        _check_auto_int(self.batch_size, "batch_size")
         m = self.learning_rate_multiplier
-        if m != "auto" and (not isinstance(m, (int, float)) or isinstance(m, bool) or not (0 < m <= 10)):
-            raise InvalidRequest(f"learning_rate_multiplier must be 'auto' or a number in (0, 10], got {m!r}",
+        _, lo, hi, _ = HYPERPARAMETER_RANGES["learning_rate_multiplier"]
+        if m != "auto" and (not isinstance(m, (int, float)) or isinstance(m, bool) or not (lo < m <= hi)):
+            raise InvalidRequest(f"learning_rate_multiplier must be 'auto' or a number in ({lo:g}, {hi:g}], got {m!r}",
                                  param="hyperparameters.learning_rate_multiplier")
         if not isinstance(self.lora_rank, int) or not (1 <= self.lora_rank <= 256):
             raise InvalidRequest(f"lora_rank must be an integer in [1, 256], got {self.lora_rank!r}",
@@ -111,29 +147,31 @@ class TrainConfig:
         return d
 
 
-def _check_auto_int(v, name: str, lo: int, hi: int) -> None:
+def _check_auto_int(v, name: str) -> None:
     if v == "auto":
         return
+    _, lo, hi, _ = HYPERPARAMETER_RANGES[name]
     if not isinstance(v, int) or isinstance(v, bool) or not (lo <= v <= hi):
         raise InvalidRequest(f"{name} must be 'auto' or an integer in [{lo}, {hi}], got {v!r}",
                              param=f"hyperparameters.{name}")
 
 
+# OpenAI cookbook's "auto" n_epochs (the rule for sets that get no question rewrites).
+TARGET_EPOCHS = 3
+MIN_TARGET_EXAMPLES = 100
+MAX_TARGET_EXAMPLES = 25_000
+MIN_DEFAULT_EPOCHS = 1
+MAX_DEFAULT_EPOCHS = 25
+
+
 def auto_epochs(n_examples: int) -> int:
-    """OpenAI cookbook heuristic (tunery.data.auto_epochs when that module is present)."""
-    try:
-        from tunery.data import auto_epochs as data_auto_epochs
-    except ImportError:
-        data_auto_epochs = None
-    if data_auto_epochs is not None:
-        return int(data_auto_epochs(n_examples))
-    target, lo, hi, min_tok, max_tok = 3, 1, 25, 100, 25000
-    n = max(1, n_examples)
-    if n * target < min_tok:
-        return min(hi, min_tok // n)
-    if n * target > max_tok:
-        return max(lo, max_tok // n)
-    return target
+    """OpenAI's "auto" n_epochs: 3, raised for tiny sets and lowered for huge ones (cookbook rule)."""
+    n = max(1, int(n_examples))
+    if n * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(MAX_DEFAULT_EPOCHS, MIN_TARGET_EXAMPLES // n)
+    if n * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(MIN_DEFAULT_EPOCHS, MAX_TARGET_EXAMPLES // n)
+    return TARGET_EPOCHS
 
 
 def auto_batch_size(n_examples: int) -> int:
@@ -241,8 +279,9 @@ def _check_objective(config: TrainConfig) -> None:
         raise InvalidRequest(f"objective (method type) must be 'supervised' or 'dpo', got {config.objective!r}",
                              param="method.type")
     b = config.beta
-    if b != "auto" and (not isinstance(b, (int, float)) or isinstance(b, bool) or not (0 < b <= 2)):
-        raise InvalidRequest(f"beta must be 'auto' or a number in (0, 2], got {b!r}",
+    _, lo, hi, _ = HYPERPARAMETER_RANGES["beta"]
+    if b != "auto" and (not isinstance(b, (int, float)) or isinstance(b, bool) or not (lo < b <= hi)):
+        raise InvalidRequest(f"beta must be 'auto' or a number in ({lo:g}, {hi:g}], got {b!r}",
                              param="method.dpo.hyperparameters.beta")
 
 

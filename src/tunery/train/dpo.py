@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tunery.errors import InvalidRequest
 from tunery.train.loop import forward_logits, load_encoded, micro_batches, pack
+from tunery.train.metric_names import DPO_CHECKPOINT_METRICS
 from tunery.train.tokenize import Encoded, encode_preference, truncate
 
 REFERENCE_FILE = "reference_logps.json"
@@ -90,9 +91,7 @@ def sequence_logps(model, pairs: list[Pair], run):
 class Dpo:
     """The DPO step objective (see the module docstring); metrics are per pair, averaged over a batch."""
 
-    # train_/valid_/full_valid_ + these go into checkpoints; the loop adds the prefixes.
-    checkpoint_keys = ("loss", "mean_token_accuracy", "reward_accuracy", "reward_margin", "chosen_logps",
-                       "rejected_logps")
+    checkpoint_keys = DPO_CHECKPOINT_METRICS  # the loop adds the train_/valid_/full_valid_ prefixes
 
     def __init__(self):
         self.beta = 0.1

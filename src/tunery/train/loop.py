@@ -20,6 +20,7 @@ from tunery.train import checkpoint as ckpt
 from tunery.train.callbacks import CheckpointInfo, TrainCallbacks, TrainResult
 from tunery.train.config import (BASE_LEARNING_RATE, EARLY_STOP_PATIENCE, TrainConfig, resolve_augment,
                                  resolve_hyperparameters, resolve_objective)
+from tunery.train.metric_names import SFT_METRICS, per_split
 from tunery.train.tokenize import Encoded, encode_example, truncate
 
 # On a CPU, matmuls over a few hundred tokens already run at full speed, so larger micro-batches only add
@@ -174,7 +175,7 @@ class Supervised:
     The loop asks its objective (chosen once, by method type: this or dpo.Dpo) to load the data, run one
     step's forward/backward and evaluate; metrics come back unprefixed and the loop adds train_/valid_."""
 
-    checkpoint_keys = ("loss", "mean_token_accuracy")
+    checkpoint_keys = SFT_METRICS
 
     def load(self, path, tokenizer, max_length: int, callbacks: TrainCallbacks, what: str) -> list[Encoded]:
         return load_encoded(path, tokenizer, max_length, callbacks, what)
@@ -333,21 +334,10 @@ def _start_from_fine_tuned(config: TrainConfig, cb: TrainCallbacks) -> None:
     config.lora_rank = (meta.get("hyperparameters") or {}).get("lora_rank") or config.lora_rank
 
 
-# --- the loop ---------------------------------------------------------------------------------
+# --- setup: what train() decides before its first step ------------------------------------------
 
-def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
-    """Fine-tune config.model on config.training_file; see TrainConfig and TrainCallbacks."""
-    import torch
-
-    from tunery.models import context_length, pick_device, resolve, setup_threads
-
-    cb = callbacks or TrainCallbacks()
-    config.validate()
-    out_dir = Path(config.output_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    setup_threads()
-    device = config.device or pick_device()
-
+def _resume_from(config: TrainConfig, cb: TrainCallbacks) -> tuple[Path | None, dict | None]:
+    """(resume dir, its tunery.json) when continuing a checkpoint; else init_from, if any, is applied."""
     resume_dir = Path(config.resume_from) if config.resume_from else None
     resume_meta = ckpt.read_meta(resume_dir) if resume_dir else None
     if resume_meta:
@@ -358,16 +348,39 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         config.objective = resume_meta["hyperparameters"].get("objective", "supervised")
     elif config.init_from:
         _start_from_fine_tuned(config, cb)
-    base_model = resolve(config.model).name
-    objective = make_objective(config.objective)
+    return resume_dir, resume_meta
 
-    from tunery.models import load_tokenizer
 
-    tok = load_tokenizer(config.model)
+def _max_length(config: TrainConfig, resume_meta: dict | None) -> int:
+    from tunery.models import context_length
+
     ctx = context_length(config.model)
     max_length = min(config.max_length or ctx, ctx)
     if resume_meta:
         max_length = resume_meta["hyperparameters"].get("max_length") or max_length
+    return max_length
+
+
+def _seed(config: TrainConfig, resume_meta: dict | None) -> int:
+    if resume_meta:
+        return resume_meta["hyperparameters"]["seed"]
+    return config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+
+
+@dataclass
+class _Data:
+    """The sets as trained: the file's examples (originals) plus their question rewrites, and validation."""
+
+    originals: list
+    train_set: list
+    valid_set: list
+    n_variants: int
+    original_tokens: int
+
+
+def _load_data(config: TrainConfig, cb: TrainCallbacks, objective, tok, max_length: int,
+               resume_meta: dict | None, seed: int) -> _Data:
+    """Read and encode both files; add question rewrites (auto: small chat sets, see resolve_augment)."""
     valid_set = (objective.load(config.validation_file, tok, max_length, cb, "validation_file")
                  if config.validation_file else [])
 
@@ -377,12 +390,9 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     supervised = config.objective == "supervised"
     raw_train = read_file_examples(config.training_file, "training_file") if supervised else []
     n_augmentable = sum(augmentable(e) for e in raw_train)
-    if resume_meta:
-        hp = dict(resume_meta["hyperparameters"])
-        n_variants = int(hp.get("augment", 0))
-    else:
-        n_variants = 0  # decided once the file's examples are encoded (the rule needs their tokens)
-        seed0 = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+    # On resume the checkpoint's choice stands; else it is decided once the file's examples are encoded
+    # (the rule needs their tokens).
+    n_variants = int(resume_meta["hyperparameters"].get("augment", 0)) if resume_meta else 0
     originals = (load_encoded(config.training_file, tok, max_length, cb, "training_file", raw_train) if supervised
                  else objective.load(config.training_file, tok, max_length, cb, "training_file"))
     original_tokens = sum(len(e) for e in originals)
@@ -391,46 +401,107 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     train_set = list(originals)
     if n_variants:
         # Rewrites depend only on (file, seed), so a resumed run rebuilds the same set.
-        aug_seed = hp["seed"] if resume_meta else seed0
-        extra_ex = augment(raw_train, n_variants, aug_seed)[len(raw_train):]
+        extra_ex = augment(raw_train, n_variants, seed)[len(raw_train):]
         train_set += load_encoded(config.training_file, tok, max_length, TrainCallbacks(), "training_file",
                                   extra_ex)
-    if not resume_meta:
-        hp = resolve_hyperparameters(config, len(train_set), n_variants, len(originals), original_tokens)
-        hp["seed"] = seed0
-        hp["method"] = config.method
-        hp["lora_rank"] = config.lora_rank if config.method == "lora" else None
-        hp["max_length"] = max_length
-        hp["augment"] = n_variants
-        hp["early_stop"] = supervised and ((config.n_epochs == "auto") if config.early_stop == "auto"
-                                           else bool(config.early_stop))
-        hp.update(resolve_objective(config))
-        if config.init_from:
-            hp["init_from"] = str(config.init_from)
     if n_variants and not resume_meta:
         why = ("auto: a small set of chats, so each question is also trained in other wordings"
                if config.augment == "auto" else "as requested")
         cb.on_event("info", f"Augmenting {n_augmentable} example(s) with {n_variants} question rewrite(s) each "
-                            f"({why}): {describe(raw_train, n_variants, hp['seed'])}")
+                            f"({why}): {describe(raw_train, n_variants, seed)}")
+    return _Data(originals, train_set, valid_set, n_variants, original_tokens)
+
+
+def _hyperparameters(config: TrainConfig, data: _Data, resume_meta: dict | None, seed: int,
+                     max_length: int) -> dict:
+    """The run's resolved hyperparameters (a resumed run keeps its checkpoint's)."""
+    if resume_meta:
+        return dict(resume_meta["hyperparameters"])
+    supervised = config.objective == "supervised"
+    hp = resolve_hyperparameters(config, len(data.train_set), data.n_variants, len(data.originals),
+                                 data.original_tokens)
+    hp["seed"] = seed
+    hp["method"] = config.method
+    hp["lora_rank"] = config.lora_rank if config.method == "lora" else None
+    hp["max_length"] = max_length
+    hp["augment"] = data.n_variants
+    hp["early_stop"] = supervised and ((config.n_epochs == "auto") if config.early_stop == "auto"
+                                       else bool(config.early_stop))
+    hp.update(resolve_objective(config))
+    if config.init_from:
+        hp["init_from"] = str(config.init_from)
+    return hp
+
+
+def _announce(cb: TrainCallbacks, hp: dict, base_model: str, method: str, data: _Data, device: str,
+              precision: str, steps_per_epoch: int, total_steps: int) -> None:
+    """on_resolved: the hyperparameters and the run's shape, with a time estimate from measured throughput."""
+    throughput = DEFAULT_CPU_THROUGHPUT
+    try:
+        from tunery.data.estimate import measured_throughput
+
+        throughput = float(measured_throughput(base_model, method)[0]) or throughput
+    except Exception:  # estimates are advisory: no data module or no measurement yet
+        pass
+    epoch_tokens = sum(len(e) for e in data.train_set)
+    cb.on_resolved({**hp, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                    "n_train_examples": len(data.train_set), "n_valid_examples": len(data.valid_set),
+                    "device": device, "precision": precision,
+                    "estimated_seconds": round(epoch_tokens * hp["n_epochs"] / throughput, 1)})
+
+
+def _start_state(cb: TrainCallbacks, opt, resume_dir: Path | None, hp: dict, n_examples: int, device: str,
+                 total_steps: int) -> tuple[int, int, dict, list]:
+    """(step, trained_tokens, last metrics, history): a resumed run's saved state (optimizer and random
+    generators restored too), or a fresh start seeded from hp["seed"]."""
+    import torch
+
+    if resume_dir is not None:
+        state = ckpt.load_state(resume_dir)
+        opt.load_state_dict(state["optimizer"])
+        ckpt.restore_rng(state)
+        cb.on_event("info", f"Resuming from {resume_dir} at step {state['step']}/{total_steps}")
+        return state["step"], state["trained_tokens"], state["metrics"], state["history"]
+    torch.manual_seed(hp["seed"])
+    random.seed(hp["seed"])
+    cb.on_event("info", f"Fine-tuning started: {n_examples} examples, {hp['n_epochs']} epochs, batch size "
+                        f"{hp['batch_size']}, {total_steps} steps, learning rate {hp['learning_rate']:.2e} on {device}")
+    return 0, 0, {}, []
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
+    """Fine-tune config.model on config.training_file; see TrainConfig and TrainCallbacks.
+
+    Setup (the helpers above), then one flat loop: stop requests, one optimizer step, metrics, an epoch's
+    checkpoint, early stop; then the final model (_finish)."""
+    import torch
+
+    from tunery.models import load_tokenizer, pick_device, resolve, setup_threads
+
+    cb = callbacks or TrainCallbacks()
+    config.validate()
+    out_dir = Path(config.output_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    setup_threads()
+    device = config.device or pick_device()
+    resume_dir, resume_meta = _resume_from(config, cb)
+    base_model = resolve(config.model).name
+    objective = make_objective(config.objective)
+    tok = load_tokenizer(config.model)
+    max_length = _max_length(config, resume_meta)
+    seed = _seed(config, resume_meta)
+    data = _load_data(config, cb, objective, tok, max_length, resume_meta, seed)
+    train_set, originals, valid_set = data.train_set, data.originals, data.valid_set
+    hp = _hyperparameters(config, data, resume_meta, seed, max_length)
     seed, batch, n_epochs = hp["seed"], hp["batch_size"], hp["n_epochs"]
     steps_per_epoch = math.ceil(len(train_set) / batch)
     total_steps = steps_per_epoch * n_epochs
     precision, autocast = _precision(config, device)
     max_tokens = config.max_tokens_per_micro_batch or (16384 if device.startswith("cuda") else CPU_MICRO_BATCH_TOKENS)
     eval_every = config.eval_every or max(1, total_steps // 20)
-    epoch_tokens = sum(len(e) for e in train_set)
-
-    throughput = DEFAULT_CPU_THROUGHPUT
-    try:
-        from tunery.data.estimate import measured_throughput
-
-        throughput = float(measured_throughput(base_model, config.method)[0]) or throughput
-    except Exception:  # estimates are advisory: no data module or no measurement yet
-        pass
-    cb.on_resolved({**hp, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-                    "n_train_examples": len(train_set), "n_valid_examples": len(valid_set),
-                    "device": device, "precision": precision,
-                    "estimated_seconds": round(epoch_tokens * n_epochs / throughput, 1)})
+    _announce(cb, hp, base_model, config.method, data, device, precision, steps_per_epoch, total_steps)
 
     model, _ = _build_model(config, hp, device, resume_dir)
     run = RunContext(device, autocast, max_tokens, config.method,
@@ -438,24 +509,8 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     objective.start(model, hp, train_set, valid_set, resume_dir, run)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=hp["learning_rate"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-
-    step = 0
-    trained_tokens = 0
-    last_metrics: dict = {}
-    history: list[dict] = []
-    if resume_dir is not None:
-        state = ckpt.load_state(resume_dir)
-        opt.load_state_dict(state["optimizer"])
-        step, trained_tokens = state["step"], state["trained_tokens"]
-        last_metrics, history = state["metrics"], state["history"]
-        ckpt.restore_rng(state)
-        cb.on_event("info", f"Resuming from {resume_dir} at step {step}/{total_steps}")
-    else:
-        torch.manual_seed(seed)
-        random.seed(seed)
-        cb.on_event("info", f"Fine-tuning started: {len(train_set)} examples, {n_epochs} epochs, batch size "
-                            f"{batch}, {total_steps} steps, learning rate {hp['learning_rate']:.2e} on {device}")
-
+    step, trained_tokens, last_metrics, history = _start_state(cb, opt, resume_dir, hp, len(train_set), device,
+                                                               total_steps)
     meta_base = {"base_model": base_model, "method": config.method, "hyperparameters": hp,
                  "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
     checkpoints: list[CheckpointInfo] = []
@@ -541,6 +596,16 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
                                     f"{EARLY_STOP_PATIENCE} checks in a row, every {check_every} steps)")
                 break
 
+    return _finish(cb, config, status, model, tok, out_dir, meta_base, objective, hp, step, trained_tokens,
+                   last_metrics, checkpoints, stopped_at, session_tokens, session_time)
+
+
+def _finish(cb: TrainCallbacks, config: TrainConfig, status: str, model, tok, out_dir: Path, meta_base: dict,
+            objective, hp: dict, step: int, trained_tokens: int, last_metrics: dict, checkpoints: list,
+            stopped_at: int | None, session_tokens: int, session_time: float) -> TrainResult:
+    """After the loop: a succeeded run saves final/ (and drops resume/) and records its throughput."""
+    steps_per_epoch, total_steps, n_epochs = meta_base["steps_per_epoch"], meta_base["total_steps"], hp["n_epochs"]
+    base_model = meta_base["base_model"]
     model_dir = None
     resume_out = out_dir / "resume" if status == "paused" else None
     if status == "succeeded":
@@ -577,7 +642,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
 
 
 def _checkpoint_metrics(m: dict, objective) -> dict:
-    keys = ["step"] + [f"{p}{k}" for p in ("train_", "valid_", "full_valid_") for k in objective.checkpoint_keys]
+    keys = ("step",) + per_split(objective.checkpoint_keys)
     return {k: m[k] for k in keys if k in m}
 
 

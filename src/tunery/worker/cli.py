@@ -45,11 +45,8 @@ def worker(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `worker` and `quickstart` to the tunery command."""
-    from tunery.quickstart import quickstart
-
+    """Add `worker` to the tunery command."""
     app.command(name="worker", help=help_text(worker))(worker)
-    app.command(name="quickstart", help=help_text(quickstart))(quickstart)
 
 
 def help_text(fn) -> str:

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunery.settings import Settings, get_settings
+from tunery.train import checkpoint as ckpt
+from tunery.train.config import RESOLVED_KEYS
+from tunery.train.metric_names import EVENT_KEYS
 
 log = logging.getLogger("tunery.worker")
 
@@ -127,13 +130,34 @@ def _metrics_message(d: dict) -> str:
     return msg
 
 
-_METRIC_KEYS = ("step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "valid_loss",
-                "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy",
-                "trained_tokens", "tokens_per_second") + tuple(
-    f"{p}{k}" for p in ("train_", "valid_", "full_valid_")  # DPO (tunery.train.dpo)
-    for k in ("reward_accuracy", "reward_margin", "chosen_rewards", "rejected_rewards", "chosen_logps",
-              "rejected_logps"))
-_RESOLVED_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")
+
+
+@dataclass
+class Outcome:
+    """What happened to one attempt's training child, filled in while it runs (see JobRun._conclude)."""
+
+    result: dict | None = None
+    """The trainer returned: {status: succeeded|paused|cancelled, hyperparameters, model_dir, ...}."""
+    domain_error: dict | None = None
+    """The job itself is wrong (a TuneryError in the trainer: {message, code, param}): it fails, no retry."""
+    crash: str | None = None
+    """An unexpected exception in the trainer, described."""
+    stop: str | None = None
+    """"cancel" or "pause": the API moved the job out of running and the child was told to stop."""
+    lost: bool = False
+    """Another worker took the job over (this worker's lease expired): write nothing more."""
+    shutdown: bool = False
+    """This worker is stopping: the job goes back to the queue."""
+    exitcode: int | None = None
+    resolved: dict | None = None
+    """The hyperparameters the trainer resolved ("auto" → numbers)."""
+
+
+@dataclass
+class _Timers:
+    next_beat: float
+    next_poll: float
+    kill_at: float | None = None
 
 
 class JobRun:
@@ -154,7 +178,7 @@ class JobRun:
     def event(self, level: str, message: str, **kw) -> bool:
         from tunery.store import queue
 
-        return queue.append_event(self.store, self.job.id, self.owner, level, message, **kw)
+        return queue.append_event_if_held(self.store, self.job.id, self.owner, message, level=level, **kw)
 
     def fail(self, code: str, message: str, param: str | None = None) -> None:
         from tunery.store import queue
@@ -164,14 +188,9 @@ class JobRun:
 
     # --- preparation ---------------------------------------------------------------------------
     def _file_path(self, file_id: str) -> Path | None:
-        from sqlalchemy import select
+        from tunery.store.files import stored_path
 
-        from tunery.store.tables import File
-
-        with self.store.read() as s:
-            p = s.execute(select(File.path)
-                          .where(File.id == file_id, File.org_id == self.job.org_id)).scalar()
-        return Path(p) if p else None
+        return stored_path(self.store, self.job.org_id, file_id)
 
     def _check_base_model(self) -> str | None:
         """None when the base model can be loaded here, else the reason (the job fails with it)."""
@@ -189,7 +208,7 @@ class JobRun:
                 adapter = find_servable_model(self.store, self.job.org_id, self.job.model).adapter_dir
             except TuneryError as exc:
                 return f"The fine-tuned model {self.job.model!r} is unavailable: {exc.message}"
-            if adapter is None or not (Path(adapter) / "tunery.json").is_file():
+            if not ckpt.is_model_dir(adapter):
                 return f"The files of the fine-tuned model {self.job.model!r} are missing from this machine."
         if not is_available(spec, self.settings):
             hint = (f"run `tunery models pull {spec.name}` on the worker's machine" if spec.kind != "local"
@@ -198,60 +217,83 @@ class JobRun:
                     f"machine and cannot be downloaded here: {hint}.")
         return None
 
-    def _resume_point(self, output_dir: Path) -> tuple[Path | None, int]:
-        """Where an earlier attempt left off: the paused run's resume/ dir or the newest checkpoint."""
+    def _check_files(self) -> bool:
+        """The job's files are still in the file store; else the job fails (False)."""
+        job = self.job
+        train_path = self._file_path(job.training_file)
+        if train_path is None or not train_path.exists():
+            self.fail("invalid_training_file",
+                      f"training file {job.training_file} is missing from the file store", "training_file")
+            return False
+        if job.validation_file:
+            vp = self._file_path(job.validation_file)
+            if vp is None or not vp.exists():
+                self.fail("invalid_validation_file",
+                          f"validation file {job.validation_file} is missing from the file store",
+                          "validation_file")
+                return False
+        return True
+
+    def _preflight(self) -> bool:
+        """What can fail the job before a child is started: the method, the base model, the files."""
+        job = self.job
+        if (job.method or {}).get("type", "supervised") not in ("supervised", "dpo"):
+            self.fail("unsupported_method", f"method type {job.method.get('type')!r} is not supported by "
+                      "this worker's trainer (supervised and dpo only)", "method")
+            return False
+        reason = self._check_base_model()
+        if reason:
+            self.fail("model_unavailable", reason, "model")
+            return False
+        return self._check_files()
+
+    def _output_dir(self) -> Path:
         from tunery.store import queue
 
-        best: tuple[Path | None, int] = (None, 0)
-        for row in queue.list_checkpoints(self.store, self.job.id):
-            p = Path(row.path)
-            complete = (p / "tunery.json").exists() and (p / "trainer_state.pt").exists()
-            if complete and row.step_number > best[1]:
-                best = (p, row.step_number)
-        resume = output_dir / "resume"
-        if (resume / "tunery.json").exists():
-            step = _meta_step(resume)
-            if step is not None and step >= best[1]:
-                best = (resume, step)
-        return best
+        job = self.job
+        output_dir = Path(job.output_dir) if job.output_dir else self.settings.jobs_dir / job.id
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if not job.output_dir:
+            queue.update_running(self.store, job.id, self.owner, output_dir=str(output_dir))
+        return output_dir
+
+    def _resume_point(self, output_dir: Path) -> Path | None:
+        """Where an earlier attempt left off (train/checkpoint.py decides), announced in the job's events."""
+        from tunery.store import queue
+
+        job = self.job
+        rows = [(row.path, row.step_number) for row in queue.list_checkpoints(self.store, job.id)]
+        resume_from, resume_step = ckpt.resume_point(output_dir, rows)
+        if resume_from is not None:
+            dropped = queue.drop_metrics_after(self.store, job.id, self.owner, resume_step)
+            where = ("its paused state" if ckpt.is_resume_dir(resume_from)
+                     else f"the checkpoint at step {resume_step}")
+            self.event("info", f"Resuming training from {where} (attempt {job.attempts})"
+                       + (f"; {dropped} metrics events past that step were discarded" if dropped else ""))
+        elif job.attempts > 1:
+            self.event("info",
+                       f"Starting training from the beginning (attempt {job.attempts}; no checkpoint yet)")
+        return resume_from
 
     def _train_config(self, output_dir: Path, resume_from: Path | None) -> dict:
+        from tunery.train.config import from_job
+
         job = self.job
-        hp = dict(job.hyperparameters or {})
-        mtype = (job.method or {}).get("type", "supervised")
-        method_hp = ((job.method or {}).get(mtype) or {}).get("hyperparameters") or {}
-        hp.update({k: v for k, v in method_hp.items() if v is not None})
-        train_path = self._file_path(job.training_file)
         valid_path = self._file_path(job.validation_file) if job.validation_file else None
         cfg = {
             "model": job.base_model,
-            "training_file": str(train_path),
+            "training_file": str(self._file_path(job.training_file)),
             "validation_file": str(valid_path) if valid_path else None,
             "output_dir": str(output_dir),
-            "n_epochs": hp.get("n_epochs", "auto"),
-            "batch_size": hp.get("batch_size", "auto"),
-            "learning_rate_multiplier": hp.get("learning_rate_multiplier", "auto"),
+            **from_job(job.hyperparameters, (job.method or {}).get("type", "supervised")),
             "seed": job.seed,
             "resume_from": str(resume_from) if resume_from else None,
         }
-        # tunery's own extension: a "training_type" of lora (default) or full inside the hyperparameters.
-        if hp.get("training_type") in ("lora", "full"):
-            cfg["method"] = hp["training_type"]
-        if isinstance(hp.get("lora_rank"), int):
-            cfg["lora_rank"] = hp["lora_rank"]
-        cfg.update(self._method_config(mtype, hp))
-        return cfg
-
-    def _method_config(self, mtype: str, hp: dict) -> dict:
-        """The trainer's objective (OpenAI's method.type) and, for an ft: model, the weights to start from."""
-        out: dict = {"objective": mtype}
-        if mtype == "dpo":
-            out["beta"] = hp.get("beta", "auto")
-        if self.job.model.startswith("ft:"):
+        if job.model.startswith("ft:"):  # start from the fine-tuned model's weights
             from tunery.store.models import find_servable_model
 
-            out["init_from"] = str(find_servable_model(self.store, self.job.org_id, self.job.model).adapter_dir)
-        return out
+            cfg["init_from"] = str(find_servable_model(self.store, job.org_id, job.model).adapter_dir)
+        return cfg
 
     def _child_env(self) -> dict:
         s = self.settings
@@ -278,100 +320,34 @@ class JobRun:
                 self.proc.kill()
 
     def _run(self) -> None:
-        from tunery.store import queue
-
-        job = self.job
-        if (job.method or {}).get("type", "supervised") not in ("supervised", "dpo"):
-            self.fail("unsupported_method", f"method type {job.method.get('type')!r} is not supported by "
-                      "this worker's trainer (supervised and dpo only)", "method")
+        """preflight → output dir → resume point → child (supervised) → conclude."""
+        if not self._preflight():
             return
-        reason = self._check_base_model()
-        if reason:
-            self.fail("model_unavailable", reason, "model")
-            return
-        train_path = self._file_path(job.training_file)
-        if train_path is None or not train_path.exists():
-            self.fail("invalid_training_file",
-                      f"training file {job.training_file} is missing from the file store", "training_file")
-            return
-        if job.validation_file:
-            vp = self._file_path(job.validation_file)
-            if vp is None or not vp.exists():
-                self.fail("invalid_validation_file",
-                          f"validation file {job.validation_file} is missing from the file store",
-                          "validation_file")
-                return
-        output_dir = Path(job.output_dir) if job.output_dir else self.settings.jobs_dir / job.id
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if not job.output_dir:
-            queue.update_running(self.store, job.id, self.owner, output_dir=str(output_dir))
-        resume_from, resume_step = self._resume_point(output_dir)
-        if resume_from is not None:
-            dropped = queue.drop_metrics_after(self.store, job.id, self.owner, resume_step)
-            where = ("its paused state" if resume_from.name == "resume"
-                     else f"the checkpoint at step {resume_step}")
-            self.event("info", f"Resuming training from {where} (attempt {job.attempts})"
-                       + (f"; {dropped} metrics events past that step were discarded" if dropped else ""))
-        elif job.attempts > 1:
-            self.event("info",
-                       f"Starting training from the beginning (attempt {job.attempts}; no checkpoint yet)")
-        log_path = output_dir / f"attempt-{job.attempts}.log"
+        output_dir = self._output_dir()
+        resume_from = self._resume_point(output_dir)
+        log_path = output_dir / f"attempt-{self.job.attempts}.log"
         payload = {"log_path": str(log_path), "env": self._child_env(),
                    "config": self._train_config(output_dir, resume_from)}
-        outcome = self._supervise(payload)
-        self._conclude(outcome, log_path, output_dir)
+        self._conclude(self._supervise(payload), log_path)
 
-    def _supervise(self, payload: dict) -> dict:
-        """Run the child to its end; returns what happened:
-        {result | domain_error | crash, exitcode, stop, lost, shutdown}."""
-        from tunery.store import queue
-
-        proc, parent_conn = self._spawn(payload)
+    # --- supervision ---------------------------------------------------------------------------
+    def _supervise(self, payload: dict) -> Outcome:
+        """Run the child to its end: relay its messages, renew the lease, relay stop requests."""
+        proc, conn = self._spawn(payload)
         self.proc = proc
-        out: dict = {"stop": None}
-        kill_at = None
-        next_beat = time.monotonic() + self.cfg.heartbeat_seconds
-        next_poll = time.monotonic() + self.cfg.poll_seconds
+        out = Outcome()
+        start = time.monotonic()
+        timers = _Timers(next_beat=start + self.cfg.heartbeat_seconds, next_poll=start + self.cfg.poll_seconds)
         self._t0 = None
         self._last_eta_write = 0.0
         try:
-            while True:
-                try:
-                    # No `continue` after a message: a fast stream of metrics must not starve the heartbeat.
-                    if parent_conn.poll(0.2):
-                        self._handle(parent_conn.recv(), out)
-                except (EOFError, OSError):
-                    break  # the child exited and its end of the pipe closed
+            while self._receive(conn, out):
                 now = time.monotonic()
-                if self.worker.stopping.is_set() and not out.get("shutdown"):
-                    out["shutdown"] = True
-                    kill_at = now
-                if now >= next_beat:
-                    next_beat = now + self.cfg.heartbeat_seconds
-                    if not queue.renew_lease(self.store, self.job.id, self.owner, self.cfg.lease_seconds):
-                        next_poll = now  # find out why at once
-                if now >= next_poll and out["stop"] is None:
-                    next_poll = now + self.cfg.poll_seconds
-                    state = queue.job_state(self.store, self.job.id)
-                    status, owner = state if state else ("cancelled", None)
-                    if owner != self.owner and status in ("running", "queued"):
-                        # Another worker recovered this job (our lease expired): stop, write nothing.
-                        out["lost"] = self.lost = True
-                        kill_at = now
-                    elif status in ("cancelled", "paused", "failed", "succeeded"):
-                        kind = "pause" if status == "paused" else "cancel"
-                        out["stop"] = kind
-                        try:
-                            parent_conn.send(("stop", kind))
-                        except (OSError, EOFError):
-                            pass
-                        grace = (self.cfg.pause_grace_seconds if kind == "pause"
-                                 else self.cfg.cancel_grace_seconds)
-                        kill_at = now + grace
-                if kill_at is not None and now >= kill_at and proc.poll() is None:
+                self._tick(conn, out, timers, now)
+                if timers.kill_at is not None and now >= timers.kill_at and proc.poll() is None:
                     proc.kill()
-                    kill_at = None
-                if proc.poll() is not None and not parent_conn.poll(0):
+                    timers.kill_at = None
+                if proc.poll() is not None and not conn.poll(0):
                     break
         finally:
             try:
@@ -379,9 +355,53 @@ class JobRun:
             except Exception:  # still running after its pipe closed: make sure it is gone
                 proc.kill()
                 proc.wait(timeout=10)
-            parent_conn.close()
-        out["exitcode"] = proc.returncode
+            conn.close()
+        out.exitcode = proc.returncode
         return out
+
+    def _receive(self, conn, out: Outcome) -> bool:
+        """Handle at most one message; False once the child exited and its end of the pipe closed."""
+        try:
+            # One message per tick: a fast stream of metrics must not starve the heartbeat.
+            if conn.poll(0.2):
+                self._handle(conn.recv(), out)
+        except (EOFError, OSError):
+            return False
+        return True
+
+    def _tick(self, conn, out: Outcome, timers: _Timers, now: float) -> None:
+        """The worker's shutdown, the heartbeat, and (every poll_seconds) the job's status."""
+        from tunery.store import queue
+
+        if self.worker.stopping.is_set() and not out.shutdown:
+            out.shutdown = True
+            timers.kill_at = now
+        if now >= timers.next_beat:
+            timers.next_beat = now + self.cfg.heartbeat_seconds
+            if not queue.renew_lease(self.store, self.job.id, self.owner, self.cfg.lease_seconds):
+                timers.next_poll = now  # find out why at once
+        if now >= timers.next_poll and out.stop is None:
+            timers.next_poll = now + self.cfg.poll_seconds
+            self._check_status(conn, out, timers, now)
+
+    def _check_status(self, conn, out: Outcome, timers: _Timers, now: float) -> None:
+        from tunery.store import queue
+
+        state = queue.job_state(self.store, self.job.id)
+        status, owner = state if state else ("cancelled", None)
+        if owner != self.owner and status in ("running", "queued"):
+            # Another worker recovered this job (our lease expired): stop, write nothing.
+            out.lost = self.lost = True
+            timers.kill_at = now
+        elif status in ("cancelled", "paused", "failed", "succeeded"):
+            kind = "pause" if status == "paused" else "cancel"
+            out.stop = kind
+            try:
+                conn.send(("stop", kind))
+            except (OSError, EOFError):
+                pass
+            grace = self.cfg.pause_grace_seconds if kind == "pause" else self.cfg.cancel_grace_seconds
+            timers.kill_at = now + grace
 
     def _spawn(self, payload: dict):
         """A training child with the payload sent: the worker's warm child if it has one, else a new one."""
@@ -399,14 +419,14 @@ class JobRun:
         conn.send(payload)
         return proc, conn
 
-    def _handle(self, msg: tuple, out: dict) -> None:
+    def _handle(self, msg: tuple, out: Outcome) -> None:
         from tunery.store import queue
 
         kind = msg[0]
         if kind == "event":
             self.event(msg[1], msg[2], statuses=("running", "paused"))
         elif kind == "metrics":
-            data = {k: msg[1][k] for k in _METRIC_KEYS if msg[1].get(k) is not None}
+            data = {k: msg[1][k] for k in EVENT_KEYS if msg[1].get(k) is not None}
             # Steps trained between the API's pause and the trainer seeing it still count: the resume
             # state includes them, so their metrics belong in the curve.
             self.event("info", _metrics_message(data), type="metrics", data=data,
@@ -414,17 +434,17 @@ class JobRun:
             self._update_eta(data)
         elif kind == "resolved":
             hp = msg[1]
-            resolved = {k: hp[k] for k in _RESOLVED_KEYS if k in hp}
+            resolved = {k: hp[k] for k in RESOLVED_KEYS if k in hp}
             values = {"resolved_hyperparameters": resolved}
             if hp.get("estimated_seconds"):
                 values["estimated_finish"] = int(time.time() + float(hp["estimated_seconds"]))
             queue.update_running(self.store, self.job.id, self.owner, **values)
-            out["resolved"] = resolved
+            out.resolved = resolved
         elif kind == "checkpoint":
             info = msg[1]
             from tunery import ids
 
-            metrics = {k: v for k, v in (info.get("metrics") or {}).items() if k in _METRIC_KEYS}
+            metrics = {k: v for k, v in (info.get("metrics") or {}).items() if k in EVENT_KEYS}
             metrics.setdefault("step", info["step"])
             queue.add_checkpoint(self.store, self.job.id, self.owner, step=int(info["step"]),
                                  statuses=("running", "paused"),
@@ -432,7 +452,7 @@ class JobRun:
                                  metrics=metrics, path=info["path"])
             queue.forget_missing_checkpoints(self.store, self.job.id, self.owner)
         elif kind in ("result", "domain_error", "crash"):
-            out[kind] = msg[1]
+            setattr(out, kind, msg[1])
 
     def _update_eta(self, data: dict) -> None:
         from tunery.store import queue
@@ -452,47 +472,65 @@ class JobRun:
         queue.update_running(self.store, self.job.id, self.owner,
                              estimated_finish=int(time.time() + per_step * max(0, total - step)))
 
-    def _conclude(self, out: dict, log_path: Path, output_dir: Path) -> None:
+    # --- the outcome ---------------------------------------------------------------------------
+    def _conclude(self, out: Outcome, log_path: Path) -> None:
+        """One outcome, one store write (each conditional on this worker still holding the job)."""
+        if out.lost:
+            log.warning("job %s: lease lost to another worker; attempt abandoned", self.job.id)
+        elif out.shutdown and out.result is None:
+            self._requeue_on_shutdown()
+        elif out.result is not None:
+            self._finished(out.result)
+        elif out.stop:
+            self._stopped(out.stop)
+        elif out.domain_error is not None:
+            err = out.domain_error
+            self.fail(err.get("code") or "invalid_request", err["message"], err.get("param"))
+        else:
+            self._crashed(out, log_path)
+
+    def _requeue_on_shutdown(self) -> None:
+        from tunery.store import queue
+
+        if not queue.requeue(self.store, self.job.id, self.owner, count_attempt=False,
+                             reason="The worker shut down; the job is queued again and will resume from "
+                                    "its last checkpoint"):
+            queue.release_stopped(self.store, self.job.id, self.owner)  # cancelled or paused meanwhile
+
+    def _finished(self, result: dict) -> None:
+        """The trainer returned: it succeeded, saved its paused state, or stopped on a cancel."""
         from tunery.store import queue
 
         job = self.job
-        if out.get("lost"):
-            log.warning("job %s: lease lost to another worker; attempt abandoned", job.id)
-            return
-        if out.get("shutdown") and "result" not in out:
-            if not queue.requeue(self.store, job.id, self.owner, count_attempt=False,
-                                 reason="The worker shut down; the job is queued again and will resume from "
-                                        "its last checkpoint"):
-                queue.release_stopped(self.store, job.id, self.owner)  # cancelled or paused meanwhile
-            return
-        result = out.get("result")
-        if result is not None:
-            status = result["status"]
-            if status == "succeeded":
-                self._succeed(result)
-            elif status == "paused":
-                step = _meta_step(Path(result["resume_dir"])) if result.get("resume_dir") else None
-                where = f" at step {step}" if step is not None else ""
-                if not queue.release_paused(self.store, job.id, self.owner,
-                                            f"Training paused{where}; resume the job to continue from there"):
-                    queue.release_stopped(self.store, job.id, self.owner)
-            else:
+        status = result["status"]
+        if status == "succeeded":
+            self._succeed(result)
+        elif status == "paused":
+            step = ckpt.meta_step(result["resume_dir"]) if result.get("resume_dir") else None
+            where = f" at step {step}" if step is not None else ""
+            if not queue.release_paused(self.store, job.id, self.owner,
+                                        f"Training paused{where}; resume the job to continue from there"):
                 queue.release_stopped(self.store, job.id, self.owner)
-            return
-        if out.get("stop"):
-            # Stopped on request (cancel, or a pause that had to be forced): nothing to record but the lease.
-            if out["stop"] == "pause":
-                queue.release_paused(self.store, job.id, self.owner,
-                                     "Training paused; resume continues from the last checkpoint")
+        else:
             queue.release_stopped(self.store, job.id, self.owner)
-            return
-        err = out.get("domain_error")
-        if err is not None:
-            self.fail(err.get("code") or "invalid_request", err["message"], err.get("param"))
-            return
-        code = out.get("exitcode")
-        if out.get("crash"):
-            reason = out["crash"]
+
+    def _stopped(self, stop: str) -> None:
+        """Stopped on request (cancel, or a pause that had to be forced): nothing to record but the lease."""
+        from tunery.store import queue
+
+        if stop == "pause":
+            queue.release_paused(self.store, self.job.id, self.owner,
+                                 "Training paused; resume continues from the last checkpoint")
+        queue.release_stopped(self.store, self.job.id, self.owner)
+
+    def _crashed(self, out: Outcome, log_path: Path) -> None:
+        """The child died: retry from the last checkpoint, or fail once max_attempts are used."""
+        from tunery.store import queue
+
+        job = self.job
+        code = out.exitcode
+        if out.crash:
+            reason = out.crash
         elif code is not None and code < 0:
             reason = f"the training process was killed by {_signal_name(code)}"
             if code == -signal.SIGKILL:
@@ -536,7 +574,7 @@ class JobRun:
             return
         self._convert_gguf(Path(model_dir))
         csv_text = queue.result_csv(queue.metrics_events(self.store, self.job.id))
-        hp = {k: result["hyperparameters"][k] for k in _RESOLVED_KEYS if k in result.get("hyperparameters", {})}
+        hp = {k: result["hyperparameters"][k] for k in RESOLVED_KEYS if k in result.get("hyperparameters", {})}
         ok = queue.finish_succeeded(self.store, self.job, self.owner, fine_tuned_model=self.ft_name,
                                     model_path=str(model_dir), trained_tokens=int(result["trained_tokens"]),
                                     resolved_hyperparameters=hp or None, result_csv_text=csv_text)
@@ -577,17 +615,6 @@ def spawn_child(log_path: Path, *, warm: bool = False):
         log_file.close()
         theirs.close()
     return proc, Connection(ours.detach())
-
-
-def _meta_step(path: Path) -> int | None:
-    import json
-
-    try:
-        meta = json.loads((path / "tunery.json").read_text())
-    except (OSError, ValueError):
-        return None
-    step = meta.get("step")
-    return int(step) if isinstance(step, (int, float)) else None
 
 
 class Worker:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -30,24 +31,26 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  store: Store = Depends(get_store), org: Organization = Depends(current_org)):
     params = chat_params(body)
     messages = chat_messages(body)
-
-    engine = get_engine(request.app)
-    check_choices(params.n, engine)
-
-    async def answer(stream: bool):
-        servable = await run_in_threadpool(find_servable_model, store, org, body.model,
-                                           allow_paths=path_models_allowed(request, store))
-        handle = await run_in_threadpool(engine.prepare, servable)
-        ids = await run_in_threadpool(handle.encode_chat, messages)
-        gen = await run_in_threadpool(engine.submit, handle, ids, params, asyncio.get_running_loop(), "messages")
-        include_usage = bool(stream and body.stream_options and body.stream_options.include_usage)
-        answer = Answer("chat", body.model, params.n, include_usage, params.logprobs)
-        if stream:
-            return StreamingResponse(answer.stream([gen]), media_type="text/event-stream", headers=_SSE_HEADERS)
-        return await answer.whole([gen])
-
+    check_choices(params.n, get_engine(request.app))
+    answer = functools.partial(_answer, request, store, org, body, messages, params)
     # A model bound to a topic classifier answers through its guard (tunery.api.guard; issue #15).
     guard = None if bypassed(body) else await run_in_threadpool(find_guard, store, org, body.model)
     if guard is not None:
         return await guarded_chat(request, store, org, guard, body, messages, answer)
     return await answer(True) if body.stream else JSONResponse(await answer(False))
+
+
+async def _answer(request: Request, store: Store, org: Organization, body: ChatCompletionRequest, messages,
+                  params, stream: bool):
+    """The model's own answer: a StreamingResponse, or the whole chat.completion as a dict."""
+    engine = get_engine(request.app)
+    servable = await run_in_threadpool(find_servable_model, store, org, body.model,
+                                       allow_paths=path_models_allowed(request, store))
+    handle = await run_in_threadpool(engine.prepare, servable)
+    ids = await run_in_threadpool(handle.encode_chat, messages)
+    gen = await run_in_threadpool(engine.submit, handle, ids, params, asyncio.get_running_loop(), "messages")
+    include_usage = bool(stream and body.stream_options and body.stream_options.include_usage)
+    answer = Answer("chat", body.model, params.n, include_usage, params.logprobs)
+    if stream:
+        return StreamingResponse(answer.stream([gen]), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return await answer.whole([gen])

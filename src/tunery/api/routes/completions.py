@@ -40,19 +40,39 @@ async def create_completion(body: CompletionRequest, request: Request,
     prompts = _prompts(body.prompt)
     engine = get_engine(request.app)
     check_choices(params.n, engine, n_prompts=len(prompts))
-    servable = await run_in_threadpool(find_servable_model, store, org, body.model,
+    handle = await _prepare(request, store, org, engine, body.model)
+    encoded = await run_in_threadpool(lambda: [_encode(handle, p) for p in prompts])
+    gens = await _submit_all(engine, handle, encoded, params)
+    echo = [p if isinstance(p, str) else handle.tokenizer.decode(p) for p in prompts] if body.echo else None
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    answer = Answer("text", body.model, params.n, include_usage, params.logprobs, echo=echo)
+    if body.stream:
+        return StreamingResponse(answer.stream(gens), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return JSONResponse(await answer.whole(gens))
+
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _prepare(request: Request, store: Store, org: Organization, engine, model: str):
+    """The engine's handle on the requested model (loaded if it is not yet)."""
+    servable = await run_in_threadpool(find_servable_model, store, org, model,
                                        allow_paths=path_models_allowed(request, store))
-    handle = await run_in_threadpool(engine.prepare, servable)
+    return await run_in_threadpool(engine.prepare, servable)
+
+
+def _encode(handle, prompt) -> list[int]:
+    """A prompt's token ids: a string is tokenized, token ids are checked against the model's vocabulary."""
+    if isinstance(prompt, str):
+        return handle.encode(prompt)
     vocab = handle.backend.vocab_size
+    if any(not isinstance(t, int) or not 0 <= t < vocab for t in prompt):
+        raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab})", param="prompt")
+    return list(prompt)
 
-    def encode(p) -> list[int]:
-        if isinstance(p, str):
-            return handle.encode(p)
-        if any(not isinstance(t, int) or not 0 <= t < vocab for t in p):
-            raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab})", param="prompt")
-        return list(p)
 
-    encoded = await run_in_threadpool(lambda: [encode(p) for p in prompts])
+async def _submit_all(engine, handle, encoded: list[list[int]], params) -> list:
+    """One generation per prompt; if one cannot be queued, the ones already queued are cancelled."""
     loop = asyncio.get_running_loop()
     gens = []
     try:
@@ -62,13 +82,4 @@ async def create_completion(body: CompletionRequest, request: Request,
         for g in gens:
             g.cancel()
         raise
-    echo = None
-    if body.echo:
-        tok = handle.tokenizer
-        echo = [p if isinstance(p, str) else tok.decode(p) for p in prompts]
-    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-    answer = Answer("text", body.model, params.n, include_usage, params.logprobs, echo=echo)
-    if body.stream:
-        return StreamingResponse(answer.stream(gens), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return JSONResponse(await answer.whole(gens))
+    return gens

@@ -117,16 +117,28 @@ class _Multipart:
         elif self._part:
             self.fields[self._part] = self._buf.decode("utf-8", "replace")
 
+    async def read(self, request: Request) -> str:
+        """Stream the request body through the parser; returns the checked purpose."""
+        from python_multipart.multipart import MultipartParseError
 
-@router.post("/files", response_model=FileObject, openapi_extra=_UPLOAD_BODY,
-             responses={413: {"description": "File too large"}}, summary="Upload a file")
-async def upload_file(request: Request, store: Store = Depends(get_store),
-                      org: Organization = Depends(current_org)):
-    """Upload a file (multipart: `file`, `purpose`). Purpose fine-tune files are validated at once:
-    status becomes processed, or error with status_details naming the problems."""
-    from python_multipart.multipart import MultipartParseError, parse_options_header
+        try:
+            async for chunk in request.stream():
+                self.parser.write(chunk)
+            self.parser.finalize()
+        except MultipartParseError as exc:
+            raise InvalidRequest(f"Malformed multipart body: {exc}", param="file") from exc
+        except ClientDisconnect:
+            raise InvalidRequest("The upload was interrupted.", param="file") from None
+        purpose = store_files.check_purpose(self.fields.get("purpose"))
+        if self.upload is None or not self.upload.closed:
+            raise InvalidRequest("The request has no complete 'file' part.", param="file")
+        return purpose
 
-    limit = store.settings.max_upload_bytes
+
+def _multipart_boundary(request: Request, limit: int) -> bytes:
+    """The multipart boundary, after refusing a body that is not multipart or declares too many bytes."""
+    from python_multipart.multipart import parse_options_header
+
     ctype, opts = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or not opts.get(b"boundary"):
         raise InvalidRequest("Upload files as multipart/form-data with fields 'file' and 'purpose'.",
@@ -135,19 +147,18 @@ async def upload_file(request: Request, store: Store = Depends(get_store),
     if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
         raise PayloadTooLarge(f"The file is larger than this server's limit of {limit} bytes "
                               "(TUNERY_MAX_UPLOAD_BYTES).", param="file")
-    form = _Multipart(store, opts[b"boundary"])
+    return opts[b"boundary"]
+
+
+@router.post("/files", response_model=FileObject, openapi_extra=_UPLOAD_BODY,
+             responses={413: {"description": "File too large"}}, summary="Upload a file")
+async def upload_file(request: Request, store: Store = Depends(get_store),
+                      org: Organization = Depends(current_org)):
+    """Upload a file (multipart: `file`, `purpose`). Purpose fine-tune files are validated at once:
+    status becomes processed, or error with status_details naming the problems."""
+    form = _Multipart(store, _multipart_boundary(request, store.settings.max_upload_bytes))
     try:
-        try:
-            async for chunk in request.stream():
-                form.parser.write(chunk)
-            form.parser.finalize()
-        except MultipartParseError as exc:
-            raise InvalidRequest(f"Malformed multipart body: {exc}", param="file") from exc
-        except ClientDisconnect:
-            raise InvalidRequest("The upload was interrupted.", param="file") from None
-        purpose = store_files.check_purpose(form.fields.get("purpose"))
-        if form.upload is None or not form.upload.closed:
-            raise InvalidRequest("The request has no complete 'file' part.", param="file")
+        purpose = await form.read(request)
         row = await run_in_threadpool(form.upload.commit, org, filename=form.filename or "", purpose=purpose)
     finally:
         if form.upload is not None:

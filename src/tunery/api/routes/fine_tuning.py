@@ -156,6 +156,12 @@ def create_job(body: JobCreate, request: Request, store: Store = Depends(get_sto
                org: Organization = Depends(current_org)):
     """Checks the model, files, suffix, seed, method and hyperparameters now, answering 400 with the bad
     field in `param`; then the job goes validating_files → queued for the worker."""
+    job = store_jobs.create_job(store, org, _job_request(body), allow_paths=path_models_allowed(request, store))
+    return job_object(job, org)
+
+
+def _job_request(body: JobCreate) -> store_jobs.JobRequest:
+    """The fields as the SDK sent them; a hyperparameter sent as null counts as not sent."""
     raw = body.model_dump(exclude_unset=True)
     req = store_jobs.JobRequest(**{k: raw.get(k) for k in (
         "model", "training_file", "validation_file", "suffix", "seed", "hyperparameters", "method",
@@ -167,7 +173,7 @@ def create_job(body: JobCreate, request: Request, store: Store = Depends(get_sto
             inner = req.method.get(kind)
             if isinstance(inner, dict) and isinstance(inner.get("hyperparameters"), dict):
                 inner["hyperparameters"] = {k: v for k, v in inner["hyperparameters"].items() if v is not None}
-    return job_object(store_jobs.create_job(store, org, req, allow_paths=path_models_allowed(request, store)), org)
+    return req
 
 
 def _metadata_filter(request: Request) -> tuple[dict[str, str] | None, bool]:

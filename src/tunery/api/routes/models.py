@@ -3,7 +3,6 @@ as OpenAI); retrieve; delete fine-tuned models."""
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -12,12 +11,12 @@ from pydantic import BaseModel
 from tunery.api.deps import (
     ERROR_RESPONSES, ListPage, add_method_not_allowed, current_org, get_store, path_models_allowed,
 )
+from tunery.inference.router import unload_models
 from tunery.store import Organization, Store
 from tunery.store import models as store_models
 from tunery.store.wire import list_object, model_object
 
 router = APIRouter(tags=["models"], responses=ERROR_RESPONSES)
-log = logging.getLogger("tunery.api")
 
 
 class Model(BaseModel):
@@ -33,24 +32,9 @@ class ModelDeleted(BaseModel):
     deleted: bool
 
 
-def available_models(store: Store, org: Organization) -> list[dict]:
-    from tunery.models import list_models
-
-    out = [model_object(info) for info in (
-        {"id": row.id, "created": row.created_at, "owned_by": org.name}
-        for row in store_models.list_fine_tuned_models(store, org))]
-    seen = {m["id"] for m in out}
-    for row in list_models(store.settings):
-        if row["name"] not in seen:
-            seen.add(row["name"])
-            out.append(model_object({"id": row["name"], "created": store_models.BASE_MODEL_CREATED,
-                                     "owned_by": "tunery"}))
-    return out
-
-
 @router.get("/models", response_model=ListPage[Model], summary="List models")
 def list_models(store: Store = Depends(get_store), org: Organization = Depends(current_org)):
-    return list_object(available_models(store, org))
+    return list_object([model_object(info) for info in store_models.available_models(store, org)])
 
 
 _MODEL = Path(..., max_length=2048)
@@ -69,13 +53,7 @@ def delete_model(request: Request, model: str = _MODEL, store: Store = Depends(g
                  org: Organization = Depends(current_org)):
     """Fine-tuned models only (403 for base models). The model stops answering at once."""
     names = store_models.delete_model(store, org, model, allow_paths=path_models_allowed(request, store))
-    engine = getattr(request.app.state, "engine", None)
-    if engine is not None:
-        for name in names:
-            try:
-                engine.unload(name)
-            except Exception:  # the model is deleted either way; a failed unload only costs memory
-                log.exception("engine.unload(%s) failed", name)
+    unload_models(request.app, names)
     return {"id": model, "object": "model", "deleted": True}
 
 
