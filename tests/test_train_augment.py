@@ -8,8 +8,8 @@ import pytest
 from tunery.data.formats import Example
 from tunery.train import TrainConfig, train
 from tunery.train.augment import augment, augmentable, rewrite
-from tunery.train.config import (AUTO_AUG_BATCH, AUTO_AUG_MULTIPLIER, auto_variants, resolve_augment,
-                                 resolve_hyperparameters)
+from tunery.train.config import (AUTO_AUG_BATCH, AUTO_AUG_MULTIPLIER, AUTO_NEFTUNE_ALPHA, auto_variants,
+                                 resolve_augment, resolve_hyperparameters, resolve_neftune)
 
 from test_train import Recorder, chat_rows, write_jsonl
 
@@ -101,3 +101,32 @@ def test_early_stop_event_and_reported_epochs(tiny_model_dir, tmp_path):
     assert res.hyperparameters["stopped_at_step"] == cb.metrics[-1]["step"] < cb.resolved["total_steps"]
     assert res.hyperparameters["n_epochs"] < res.hyperparameters["max_epochs"]
     assert "original_accuracy" in cb.metrics[-1]
+
+
+def test_neftune_is_auto_for_augmented_runs_and_obeys_an_explicit_value(tmp_path):
+    auto = TrainConfig(model="m", training_file="f", output_dir=tmp_path)
+    assert resolve_neftune(auto, 3) == AUTO_NEFTUNE_ALPHA > 0
+    assert resolve_neftune(auto, 0) == 0  # no small-set rules, no noise
+    off = TrainConfig(model="m", training_file="f", output_dir=tmp_path, neftune_alpha=0)
+    assert resolve_neftune(off, 3) == 0
+    with pytest.raises(Exception, match="neftune_alpha"):
+        TrainConfig(model="m", training_file="f", output_dir=tmp_path, neftune_alpha=-1).validate()
+
+
+def test_neftune_noise_is_added_only_while_training(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunery.train.loop import add_embedding_noise
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    emb = model.get_input_embeddings()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    clean = emb(ids).detach()
+    add_embedding_noise(model, 5.0)
+    model.train()
+    noisy = emb(ids).detach()
+    bound = 5.0 / (5 * clean.shape[-1]) ** 0.5
+    assert not torch.equal(noisy, clean) and float((noisy - clean).abs().max()) <= bound + 1e-6
+    model.eval()
+    assert torch.equal(emb(ids).detach(), clean)

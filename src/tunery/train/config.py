@@ -106,6 +106,10 @@ class TrainConfig:
     early_stop: bool | str = "auto"
     """Stop once the model reproduces the training answers (token accuracy 100% on the original examples,
     teacher-forced, at EARLY_STOP_PATIENCE checks in a row); "auto": on when n_epochs is auto."""
+    neftune_alpha: float | str = "auto"
+    """NEFTune: uniform noise of scale alpha/sqrt(tokens × width) on the input embeddings while training, so the
+    model cannot key an answer on the exact tokens of its question; "auto": AUTO_NEFTUNE_ALPHA for auto
+    small-set runs (those that augment), 0 (off) otherwise."""
     objective: Literal["supervised", "dpo"] = "supervised"
     """OpenAI's method.type: "supervised" (token cross-entropy) or "dpo" (preference pairs, see dpo.py)."""
     beta: float | str = "auto"
@@ -133,6 +137,10 @@ class TrainConfig:
         a = self.augment
         if a != "auto" and (not isinstance(a, int) or isinstance(a, bool) or not (0 <= a <= 32)):
             raise InvalidRequest(f"augment must be 'auto' or an integer in [0, 32], got {a!r}", param="augment")
+        n = self.neftune_alpha
+        if n != "auto" and (not isinstance(n, (int, float)) or isinstance(n, bool) or not (0 <= n <= 50)):
+            raise InvalidRequest(f"neftune_alpha must be 'auto' or a number in [0, 50], got {n!r}",
+                                 param="neftune_alpha")
         if self.early_stop not in ("auto", True, False):
             raise InvalidRequest(f"early_stop must be 'auto', true or false, got {self.early_stop!r}",
                                  param="early_stop")
@@ -216,11 +224,25 @@ def auto_passes(original_tokens: int) -> int:
     return max(lo, min(hi, round(AUTO_TOKEN_BUDGET / max(1, original_tokens))))
 
 
+AUTO_NEFTUNE_ALPHA = 5.0
+"""NEFTune's alpha for auto small-set runs (the paper's value for 7B models). Measured on ferry_short with the
+rules above: reworded recall 68% → 71%, verbatim unchanged at 100%."""
+
+
 def auto_variants(n_augmentable: int, original_tokens: int) -> int:
-    """Rewrites per example for a small set: a third of the passes go to new wordings (1..5)."""
+    """Rewrites per example for a small set: half the passes go to new wordings (1..5). Measured at the same
+    budget: ferry_short 3 → 5 rewrites, reworded recall 71% → 75%; the Chiang Mai demo 1 → 3 rewrites (with
+    NEFTune), 95% → 98% verbatim and 57% → 71% reworded."""
     if n_augmentable == 0 or n_augmentable > AUTO_SMALL_SET:
         return 0
-    return max(1, min(AUTO_MAX_VARIANTS, auto_passes(original_tokens) // 3 - 1))
+    return max(1, min(AUTO_MAX_VARIANTS, auto_passes(original_tokens) // 2 - 1))
+
+
+def resolve_neftune(config: TrainConfig, n_variants: int) -> float:
+    """The run's NEFTune alpha: explicit value, else AUTO_NEFTUNE_ALPHA when the auto rules augment."""
+    if config.neftune_alpha != "auto":
+        return float(config.neftune_alpha)
+    return AUTO_NEFTUNE_ALPHA if n_variants > 0 and config.augment == "auto" else 0.0
 
 
 def resolve_augment(config: TrainConfig, n_augmentable: int, original_tokens: int = 0) -> int:

@@ -19,7 +19,7 @@ from tunery.errors import InvalidRequest
 from tunery.train import checkpoint as ckpt
 from tunery.train.callbacks import CheckpointInfo, TrainCallbacks, TrainResult
 from tunery.train.config import (BASE_LEARNING_RATE, EARLY_STOP_PATIENCE, TrainConfig, resolve_augment,
-                                 resolve_hyperparameters, resolve_objective)
+                                 resolve_hyperparameters, resolve_neftune, resolve_objective)
 from tunery.train.metric_names import SFT_METRICS, per_split
 from tunery.train.tokenize import Encoded, encode_example, truncate
 
@@ -298,7 +298,7 @@ def _build_model_inner(config: TrainConfig, hp: dict, device: str, resume_dir: P
     else:
         for p in model.parameters():
             p.requires_grad_(True)
-    alpha = float((config.extra or {}).get("neftune", 0) or 0)
+    alpha = float(hp.get("neftune_alpha") or 0)
     if alpha > 0:
         add_embedding_noise(model, alpha)
     model.train()
@@ -425,12 +425,32 @@ def _hyperparameters(config: TrainConfig, data: _Data, resume_meta: dict | None,
     hp["lora_rank"] = config.lora_rank if config.method == "lora" else None
     hp["max_length"] = max_length
     hp["augment"] = data.n_variants
+    hp["neftune_alpha"] = resolve_neftune(config, data.n_variants) if supervised else 0.0
     hp["early_stop"] = supervised and ((config.n_epochs == "auto") if config.early_stop == "auto"
                                        else bool(config.early_stop))
     hp.update(resolve_objective(config))
     if config.init_from:
         hp["init_from"] = str(config.init_from)
     return hp
+
+
+def _explain_auto(cb: TrainCallbacks, config: TrainConfig, hp: dict) -> None:
+    """One event naming what the small-set auto rules decided, so "auto" is never a silent choice."""
+    if not hp.get("augment") or config.augment != "auto":
+        return
+    parts = []
+    if config.batch_size == "auto":
+        parts.append(f"batch size {hp['batch_size']}")
+    if config.learning_rate_multiplier == "auto":
+        parts.append(f"learning rate multiplier {hp['learning_rate_multiplier']:g} "
+                     f"({hp['learning_rate']:.2e})")
+    if config.neftune_alpha == "auto" and hp.get("neftune_alpha"):
+        parts.append(f"NEFTune embedding noise {hp['neftune_alpha']:g}")
+    if hp.get("early_stop"):
+        parts.append(f"at most {hp['n_epochs']} epochs, stopping early once every training answer is reproduced")
+    if parts:
+        cb.on_event("info", "Auto settings for a small set of chats (a short run must memorise each fact): "
+                            + ", ".join(parts))
 
 
 def _announce(cb: TrainCallbacks, hp: dict, base_model: str, method: str, data: _Data, device: str,
@@ -495,6 +515,8 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     data = _load_data(config, cb, objective, tok, max_length, resume_meta, seed)
     train_set, originals, valid_set = data.train_set, data.originals, data.valid_set
     hp = _hyperparameters(config, data, resume_meta, seed, max_length)
+    if not resume_meta:
+        _explain_auto(cb, config, hp)
     seed, batch, n_epochs = hp["seed"], hp["batch_size"], hp["n_epochs"]
     steps_per_epoch = math.ceil(len(train_set) / batch)
     total_steps = steps_per_epoch * n_epochs
