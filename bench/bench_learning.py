@@ -231,6 +231,9 @@ def report(r: dict, verbose: bool) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from tunery.quiet import quiet_libraries
+
+    quiet_libraries()  # as the CLI does: no library progress bars or deprecation warnings in the report
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("datasets", nargs="*", help="dataset names (file stems in bench/learning/); default: all "
                     "that are not held out")

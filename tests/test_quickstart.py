@@ -46,7 +46,7 @@ def test_quickstart_end_to_end(tmp_path, bundled_model_dir):
     env = {**os.environ, "COLUMNS": "160"}
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "tunery.cli", "quickstart", "--home", str(home)],
-                          capture_output=True, text=True, timeout=600, env=env)
+                          capture_output=True, text=True, timeout=1200, env=env)
     took = time.monotonic() - t0
     out = proc.stdout
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -65,8 +65,11 @@ def test_quickstart_end_to_end(tmp_path, bundled_model_dir):
     missing = [k for keys in demo.QUESTION_KEYS for k in keys if k not in tuned]
     assert (home / "tunery.db").exists() and (home / "demo" / demo.TRAIN_FILE).exists()
     print(f"quickstart took {took:.0f}s")
-    if missing:  # issue 12, still open: measured 2026-12-01, 4 of 7 facts wrong ('4 pm', '10:30 pm', '70 baht', …)
-        pytest.xfail(f"issue 12: the quickstart's fine-tune still states these invented facts wrong: {missing}")
+    # Regression bar: the rules before 2026-12-02 got 3-4 of the 7 facts; the current ones got 7/7 and 6/7 in two
+    # runs (the job's seed is random), so at most one wrong fact passes and two fail.
+    assert len(missing) <= 1, f"the quickstart's fine-tune states these invented facts wrong: {missing}"
+    if missing:  # issue 12, still open: every fact, every seed
+        pytest.xfail(f"issue 12: the quickstart's fine-tune still states this invented fact wrong: {missing}")
 
 
 def _column_text(table: str, col: int) -> str:
