@@ -140,6 +140,61 @@ def test_packed_loss_equals_separate_losses(tiny_model_dir, tok):
     assert float(together) == pytest.approx(float(apart), rel=1e-4)
 
 
+def _shared_system_chats(tok, n: int):
+    from tunery.train.tokenize import encode_chat
+
+    system = {"role": "system", "content": "You are the help desk of the Halvern Bay Ferry Company. Answer briefly."}
+    return [encode_chat(tok, [system, {"role": "user", "content": f"Question {i}: when does boat {i} leave?"},
+                              {"role": "assistant", "content": f"Boat {i} leaves at {i + 6} am."}])
+            for i in range(n)]
+
+
+def test_a_shared_system_prompt_is_packed_once(tok):
+    from tunery.train.loop import pack, shared_prefix
+    from tunery.train.tokenize import encode_completion
+
+    encs = _shared_system_chats(tok, 3)
+    p_len = shared_prefix(encs)
+    assert p_len >= 20  # the system turn and the user turn's opening markers
+    shared, plain = pack(encs, "cpu"), pack(encs, "cpu", share_prefix=False)
+    assert shared.n_tokens == plain.n_tokens - 2 * p_len
+    assert shared.targets.tolist() == plain.targets.tolist() and shared.seq.tolist() == plain.seq.tolist()
+    assert all(shared.input_ids[0, k + 1].item() == t for k, t in zip(shared.keep.tolist(), shared.targets.tolist()))
+    # Each example sees the prefix and itself, never another example.
+    m = shared.attention_mask[0, 0]
+    first_b = p_len + len(encs[0]) - p_len
+    assert m[first_b, :p_len].all() and not m[first_b, p_len:first_b].any()
+    # Identical prompts whose first completion token is trained: the prefix stops short of it, so no shared
+    # position predicts a trained token.
+    same = [encode_completion(tok, "The same prompt, word for word, " * 3, c) for c in (" yes", " no")]
+    k = shared_prefix(same)
+    assert all(not e.loss_mask[t] for e in same for t in range(k + 1))
+
+
+def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_model_dir, tok):
+    import contextlib
+
+    import torch
+
+    from tunery.models import load_model
+    from tunery.train.loop import forward_loss, pack
+
+    model, _ = load_model(str(tiny_model_dir))
+    model.eval()  # no dropout: the two packings must compute the same function
+    encs = _shared_system_chats(tok, 3)
+    results = []
+    for share in (True, False):
+        model.zero_grad()
+        loss, correct = forward_loss(model, pack(encs, "cpu", share_prefix=share), contextlib.nullcontext)
+        loss.backward()
+        results.append((float(loss), correct, [q.grad.clone() for q in model.parameters() if q.grad is not None]))
+    (l1, c1, g1), (l2, c2, g2) = results
+    assert l1 == pytest.approx(l2, rel=1e-5) and c1 == c2
+    assert len(g1) == len(g2) > 0
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 # --- hyperparameters --------------------------------------------------------------------------
 
 def test_auto_hyperparameters_and_validation(tmp_path):

@@ -106,34 +106,70 @@ class Packed:
     targets: object  # LongTensor [K]
     n_tokens: int
     seq: object = None  # LongTensor [K]: which of the packed examples each kept position belongs to
+    attention_mask: object = None  # BoolTensor [1, 1, L, L] when a prefix is shared, else None (block-causal)
 
 
-def pack(examples: list[Encoded], device) -> Packed:
+# A prefix shorter than this is not worth the dense mask it needs.
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix(examples: list[Encoded]) -> int:
+    """Leading tokens that every example of a group has in common and that nothing trains on.
+
+    Chats of one file usually start with the same system prompt (and the template's turn markers): ~40% of
+    a short fact example's tokens. Packed once instead of once per example, with each example attending to
+    it, the computed loss and gradients are the same, for fewer tokens. The prefix stops one token before
+    an example's first trained token, so no shared position predicts a trained token."""
+    if len(examples) < 2:
+        return 0
+    first = examples[0].input_ids
+    n = min(len(e) for e in examples)
+    p = 0
+    while p < n and all(e.input_ids[p] == first[p] for e in examples[1:]):
+        p += 1
+    for e in examples:
+        trained = next((t for t in range(1, len(e)) if e.loss_mask[t]), len(e))
+        p = min(p, trained - 1)
+    return p if p >= MIN_SHARED_PREFIX else 0
+
+
+def pack(examples: list[Encoded], device, share_prefix: bool = True) -> Packed:
+    """One row of the examples, position ids restarting at each; with share_prefix a common untrained
+    prefix (shared_prefix) is packed once, and a block mask lets every example see it and itself."""
     import torch
 
-    ids: list[int] = []
-    pos: list[int] = []
+    p = shared_prefix(examples) if share_prefix else 0
+    ids: list[int] = list(examples[0].input_ids[:p])
+    pos: list[int] = list(range(p))
+    segment: list[int] = [-1] * p
     keep: list[int] = []
     tgt: list[int] = []
     seq: list[int] = []
     for j, e in enumerate(examples):
-        off = len(ids)
-        ids.extend(e.input_ids)
-        pos.extend(range(len(e)))
-        for t in range(1, len(e)):
+        off = len(ids) - p  # row index of the example's token 0 (its first p tokens are the shared ones)
+        ids.extend(e.input_ids[p:])
+        pos.extend(range(p, len(e)))
+        segment.extend([j] * (len(e) - p))
+        for t in range(max(1, p + 1), len(e)):
             if e.loss_mask[t]:
                 keep.append(off + t - 1)
                 tgt.append(e.input_ids[t])
                 seq.append(j)
+    mask = None
+    if p:
+        seg = torch.tensor(segment, device=device)
+        causal = torch.ones(len(ids), len(ids), dtype=torch.bool, device=device).tril()
+        mask = (causal & ((seg[None, :] == -1) | (seg[None, :] == seg[:, None])))[None, None]
     return Packed(torch.tensor([ids], device=device), torch.tensor([pos], device=device),
                   torch.tensor(keep, device=device), torch.tensor(tgt, device=device), len(ids),
-                  torch.tensor(seq, device=device))
+                  torch.tensor(seq, device=device), mask)
 
 
 def forward_logits(model, p: Packed, autocast):
     """fp32 logits [K, vocab] at the trained positions only (the head is not run anywhere else)."""
     with autocast():
-        out = model(input_ids=p.input_ids, position_ids=p.position_ids, logits_to_keep=p.keep, use_cache=False)
+        out = model(input_ids=p.input_ids, position_ids=p.position_ids, attention_mask=p.attention_mask,
+                    logits_to_keep=p.keep, use_cache=False)
     return out.logits[0].float()
 
 
@@ -288,8 +324,14 @@ def _build_model_inner(config: TrainConfig, hp: dict, device: str, resume_dir: P
         from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
         torch.manual_seed(hp["seed"])  # LoRA A matrices are random; same seed → same start
+        frac = float((config.extra or {}).get("lora_from", 0))
+        kw = {}
+        if frac > 0:
+            n_layers = model.config.num_hidden_layers
+            kw = {"layers_to_transform": list(range(int(n_layers * frac), n_layers)),
+                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
         lcfg = LoraConfig(r=hp["lora_rank"], lora_alpha=2 * hp["lora_rank"], lora_dropout=0.0,
-                          target_modules="all-linear", task_type="CAUSAL_LM")
+                          task_type="CAUSAL_LM", **{"target_modules": "all-linear", **kw})
         model = get_peft_model(model, lcfg)
         if weights_from is not None:
             from safetensors.torch import load_file
