@@ -320,6 +320,9 @@ def test_dashboard_workflow_and_organizations(dashboard, tiny_model_dir, tmp_pat
     expect(row2.locator(".badge")).to_have_text("running", timeout=60_000)
     assert page.evaluate("window.__sameDocument === true")
     expect(page.get_by_text("2 of 2 jobs")).to_be_visible()
+    cells = page.locator(f"tr[data-job='{job_id}'] td")  # job, status, model, fine-tuned model, created, duration
+    expect(cells).to_have_text([re.compile(job_id), "succeeded", client.fine_tuning.jobs.retrieve(job_id).model, fine_tuned,
+                                re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"), re.compile(r"^(\d+s|\d+m\d\ds)$")])
 
     # Pause, resume and cancel from the job page (the worker follows within a poll).
     row2.get_by_role("link", name=second.id).click()
