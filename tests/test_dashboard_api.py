@@ -94,3 +94,44 @@ def test_tunery_serve_prints_the_dashboard_url_and_serves_it(tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
     assert f"Dashboard: http://127.0.0.1:{port}/" in out
+
+
+def test_tunery_quickstart_prints_the_dashboard_url_and_serves_it(tmp_path, bundled_model_dir):
+    """`tunery quickstart` names the dashboard as soon as its server is up, and the page answers there.
+    Stopped at that point: the rest of the tour (7 minutes of training) is test_quickstart's slow test."""
+    import queue
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "tunery.cli", "quickstart", "--home", str(tmp_path / "qs")],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"}, start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        url = None
+        while url is None:
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(seen)[-3000:]
+            try:
+                seen.append(lines.get(timeout=1))
+            except queue.Empty:
+                continue
+            m = re.search(r"dashboard at (http://127\.0\.0\.1:\d+/)", seen[-1])
+            url = m and m.group(1)
+        page = httpx.get(url, timeout=10)
+        assert page.status_code == 200 and "<title>tunery</title>" in page.text
+        assert page.headers["content-security-policy"].startswith("default-src 'none'")
+        assert httpx.get(url + "v1/models", timeout=10).status_code == 200  # and the API it reads is beside it
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the quickstart's own session: its server, worker and trainer
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
