@@ -130,3 +130,41 @@ def test_neftune_noise_is_added_only_while_training(tiny_model_dir):
     assert not torch.equal(noisy, clean) and float((noisy - clean).abs().max()) <= bound + 1e-6
     model.eval()
     assert torch.equal(emb(ids).detach(), clean)
+
+
+def test_reproduced_means_greedy_decoding_gives_the_answer_back(tiny_model_dir):
+    import contextlib
+
+    import torch
+
+    from tunery.models import load_model
+    from tunery.train.loop import reproduced
+    from tunery.train.tokenize import Encoded
+
+    model, tok = load_model(str(tiny_model_dir))
+    model.eval()
+    prompt = tok("The code for item 7 is")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)[0].tolist()
+    greedy = out[len(prompt):]
+    other = greedy[:3] + [(greedy[3] + 1) % len(tok)] + greedy[4:]  # one answer token off the greedy path
+
+    def enc(answer):
+        return Encoded(input_ids=prompt + answer, loss_mask=[0] * len(prompt) + [1] * len(answer), line=1)
+
+    assert reproduced(model, [enc(greedy), enc(other), enc(greedy)], 512, "cpu", contextlib.nullcontext) == [
+        True, False, True]
+
+
+def test_answers_not_reproduced_after_the_schedule_are_trained_again(tiny_model_dir, tmp_path):
+    # The random tiny model reproduces none of its answers, so every repair round runs and the event says
+    # what was done; repair=0 turns it off.
+    res, cb = run_auto(tiny_model_dir, tmp_path, "r", augment=1, extra={"passes": 4})
+    repairs = [m for _, m in cb.events if "not yet reproduced" in m]
+    assert res.status == "succeeded" and len(repairs) == 1, cb.events
+    assert repairs[0].startswith("6 of 6 training answers") and "6 still differ" in repairs[0]
+    scheduled = sum(m["trained_tokens"] for m in cb.metrics[-1:])
+    assert res.trained_tokens > scheduled  # the repair steps' tokens are counted
+    off, cb_off = run_auto(tiny_model_dir, tmp_path, "o", augment=1, extra={"passes": 4, "repair": 0})
+    assert off.trained_tokens == cb_off.metrics[-1]["trained_tokens"]
+    assert not [m for _, m in cb_off.events if "not yet reproduced" in m]
