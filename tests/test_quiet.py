@@ -3,8 +3,11 @@ warnings and progress bars; tunery's own conversion line is printed instead (mod
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 SNIPPET = """
 from tunery.quiet import captured_output, quiet_libraries
@@ -32,3 +35,36 @@ def test_the_cli_entry_point_is_quiet():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert "smollm2-135m-instruct" in proc.stdout
+
+
+SERVER = """
+import socket, sys, threading, time
+if sys.argv[2] == "transformers-first":  # an embedding program that imported transformers itself
+    import transformers.utils.logging  # noqa: F401
+import openai, uvicorn
+from tunery.api.app import create_app
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+srv = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+threading.Thread(target=srv.run, daemon=True).start()
+while not srv.started:
+    time.sleep(0.02)
+c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=300)
+for _ in range(2):  # the first request loads the model (weights, tokenizer), the second reuses it
+    r = c.chat.completions.create(model=sys.argv[1], messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+print("answered", r.choices[0].finish_reason)
+srv.should_exit = True
+time.sleep(0.3)
+"""
+
+
+@pytest.mark.parametrize("order", ["tunery-first", "transformers-first"])
+def test_a_server_started_outside_the_cli_loads_its_first_model_quietly(tiny_model_dir, tunery_home, order):
+    """create_app quiets the libraries itself: transformers' "Loading weights" tqdm and the `past_key_values`
+    FutureWarning of the first generation once reached the terminal of a server not started by `tunery serve`."""
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TRANSFORMERS_NO_ADVISORY_WARNINGS", "PYTHONWARNINGS")}
+    proc = subprocess.run([sys.executable, "-c", SERVER, str(tiny_model_dir), order], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() in ("answered length", "answered stop"), proc.stdout
+    assert proc.stderr == "", proc.stderr[-3000:]
