@@ -233,6 +233,21 @@ def test_param_is_spelled_with_subscripts_everywhere(http):
                      [{"role": "user", "content": [{"type": "image_url"}]}]):
         r = http.post("/v1/chat/completions", json={**CHAT, "messages": messages})
         assert r.status_code == 400 and r.json()["error"]["param"] in ("messages[0].role", "messages[0].content"), r.text
+    r = http.post(JOB, json={"model": "gpt-4o-mini", "training_file": "file-x", "integrations": [{"type": "slack"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "integrations[0].type", r.text
+
+
+def test_store_params_use_subscripts_too(server):
+    """The store's own checks (reached by callers other than the HTTP routes) spell list items the same way."""
+    from tunery.errors import InvalidRequest
+    from tunery.store import ensure_org
+    from tunery.store.jobs import JobRequest, create_job
+
+    org = ensure_org(server.store, "personal")
+    with pytest.raises(InvalidRequest) as e:
+        create_job(server.store, org, JobRequest(model="gpt-4o-mini", training_file="file-x",
+                                                 integrations=[{"type": "slack"}]))
+    assert e.value.param == "integrations[0]"
 
 
 @pytest.mark.parametrize("n", [65, 100, 128])
