@@ -68,3 +68,21 @@ def test_a_server_started_outside_the_cli_loads_its_first_model_quietly(tiny_mod
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() in ("answered length", "answered stop"), proc.stdout
     assert proc.stderr == "", proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_the_first_gguf_conversion_prints_one_line_of_ours(tmp_path):
+    """`tunery models pull` into an empty model cache (what the quickstart's first run does): transformers'
+    "Converting and de-quantizing GGUF tensors..." tqdm and the libraries' warnings stay out; tunery's own
+    line says what happened. Converts the bundled GGUF for real (minutes on 2 busy cores)."""
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TRANSFORMERS_NO_ADVISORY_WARNINGS", "PYTHONWARNINGS")}
+    env.update(TUNERY_HOME=str(tmp_path / "home"), TUNERY_MODEL_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "tunery.cli", "models", "pull", "smollm2-135m-instruct"],
+                          capture_output=True, text=True, timeout=1800, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "cache" / "smollm2-135m-instruct" / "config.json").is_file()
+    out = proc.stdout + proc.stderr
+    assert "converted smollm2-135m-instruct to safetensors in" in proc.stderr, out
+    for noise in ("de-quantizing", "it/s]", "%|", "Warning", "Traceback"):
+        assert noise not in out, out[-3000:]
