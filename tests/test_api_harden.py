@@ -158,6 +158,14 @@ def test_a_bad_model_directory_is_a_400_naming_model_at_job_creation_and_first_u
             client.chat.completions.create(model=str(d), messages=[{"role": "user", "content": "hi"}],
                                            max_tokens=2)
         assert e.value.body["param"] == "model", e.value.body
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=str(d), prompt="hi", max_tokens=2)
+        assert e.value.body["param"] == "model", e.value.body
+    # As a guard's classifier, the junk directory is a 400 naming classifier (the field that is wrong).
+    r = httpx.post(f"{server.url}/v1/tunery/guards/gpt-4o-mini", json={"classifier": str(junk)}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "classifier", r.text
+    r = httpx.post(f"{server.url}/v1/tunery/guards/{junk}", json={"classifier": "gpt-4o-mini"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
 
 
 # --- files and jobs -----------------------------------------------------------------------------
