@@ -99,11 +99,44 @@ def pytest_runtest_makereport(item, call):
     means something is missing: report it as a failure naming what to install, instead of passing
     with less. TUNERY_ALLOW_SKIPS=1 (never in CI) accepts the skips."""
     outcome = yield
-    report = outcome.get_result()
+    _fail_a_skip(outcome.get_result())
+
+
+def _skips_allowed() -> tuple[bool, str]:
     in_ci = os.environ.get("CI", "").lower() in ("1", "true")
     allowed = not in_ci and os.environ.get("TUNERY_ALLOW_SKIPS") == "1"
+    return allowed, "in CI, where nothing may be skipped" if in_ci else "(set TUNERY_ALLOW_SKIPS=1 to accept it)"
+
+
+def _reason(report) -> str:
+    return report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+
+
+def _fail_a_skip(report) -> None:
+    allowed, where = _skips_allowed()
     if report.skipped and not hasattr(report, "wasxfail") and not allowed:
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = _reason(report)
         report.outcome = "failed"
-        where = "in CI, where nothing may be skipped" if in_ci else "(set TUNERY_ALLOW_SKIPS=1 to accept it)"
         report.longrepr = f"skipped {where}: {reason}"
+
+
+_SKIPPED_MODULES: list[str] = []
+
+
+def pytest_collectreport(report):
+    """A whole module skipped at import (a module-level pytest.importorskip) leaves no test to fail: the
+    run fails at its end instead (a collection error would stop every other test from running)."""
+    if report.skipped and not _skips_allowed()[0]:
+        _SKIPPED_MODULES.append(f"{report.nodeid}: {_reason(report)}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _SKIPPED_MODULES:
+        where = _skips_allowed()[1]
+        for line in _SKIPPED_MODULES:
+            terminalreporter.write_line(f"FAILED (module skipped {where}) {line}", red=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SKIPPED_MODULES and exitstatus == 0:
+        session.exitstatus = 1

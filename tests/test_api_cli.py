@@ -90,3 +90,61 @@ def test_keys_and_serve(tmp_path, run):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_serve_beyond_loopback_closes_when_the_last_key_is_revoked(tmp_path, run, tiny_model_dir):
+    """`tunery serve --host 0.0.0.0` with a key (issue 11): the auth guard is evaluated per request, so
+    revoking the last key while it runs refuses everything (401 no_api_keys) until a new key exists; with
+    keys, a model directory resolves only under TUNERY_MODEL_DIRS, and the first model load prints no
+    library output."""
+    import os
+    import shutil
+
+    allowed = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, allowed / "tiny")
+    home = tmp_path / "home"
+    key = run("keys", "create", "--org", "acme", home=home).stdout.strip().splitlines()[-1]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TRANSFORMERS_NO_ADVISORY_WARNINGS")}
+    env["TUNERY_MODEL_DIRS"] = str(allowed)
+    server = subprocess.Popen([*TUNERY, "serve", "--host", "0.0.0.0", "--port", str(port), "--home", str(home),
+                               "--no-worker", "--log-level", "warning"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while True:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.time() < deadline, server.stderr.read().decode()[-2000:]
+            time.sleep(0.1)
+        sdk = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
+        reply = sdk.chat.completions.create(model=str(allowed / "tiny"), max_tokens=2,
+                                            messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].finish_reason in ("length", "stop")
+        with pytest.raises(openai.NotFoundError) as e:
+            sdk.chat.completions.create(model=str(tiny_model_dir), max_tokens=2,
+                                        messages=[{"role": "user", "content": "hi"}])
+        assert e.value.body["message"] == (f"The model '{tiny_model_dir}' does not exist or you do not have "
+                                           "access to it.")
+        revoked = run("keys", "revoke", key, home=home)
+        assert revoked.returncode == 0 and "last key" in revoked.stdout, revoked.stdout
+        for api_key in (key, "sk-anything"):
+            client = openai.OpenAI(base_url=url + "/v1", api_key=api_key, max_retries=0)
+            for call in (client.files.list, client.models.list, client.fine_tuning.jobs.list):
+                with pytest.raises(openai.AuthenticationError) as e:
+                    call()
+                assert e.value.body["code"] == "no_api_keys", e.value.body
+        assert httpx.get(url + "/v1/models").status_code == 401  # no Authorization header at all
+        key2 = run("keys", "create", "--org", "acme", home=home).stdout.strip().splitlines()[-1]
+        assert openai.OpenAI(base_url=url + "/v1", api_key=key2, max_retries=0).files.list().data == []
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=30)
+    text = (out + err).decode()
+    for noise in ("Loading weights", "Warning", "Traceback", "it/s]"):
+        assert noise not in text, text[-3000:]

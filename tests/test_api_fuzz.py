@@ -1,5 +1,5 @@
 """The API's fuzz suite (issue 11): a cross-organization sweep — every object kind × every verb, org B on
-org A's files, jobs, events, checkpoints and models — answering 404 (or a 400 naming the field), with 0
+org A's files, jobs, events, checkpoints, models and guards — answering 404 (or a 400 naming the field), with 0
 server errors, 0 logged tracebacks and 0 rows or files written or changed. Schemathesis over every
 endpoint, with and without keys, is tests/test_api_schema.py; hypothesis on the validator is
 tests/test_data_props.py."""
@@ -15,11 +15,14 @@ from sqlalchemy import func, select
 
 from test_api_support import chat_jsonl
 from tunery.store import create_api_key, get_org, register_model
-from tunery.store.tables import ApiKey, File, FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, Model
+from tunery.store.guards import GuardSpec, record_decision, set_guard
+from tunery.store.tables import (
+    ApiKey, File, FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, Guard, GuardDecision, Model,
+)
 
 pytest_plugins = ["test_api_support"]
 JOB = "/v1/fine_tuning/jobs"
-TABLES = (File, FineTuningJob, FineTuningJobEvent, FineTuningJobCheckpoint, Model, ApiKey)
+TABLES = (File, FineTuningJob, FineTuningJobEvent, FineTuningJobCheckpoint, Model, ApiKey, Guard, GuardDecision)
 
 
 def snapshot(srv) -> dict:
@@ -60,6 +63,10 @@ def org_a_objects(make_server, tiny_model_dir):
                                       fine_tuned_model_checkpoint=model + ":ckpt-step-2", metrics={},
                                       path=str(final)))
     register_model(srv.store, org, model_id=model, base_model="smollm2-135m-instruct", job_id=jid, path=final)
+    # Guards: one on org A's fine-tune, one on a base name every organization can use (org B must not see it).
+    for guarded in (model, "gpt-4o-mini"):
+        set_guard(srv.store, org, guarded, GuardSpec(classifier=model))
+        record_decision(srv.store, org, guarded, stage="question", score=0.1, allowed=False, text="off topic")
     with srv.store.read() as s:
         event = s.execute(select(FineTuningJobEvent.id).where(FineTuningJobEvent.job_id == jid)).scalars().first()
     return srv, key_b, {"file": fid, "other_file": other, "job": jid, "paused_job": paused, "model": model,
@@ -85,6 +92,14 @@ def test_org_b_cannot_see_or_touch_anything_of_org_a(org_a_objects, caplog):
         calls += [("GET", f"/v1/models/{name}", None), ("DELETE", f"/v1/models/{name}", None),
                   ("POST", "/v1/chat/completions", {"model": name, **chat}),
                   ("POST", "/v1/completions", {"model": name, "prompt": "hi", "max_tokens": 1})]
+    guards = "/v1/tunery/guards"
+    for name in (ids["model"], "gpt-4o-mini"):  # org A's guards, by the model they guard
+        calls += [("GET", f"{guards}/{name}", None), ("DELETE", f"{guards}/{name}", None)]
+    # Setting a guard on org A's model, or with org A's model (by name or by path) as the classifier.
+    for model, classifier in ((ids["model"], "gpt-4o-mini"), (ids["checkpoint"], "gpt-4o-mini"),
+                              (ids["model_dir"], "gpt-4o-mini"), ("gpt-4o-mini", ids["model"]),
+                              ("gpt-4o-mini", ids["checkpoint"]), ("gpt-4o-mini", ids["model_dir"])):
+        calls.append(("POST", f"{guards}/{model}", {"classifier": classifier}))
     # Creating a job from org A's file, or from its fine-tune (by name or by path): refused, nothing made.
     for field, value in (("training_file", ids["file"]), ("validation_file", ids["file"]),
                          ("model", ids["model"]), ("model", ids["model_dir"])):
@@ -100,7 +115,8 @@ def test_org_b_cannot_see_or_touch_anything_of_org_a(org_a_objects, caplog):
             assert err["message"] and err["type"] == "invalid_request_error", (method, url, err)
             assert ids["model_dir"] not in err["message"] or ids["model_dir"] in url + str(body), err
         # Lists of org B hold nothing of org A's.
-        listed = " ".join(http.get(u).text for u in ("/v1/files", JOB, "/v1/models"))
+        listed = " ".join(http.get(u).text for u in ("/v1/files", JOB, "/v1/models", "/v1/tunery/guards"))
+        assert http.get("/v1/tunery/guards").json()["data"] == []
         for key in ("file", "other_file", "job", "paused_job", "model", "checkpoint"):
             assert ids[key] not in listed, key
     assert all(s < 500 for *_, s in statuses)

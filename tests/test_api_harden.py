@@ -91,13 +91,17 @@ def test_with_keys_a_path_is_never_a_model_and_every_refusal_looks_the_same(two_
     pickles = tmp_path / "pickles"
     pickles.mkdir()
     (pickles / "secret_weights.bin").write_bytes(b"x")
+    escape = allowed_tiny.parent / "escape"  # a symlink inside the allowed root to org A's fine-tune
+    escape.symlink_to(final, target_is_directory=True)
     names = [str(final), str(final.parent), "/etc", "/root", "/proc/self", "/", str(pickles), "/no/such/dir",
+             str(escape), str(srv.settings.home), "./" + str(allowed_tiny), "~/" + str(allowed_tiny),
              str(tiny_model_dir), str(allowed_tiny) + "/../../" + final.relative_to("/").as_posix(),
              "someorg/some-model", "no-such-model"]
     with httpx.Client(base_url=srv.url, timeout=60) as http:
         for key in (key_a, key_b):
             for name in names:
-                if ".." not in name:  # httpx folds '..' in URLs; the body of a chat request keeps it
+                if ".." not in name and not name.startswith("./"):  # httpx folds dot segments in URLs; a
+                    # chat request's body keeps them
                     r = http.get(f"/v1/models/{name}", headers=bearer(key))
                     assert r.status_code == 404 and r.json() == missing_body(name), (name, r.text)
                 r = http.post("/v1/chat/completions", headers=bearer(key),
@@ -122,6 +126,16 @@ def test_with_keys_a_path_is_never_a_model_and_every_refusal_looks_the_same(two_
         assert r.status_code == 200, r.text
         assert r.json()["model"] == str(allowed_tiny)
         assert http.get("/v1/models/gpt-4o-mini", headers=bearer(key_b)).status_code == 200
+        assert http.get("/v1/models/smollm2-135m-instruct", headers=bearer(key_b)).status_code == 200
+        # An alias the operator set resolves for everyone, whatever directory it points at (its target is
+        # trusted, the caller only names the alias).
+        from tunery.models import set_alias
+
+        set_alias("house-model", str(tiny_model_dir), srv.settings)
+        r = http.get("/v1/models/house-model", headers=bearer(key_b))
+        assert r.status_code == 200 and r.json()["id"] == "house-model", r.text
+        r = http.post(JOB, headers=bearer(key_b), json={"model": "house-model", "training_file": fid})
+        assert r.status_code == 200 and r.json()["model"] == "house-model", r.text
 
 
 def test_a_bad_model_directory_is_a_400_naming_model_at_job_creation_and_first_use(client, server, tmp_path,
@@ -144,6 +158,14 @@ def test_a_bad_model_directory_is_a_400_naming_model_at_job_creation_and_first_u
             client.chat.completions.create(model=str(d), messages=[{"role": "user", "content": "hi"}],
                                            max_tokens=2)
         assert e.value.body["param"] == "model", e.value.body
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=str(d), prompt="hi", max_tokens=2)
+        assert e.value.body["param"] == "model", e.value.body
+    # As a guard's classifier, the junk directory is a 400 naming classifier (the field that is wrong).
+    r = httpx.post(f"{server.url}/v1/tunery/guards/gpt-4o-mini", json={"classifier": str(junk)}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "classifier", r.text
+    r = httpx.post(f"{server.url}/v1/tunery/guards/{junk}", json={"classifier": "gpt-4o-mini"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
 
 
 # --- files and jobs -----------------------------------------------------------------------------
@@ -233,6 +255,21 @@ def test_param_is_spelled_with_subscripts_everywhere(http):
                      [{"role": "user", "content": [{"type": "image_url"}]}]):
         r = http.post("/v1/chat/completions", json={**CHAT, "messages": messages})
         assert r.status_code == 400 and r.json()["error"]["param"] in ("messages[0].role", "messages[0].content"), r.text
+    r = http.post(JOB, json={"model": "gpt-4o-mini", "training_file": "file-x", "integrations": [{"type": "slack"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "integrations[0].type", r.text
+
+
+def test_store_params_use_subscripts_too(server):
+    """The store's own checks (reached by callers other than the HTTP routes) spell list items the same way."""
+    from tunery.errors import InvalidRequest
+    from tunery.store import ensure_org
+    from tunery.store.jobs import JobRequest, create_job
+
+    org = ensure_org(server.store, "personal")
+    with pytest.raises(InvalidRequest) as e:
+        create_job(server.store, org, JobRequest(model="gpt-4o-mini", training_file="file-x",
+                                                 integrations=[{"type": "slack"}]))
+    assert e.value.param == "integrations[0]"
 
 
 @pytest.mark.parametrize("n", [65, 100, 128])

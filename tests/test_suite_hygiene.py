@@ -24,6 +24,21 @@ def test_a_skip_outside_ci_fails_with_its_reason(pytester, monkeypatch):
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(skipped=1)
 
 
+def test_a_module_skipped_at_import_fails_the_run_without_stopping_it(pytester, monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("TUNERY_ALLOW_SKIPS", raising=False)
+    pytester.makeconftest((REPO / "tests" / "conftest.py").read_text())
+    pytester.makepyfile(test_needs="import pytest\n\nxyz = pytest.importorskip('no_such_module_xyz')\n\n"
+                                   "def test_a():\n    pass\n",
+                        test_other="def test_b():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == 1
+    result.assert_outcomes(passed=1, skipped=1)  # the other module still ran
+    result.stdout.fnmatch_lines(["FAILED (module skipped*test_needs.py*no_such_module_xyz*"])
+    monkeypatch.setenv("TUNERY_ALLOW_SKIPS", "1")
+    assert pytester.runpytest_subprocess("-p", "no:cacheprovider").ret == 0
+
+
 def test_make_test_checks_the_system_programs_first():
     make = (REPO / "Makefile").read_text()
     assert "test: test-deps" in make and "test-fast: test-deps" in make

@@ -23,6 +23,9 @@ def create_app(settings: Settings | None = None, *, exposed: bool = False, publi
     every request. `public` (default: exposed): callers may not name local directories as models
     without keys either (true for any non-loopback server, --insecure or not)."""
     settings = (settings or get_settings()).ensure_dirs()
+    from tunery.quiet import quiet_libraries
+
+    quiet_libraries()  # the server's first model load prints no tqdm bars or library warnings (issue 11)
     app = FastAPI(title="tunery", version=__version__,
                   description="OpenAI-compatible fine-tuning and inference on your own hardware.")
     app.state.settings = settings

@@ -63,15 +63,15 @@ def _row_dict(row: Guard) -> dict:
 def set_guard(store: Store, org, model: str, spec: GuardSpec, *, allow_paths: bool = True) -> Guard:
     """Create or replace the guard of `model`; both models must be servable for this organization
     (`allow_paths`: as in find_servable_model — False over an API with keys)."""
-    from tunery.errors import ModelNotFound
+    from tunery.errors import TuneryError
     from tunery.store.models import find_servable_model
 
     spec.validate()
     find_servable_model(store, org, model, allow_paths=allow_paths)
     try:
         find_servable_model(store, org, spec.classifier, allow_paths=allow_paths)
-    except ModelNotFound as exc:
-        raise ModelNotFound(exc.message, param="classifier", code="model_not_found") from None
+    except TuneryError as exc:  # unknown (404) or a junk directory (400): either way the error names classifier
+        raise type(exc)(exc.message, param="classifier", code=exc.code) from None
     oid, t = org_id_of(org), now()
     with store.session() as s:
         row = s.execute(select(Guard).where(Guard.org_id == oid, Guard.model == model)).scalar_one_or_none()

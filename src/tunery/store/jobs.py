@@ -334,7 +334,7 @@ def _check_integrations(integrations: Any) -> list | None:
     for i, it in enumerate(integrations):
         if not isinstance(it, dict) or it.get("type") != "wandb" or not isinstance(it.get("wandb"), dict) \
                 or not isinstance(it["wandb"].get("project"), str):
-            raise _bad("each integration must be {type: 'wandb', wandb: {project, ...}}", f"integrations.{i}")
+            raise _bad("each integration must be {type: 'wandb', wandb: {project, ...}}", f"integrations[{i}]")
     return integrations
 
 
