@@ -168,3 +168,33 @@ def test_answers_not_reproduced_after_the_schedule_are_trained_again(tiny_model_
     off, cb_off = run_auto(tiny_model_dir, tmp_path, "o", augment=1, extra={"passes": 4, "repair": 0})
     assert off.trained_tokens == cb_off.metrics[-1]["trained_tokens"]
     assert not [m for _, m in cb_off.events if "not yet reproduced" in m]
+
+
+def test_lora_layers_rule_and_validation(tmp_path):
+    from tunery.errors import InvalidRequest
+    from tunery.train.config import resolve_lora_layers
+
+    cfg = TrainConfig(model="m", training_file="f", output_dir=tmp_path)
+    assert resolve_lora_layers(cfg, n_variants=3, n_layers=30) == 15  # auto small-set run: the upper half
+    assert resolve_lora_layers(cfg, n_variants=0, n_layers=30) == 30  # not augmented: every layer
+    assert resolve_lora_layers(TrainConfig(model="m", training_file="f", output_dir=tmp_path, lora_layers="all"),
+                               n_variants=3, n_layers=30) == 30
+    assert resolve_lora_layers(TrainConfig(model="m", training_file="f", output_dir=tmp_path, lora_layers=40),
+                               n_variants=3, n_layers=30) == 30
+    assert resolve_lora_layers(TrainConfig(model="m", training_file="f", output_dir=tmp_path, method="full"),
+                               n_variants=3, n_layers=30) == 30
+    for bad in (0, -1, "half", True, 1.5):
+        with pytest.raises(InvalidRequest, match="lora_layers"):
+            TrainConfig(model="m", training_file="f", output_dir=tmp_path, lora_layers=bad).validate()
+
+
+def test_lora_on_the_top_layers_only_trains_and_saves_those(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    res, cb = run_auto(tiny_model_dir, tmp_path, "l", lora_layers=1, extra={"passes": 4, "repair": 0})
+    assert res.status == "succeeded" and res.hyperparameters["lora_layers"] == 1
+    keys = load_file(str(res.model_dir / "adapter_model.safetensors")).keys()
+    assert keys and all(".layers.1." in k for k in keys)  # the 2-layer model's top layer only
+    auto, cb_auto = run_auto(tiny_model_dir, tmp_path, "a2", augment="auto", extra={"passes": 4, "repair": 0})
+    assert auto.hyperparameters["lora_layers"] == 1  # auto small-set run: the upper half of 2 layers
+    assert any("LoRA on the top 1 of 2 layers" in m for _, m in cb_auto.events)

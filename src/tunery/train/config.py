@@ -82,6 +82,10 @@ class TrainConfig:
     """Multiplies BASE_LEARNING_RATE[method]; "auto" picks from the run's length (see auto_multiplier)."""
     lora_rank: int = 16
     """LoRA rank r (alpha = 2r)."""
+    lora_layers: int | str = "auto"
+    """How many of the model's top transformer layers get LoRA adapters: "all", a number, or "auto" (the upper
+    half for auto small-set runs, see AUTO_LORA_LAYERS_FRACTION; all otherwise). Layers below the lowest
+    adapter need no backward pass, so half the layers train ~1.6x faster."""
     seed: int | None = None
     """Data order and initialisation seed; None picks one (reported in the resolved hyperparameters)."""
     resume_from: Path | str | None = None
@@ -129,6 +133,10 @@ class TrainConfig:
         if m != "auto" and (not isinstance(m, (int, float)) or isinstance(m, bool) or not (lo < m <= hi)):
             raise InvalidRequest(f"learning_rate_multiplier must be 'auto' or a number in ({lo:g}, {hi:g}], got {m!r}",
                                  param="hyperparameters.learning_rate_multiplier")
+        ll = self.lora_layers
+        if ll not in ("auto", "all") and (not isinstance(ll, int) or isinstance(ll, bool) or ll < 1):
+            raise InvalidRequest(f"lora_layers must be 'auto', 'all' or a positive integer, got {ll!r}",
+                                 param="lora_layers")
         if not isinstance(self.lora_rank, int) or not (1 <= self.lora_rank <= 256):
             raise InvalidRequest(f"lora_rank must be an integer in [1, 256], got {self.lora_rank!r}",
                                  param="lora_rank")
@@ -237,6 +245,27 @@ def auto_variants(n_augmentable: int, original_tokens: int) -> int:
     if n_augmentable == 0 or n_augmentable > AUTO_SMALL_SET:
         return 0
     return max(1, min(AUTO_MAX_VARIANTS, auto_passes(original_tokens) // 2 - 1))
+
+
+AUTO_LORA_LAYERS_FRACTION = 0.5
+"""Auto small-set runs put LoRA on the upper half of the layers. Measured 2026-12-02 (SmolLM2-135M, one core,
+same seed, verbatim/reworded key-fact recall): ferry_short 100/71 vs 100/68 with every layer, brewtide_long
+100/69 vs 100/67, the Chiang Mai demo see README; a training step 1.63x faster (backward stops halfway)."""
+
+
+def resolve_lora_layers(config: TrainConfig, n_variants: int, n_layers: int) -> int:
+    """Layers (counted from the top) that get LoRA adapters."""
+    if config.method != "lora":
+        return n_layers
+    ll = config.lora_layers
+    if ll == "all":
+        return n_layers
+    if ll == "auto":
+        frac = float((config.extra or {}).get("lora_from", 1 - AUTO_LORA_LAYERS_FRACTION))
+        if n_variants > 0 and config.augment == "auto":
+            return max(1, n_layers - int(n_layers * frac))
+        return n_layers
+    return min(int(ll), n_layers)
 
 
 def resolve_neftune(config: TrainConfig, n_variants: int) -> float:

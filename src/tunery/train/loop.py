@@ -19,7 +19,8 @@ from tunery.errors import InvalidRequest
 from tunery.train import checkpoint as ckpt
 from tunery.train.callbacks import CheckpointInfo, TrainCallbacks, TrainResult
 from tunery.train.config import (BASE_LEARNING_RATE, EARLY_STOP_PATIENCE, TrainConfig, resolve_augment,
-                                 resolve_hyperparameters, resolve_neftune, resolve_objective)
+                                 resolve_hyperparameters, resolve_lora_layers, resolve_neftune,
+                                 resolve_objective)
 from tunery.train.metric_names import SFT_METRICS, per_split
 from tunery.train.tokenize import Encoded, encode_example, truncate
 
@@ -343,14 +344,15 @@ def _build_model_inner(config: TrainConfig, hp: dict, device: str, resume_dir: P
         from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
         torch.manual_seed(hp["seed"])  # LoRA A matrices are random; same seed → same start
-        frac = float((config.extra or {}).get("lora_from", 0))
-        kw = {}
-        if frac > 0:
-            n_layers = model.config.num_hidden_layers
-            kw = {"layers_to_transform": list(range(int(n_layers * frac), n_layers)),
-                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+        n_layers = model.config.num_hidden_layers
+        top = int(hp.get("lora_layers") or n_layers)
+        where: dict = {"target_modules": "all-linear"}
+        if top < n_layers:  # PEFT wants the module names spelled out when layers are chosen
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.model.layers[0].named_modules()
+                             if isinstance(m, torch.nn.Linear)})
+            where = {"target_modules": linear, "layers_to_transform": list(range(n_layers - top, n_layers))}
         lcfg = LoraConfig(r=hp["lora_rank"], lora_alpha=2 * hp["lora_rank"], lora_dropout=0.0,
-                          task_type="CAUSAL_LM", **{"target_modules": "all-linear", **kw})
+                          task_type="CAUSAL_LM", **where)
         model = get_peft_model(model, lcfg)
         if weights_from is not None:
             from safetensors.torch import load_file
@@ -393,6 +395,7 @@ def _start_from_fine_tuned(config: TrainConfig, cb: TrainCallbacks) -> None:
     config.method = meta["method"]
     config.model = meta["base_model"]
     config.lora_rank = (meta.get("hyperparameters") or {}).get("lora_rank") or config.lora_rank
+    config.lora_layers = (meta.get("hyperparameters") or {}).get("lora_layers") or "all"  # the same adapter
 
 
 # --- setup: what train() decides before its first step ------------------------------------------
@@ -484,6 +487,8 @@ def _hyperparameters(config: TrainConfig, data: _Data, resume_meta: dict | None,
     hp["seed"] = seed
     hp["method"] = config.method
     hp["lora_rank"] = config.lora_rank if config.method == "lora" else None
+    if config.method == "lora":
+        hp["lora_layers"] = resolve_lora_layers(config, data.n_variants, _n_layers(config.model))
     hp["max_length"] = max_length
     hp["augment"] = data.n_variants
     hp["neftune_alpha"] = resolve_neftune(config, data.n_variants) if supervised else 0.0
@@ -493,6 +498,15 @@ def _hyperparameters(config: TrainConfig, data: _Data, resume_meta: dict | None,
     if config.init_from:
         hp["init_from"] = str(config.init_from)
     return hp
+
+
+def _n_layers(model: str) -> int:
+    import json
+
+    from tunery.models import materialize
+
+    cfg = json.loads((materialize(model) / "config.json").read_text())
+    return int(cfg.get("num_hidden_layers") or cfg.get("text_config", {}).get("num_hidden_layers"))
 
 
 def _explain_auto(cb: TrainCallbacks, config: TrainConfig, hp: dict) -> None:
@@ -507,6 +521,8 @@ def _explain_auto(cb: TrainCallbacks, config: TrainConfig, hp: dict) -> None:
                      f"({hp['learning_rate']:.2e})")
     if config.neftune_alpha == "auto" and hp.get("neftune_alpha"):
         parts.append(f"NEFTune embedding noise {hp['neftune_alpha']:g}")
+    if config.lora_layers == "auto" and hp.get("lora_layers") and hp["lora_layers"] < _n_layers(config.model):
+        parts.append(f"LoRA on the top {hp['lora_layers']} of {_n_layers(config.model)} layers")
     if hp.get("early_stop"):
         parts.append(f"at most {hp['n_epochs']} epochs, stopping early once every training answer is reproduced")
     if parts:
