@@ -42,6 +42,9 @@ def train_command(
         "(LoRA 2e-4, full 1e-5)."),
     method: str = typer.Option("lora", "--method", help="lora or full."),
     lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank r (alpha = 2r)."),
+    lora_layers: str = typer.Option("auto", "--lora-layers",
+                                    help="auto, all, or N: LoRA on the model's top N layers (auto: the upper "
+                                         "half for small fact sets, else all)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for data order and initialisation."),
     max_length: int | None = typer.Option(None, "--max-length", help="Truncate examples to this many tokens."),
     resume_from: Path | None = typer.Option(None, "--resume-from",
@@ -58,7 +61,8 @@ def train_command(
         model=model, training_file=training_file, output_dir=output, validation_file=validation_file,
         method=method, n_epochs=_auto_int(n_epochs, "n-epochs"), batch_size=_auto_int(batch_size, "batch-size"),
         learning_rate_multiplier=_auto_float(learning_rate_multiplier, "learning-rate-multiplier"),
-        lora_rank=lora_rank, seed=seed, max_length=max_length, resume_from=resume_from, precision=precision)
+        lora_rank=lora_rank, lora_layers=lora_layers if lora_layers in ("auto", "all") else
+        _auto_int(lora_layers, "lora-layers"), seed=seed, max_length=max_length, resume_from=resume_from, precision=precision)
 
     progress = Progress(
         TextColumn("[bold]step[/bold]"), MofNCompleteColumn(), BarColumn(),

@@ -95,9 +95,10 @@ class TrainConfig:
     device: str | None = None
     """None → TUNERY_DEVICE / auto (cuda, then mps, then cpu)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: bf16 autocast on CUDA with bf16 support, fp32 on CPU. On this AVX-512-BF16 CPU (quiet, 2 threads,
-    LoRA, 135M) CPU autocast trains 1.22x faster (247 vs 202 tok/s) but learns worse: the 25-fact quality
-    bar ends at loss 0.37 / 96% recall vs fp32's 0.15 / 100%, so on CPU it is opt-in ("bf16")."""
+    """auto: bf16 autocast on CUDA with bf16 support, fp32 on CPU. On an AVX-512-BF16 CPU (quiet, 2 threads,
+    LoRA, 135M) CPU autocast trained 1.22x faster (247 vs 202 tok/s) but learned worse: the 25-fact quality
+    bar ended at loss 0.37 / 96% recall vs fp32's 0.15 / 100%; on an AVX2-only CPU (no bf16 instructions, the
+    2026-12-02 machine) it is ~12x slower (4.8 vs 57 tok/s, one core). So on CPU it is opt-in ("bf16")."""
     max_tokens_per_micro_batch: int | None = None
     """Split a batch into micro-batches of at most this many tokens (gradient accumulation); None → 512 on
     CPU (bounds activation memory at no speed cost), 16384 on CUDA."""
