@@ -186,9 +186,13 @@ def forward_loss(model, p: Packed, autocast):
     return loss, correct
 
 
-def evaluate(model, examples: list[Encoded], max_tokens: int, device, autocast) -> tuple[float, float]:
-    """(mean token loss, mean token accuracy) over examples, no gradients."""
+def evaluate(model, examples: list[Encoded], max_tokens: int, device, autocast,
+             flags: list | None = None) -> tuple[float, float]:
+    """(mean token loss, mean token accuracy) over examples, no gradients. With `flags`, also appends per
+    example whether greedy decoding gives back its trained tokens: every trained token is the argmax given
+    the tokens before it (teacher forcing; by induction that is exactly greedy decoding)."""
     import torch
+    import torch.nn.functional as F
 
     was_training = model.training
     model.eval()
@@ -197,31 +201,23 @@ def evaluate(model, examples: list[Encoded], max_tokens: int, device, autocast) 
     with torch.no_grad():
         for group in micro_batches(examples, max_tokens):
             p = pack(group, device)
-            loss, c = forward_loss(model, p, autocast)
-            loss_sum += float(loss)
-            correct += c
+            logits = forward_logits(model, p, autocast)
+            loss_sum += float(F.cross_entropy(logits, p.targets, reduction="sum"))
+            hit = logits.argmax(-1) == p.targets
+            correct += int(hit.sum())
             total += int(p.targets.numel())
+            if flags is not None:
+                misses = torch.zeros(len(group), dtype=torch.long).index_add(0, p.seq.cpu(), (~hit).long().cpu())
+                flags.extend(bool(v == 0) for v in misses.tolist())
     if was_training:
         model.train()
     return loss_sum / max(1, total), correct / max(1, total)
 
 
 def reproduced(model, examples: list[Encoded], max_tokens: int, device, autocast) -> list[bool]:
-    """Per example: does greedy decoding give back its trained tokens, i.e. is every trained token the
-    argmax given the tokens before it (teacher forcing; by induction that is exactly greedy decoding)."""
-    import torch
-
-    was_training = model.training
-    model.eval()
+    """Per example: does greedy decoding give back its trained tokens (see evaluate)."""
     flags: list[bool] = []
-    with torch.no_grad():
-        for group in micro_batches(examples, max_tokens):
-            p = pack(group, device)
-            wrong = (forward_logits(model, p, autocast).argmax(-1) != p.targets).long()
-            per_ex = torch.zeros(len(group), dtype=torch.long).index_add(0, p.seq.cpu(), wrong.cpu())
-            flags.extend(bool(v == 0) for v in per_ex.tolist())
-    if was_training:
-        model.train()
+    evaluate(model, examples, max_tokens, device, autocast, flags)
     return flags
 
 
@@ -630,6 +626,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     min_steps = int(steps_per_epoch * float((config.extra or {}).get("min_epochs", 0)))
     stop_accuracy = float((config.extra or {}).get("stop_accuracy", 1.0))
     stopped_at = None
+    checked_at, original_ok = None, []
     while step < total_steps:
         stop = cb.should_stop()
         if stop == "cancel":
@@ -673,7 +670,10 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         if early_stop and (step % check_every == 0 or epoch_end):
             # Teacher-forced accuracy on the file's own examples: 100% means greedy decoding reproduces
             # every trained answer of the file token for token.
-            m["original_loss"], m["original_accuracy"] = evaluate(model, originals, max_tokens, device, autocast)
+            original_ok = []
+            m["original_loss"], m["original_accuracy"] = evaluate(model, originals, max_tokens, device, autocast,
+                                                                  original_ok)
+            checked_at = step
         last_metrics = m
         history.append({k2: v for k2, v in m.items() if k2 not in ("total_steps",)})
         cb.on_metrics(m)
@@ -697,9 +697,9 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
 
     rounds = int((config.extra or {}).get("repair", REPAIR_ROUNDS))
     if status == "succeeded" and early_stop and stopped_at is None and rounds > 0:
-        extra_tokens, extra_time = _repair(model, opt, objective, originals, run, cb, rounds,
-                                                hp["learning_rate"] * float((config.extra or {}).get("repair_lr", 0.1)),
-                                                batch, seed)
+        lr = hp["learning_rate"] * float((config.extra or {}).get("repair_lr", REPAIR_LR_FRACTION))
+        extra_tokens, extra_time = _repair(model, opt, objective, originals, run, cb, rounds, lr, batch, seed,
+                                           original_ok if checked_at == step else None)
         trained_tokens += extra_tokens
         session_tokens += extra_tokens
         session_time += extra_time
@@ -710,10 +710,12 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
 REPAIR_ROUNDS = 4
 """Rounds of _repair at most: each trains once more on the file's answers that greedy decoding still gets
 wrong after the scheduled steps."""
+REPAIR_LR_FRACTION = 0.1
+"""_repair's learning rate as a fraction of the peak: where the schedule ends (lr_at decays to 10%)."""
 
 
 def _repair(model, opt, objective, originals: list[Encoded], run, cb: TrainCallbacks, rounds: int, lr: float,
-            batch: int, seed: int) -> tuple[int, float]:
+            batch: int, seed: int, known: list[bool] | None = None) -> tuple[int, float]:
     """After the schedule: train again on the training answers the model does not yet reproduce token for
     token, a few rounds, at the schedule's final learning rate; returns (trained tokens, seconds).
 
@@ -723,7 +725,8 @@ def _repair(model, opt, objective, originals: list[Encoded], run, cb: TrainCallb
     tokens, secs, n_steps = 0, 0.0, 0
     first_wrong = None
     for _ in range(rounds):
-        ok = reproduced(model, originals, run.max_tokens, run.device, run.autocast)
+        # The loop's last check may have been at the final step: its per-example answer is reused.
+        ok, known = known or reproduced(model, originals, run.max_tokens, run.device, run.autocast), None
         wrong = [e for e, good in zip(originals, ok) if not good]
         first_wrong = len(wrong) if first_wrong is None else first_wrong
         if not wrong:
