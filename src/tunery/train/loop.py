@@ -707,7 +707,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
                    last_metrics, checkpoints, stopped_at, session_tokens, session_time)
 
 
-REPAIR_ROUNDS = 4
+REPAIR_ROUNDS = 8
 """Rounds of _repair at most: each trains once more on the file's answers that greedy decoding still gets
 wrong after the scheduled steps."""
 REPAIR_LR_FRACTION = 0.1
@@ -723,12 +723,13 @@ def _repair(model, opt, objective, originals: list[Encoded], run, cb: TrainCallb
     more epoch over everything would cost as much as the whole repair several times over."""
     rng = random.Random(seed)
     tokens, secs, n_steps = 0, 0.0, 0
-    first_wrong = None
+    # The loop's last check may have been at the final step: its per-example answer is reused. Between
+    # rounds only the answers still wrong are checked again (a step rarely breaks an exact answer; the
+    # final count below checks them all).
+    ok = known or reproduced(model, originals, run.max_tokens, run.device, run.autocast)
+    wrong = [e for e, good in zip(originals, ok) if not good]
+    first_wrong = len(wrong)
     for _ in range(rounds):
-        # The loop's last check may have been at the final step: its per-example answer is reused.
-        ok, known = known or reproduced(model, originals, run.max_tokens, run.device, run.autocast), None
-        wrong = [e for e, good in zip(originals, ok) if not good]
-        first_wrong = len(wrong) if first_wrong is None else first_wrong
         if not wrong:
             break
         rng.shuffle(wrong)
@@ -743,7 +744,9 @@ def _repair(model, opt, objective, originals: list[Encoded], run, cb: TrainCallb
             secs += time.perf_counter() - t0
             tokens += sum(len(e) for e in group)
             n_steps += 1
-    else:
+        still = reproduced(model, wrong, run.max_tokens, run.device, run.autocast)
+        wrong = [e for e, good in zip(wrong, still) if not good]
+    if first_wrong:
         ok = reproduced(model, originals, run.max_tokens, run.device, run.autocast)
     if not first_wrong:
         return 0, 0.0
