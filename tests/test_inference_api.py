@@ -282,3 +282,31 @@ def test_bundled_model_json_mode_and_alias(make_server, monkeypatch, backend):
             assert "Paris" in text
     finally:
         server.app.state.engine.close()
+
+
+def test_models_say_which_backend_serves_them(client, model, ft_model, backend):
+    listed = {m.id: m for m in client.models.list()}
+    assert listed[ft_model].model_extra["backend"] == backend
+    assert listed[ft_model].owned_by == "personal" and listed[ft_model].object == "model"  # OpenAI's stay
+    assert listed["smollm2-135m-instruct"].model_extra["backend"] == backend  # a Llama GGUF / safetensors
+    assert client.models.retrieve(model).model_extra["backend"] == backend
+    assert client.models.retrieve(ft_model).model_extra["backend"] == backend
+
+
+def test_node_sdk_chat_on_each_backend(srv, ft_model, backend):
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    node_dir = Path(__file__).parent / "node"
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: apt-get install nodejs npm (make test does it as root)")
+    if not (node_dir / "node_modules" / "openai").is_dir():
+        pytest.skip("NODE SDK TEST SKIPPED: run `npm ci` in tests/node (make install-dev does it)")
+    env = {**os.environ, "TUNERY_BASE_URL": srv.base_url, "TUNERY_MODEL": ft_model, "TUNERY_BACKEND": backend}
+    proc = subprocess.run([node, "--test", "inference.test.mjs"], cwd=node_dir, env=env, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "# pass 1" in proc.stdout and "# skipped 0" in proc.stdout, proc.stdout[-2000:]

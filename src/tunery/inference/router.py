@@ -36,6 +36,51 @@ def configured_backend() -> str:
     return name
 
 
+def serving_backend(model: str | Servable, settings: Settings | None = None, choice: str | None = None, *,
+                    listing: bool = False) -> str:
+    from tunery.inference.llamacpp import available
+
+    settings = settings or get_settings()
+    choice = choice or configured_backend()
+    if choice == "torch" or not available():
+        return "torch"
+    adapter_dir = getattr(model, "adapter_dir", None)
+    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").exists():
+        if _model_type(Path(adapter_dir)) != "llama":  # a full fine-tune: conversion writes Llama GGUFs
+            return "torch"
+    base = model if isinstance(model, str) else model.base_model
+    return "llamacpp" if _llamacpp_base(base, settings, listing) else "torch"
+
+
+def _model_type(model_dir: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _llamacpp_base(base: str, settings: Settings, listing: bool = False) -> bool:
+    from tunery.inference.convert import base_gguf
+    from tunery.models import registry
+
+    try:
+        spec = registry.resolve(base, settings).spec
+        if spec.kind == "gguf_package":
+            if listing:
+                return True
+            return base_gguf(base, settings) is not None or not registry.is_available(spec, settings)
+        if listing:
+            where = Path(spec.source) if spec.kind == "local" else registry.cache_dir(spec, settings)
+            return _model_type(where) == "llama"
+        return _model_type(registry.materialize(base, settings)) == "llama"
+    except TuneryError:
+        return not listing  # serving: let prepare() raise the precise error
+    except (OSError, ValueError):
+        return False
+
+
 class Router:
     def __init__(self, settings: Settings | None = None, config: EngineConfig | None = None,
                  backend: str | None = None):
@@ -63,44 +108,11 @@ class Router:
                 self._engines[name] = e
             return e
 
-    def backend_for(self, model: str | Servable) -> str:
-        """Which backend serves `model` (without loading it)."""
-        from tunery.inference.llamacpp import available
-
-        if self.choice == "torch" or not available():
-            return "torch"
-        adapter_dir = getattr(model, "adapter_dir", None)
-        if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").exists():
-            cfg = Path(adapter_dir) / "config.json"
-            import json
-
-            try:
-                arch = json.loads(cfg.read_text()).get("model_type")
-            except (OSError, ValueError):
-                arch = None
-            if arch != "llama":
-                return "torch"
-        base = model if isinstance(model, str) else model.base_model
-        if not self._llamacpp_base(base):
-            return "torch"
-        return "llamacpp"
-
-    def _llamacpp_base(self, base: str) -> bool:
-        from tunery.inference.convert import base_gguf
-        from tunery.models import registry
-
-        try:
-            spec = registry.resolve(base, self.settings).spec
-            if spec.kind == "gguf_package":
-                return base_gguf(base, self.settings) is not None or not registry.is_available(spec, self.settings)
-            import json
-
-            path = registry.materialize(base, self.settings)
-            return json.loads((path / "config.json").read_text()).get("model_type") == "llama"
-        except TuneryError:
-            return True  # let prepare() raise the precise error
-        except (OSError, ValueError):
-            return False
+    def backend_for(self, model: str | Servable, *, listing: bool = False) -> str:
+        """Which backend serves `model`, without loading it. `listing`: never convert or download a base
+        model to find out (for /v1/models and `tunery models list`; an unconverted Hugging Face base is
+        judged by its config.json where one is on disk, else it is reported as the torch engine's)."""
+        return serving_backend(model, self.settings, self.choice, listing=listing)
 
     # -- the engine interface --
 
@@ -186,3 +198,16 @@ def unload_models(app, names) -> None:
             engine.unload(name)
         except Exception:  # the model is deleted either way; a failed unload only costs memory
             log.exception("engine.unload(%s) failed", name)
+
+
+def with_backend(app, store, org, obj: dict, *, allow_paths: bool = True) -> dict:
+    """A /v1/models object plus `backend`: which backend serves it ("llamacpp" or "torch"), judged without
+    loading or converting anything. OpenAI's fields stay as they are; the SDK keeps extras as model_extra."""
+    from tunery.store.models import find_servable_model
+
+    try:
+        servable = find_servable_model(store, org, obj["id"], allow_paths=allow_paths)
+        obj["backend"] = get_engine(app).backend_for(servable, listing=True)
+    except TuneryError:  # listed but not servable here (e.g. a base model whose package is missing)
+        obj["backend"] = None
+    return obj
