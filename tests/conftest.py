@@ -17,6 +17,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TUNERY_NUM_THREADS", "2")
+# The product's default backend is `auto` (llama.cpp on CPU). Tests that do not choose keep the torch
+# engine their expectations were written on; tests/test_inference_api.py runs every API promise on both
+# backends and checks the default itself.
+os.environ.setdefault("TUNERY_INFERENCE_BACKEND", "torch")
 
 
 @pytest.fixture(autouse=True)

@@ -282,3 +282,88 @@ def test_bundled_model_json_mode_and_alias(make_server, monkeypatch, backend):
             assert "Paris" in text
     finally:
         server.app.state.engine.close()
+
+
+def register_lora(srv, tiny_model_dir, tmp_path, tag: str, seed: int) -> str:
+    from tunery.store import ensure_org, register_model
+
+    name = f"ft:tiny:personal:{tag}:abc{seed:05d}"
+    register_model(srv.store, ensure_org(srv.store, "personal"), model_id=name, base_model=str(tiny_model_dir),
+                   job_id=None, path=make_lora(tiny_model_dir, tmp_path / tag, seed=seed))
+    return name
+
+
+def test_models_say_which_backend_serves_them(client, srv, model, tiny_model_dir, tmp_path, backend):
+    ft_model = register_lora(srv, tiny_model_dir, tmp_path, "listed", 31)
+    listed = {m.id: m for m in client.models.list()}
+    assert listed[ft_model].model_extra["backend"] == backend
+    assert listed[ft_model].owned_by == "personal" and listed[ft_model].object == "model"  # OpenAI's stay
+    assert listed["smollm2-135m-instruct"].model_extra["backend"] == backend  # a Llama GGUF / safetensors
+    assert client.models.retrieve(model).model_extra["backend"] == backend
+    assert client.models.retrieve(ft_model).model_extra["backend"] == backend
+
+
+def test_node_sdk_chat_on_each_backend(srv, tiny_model_dir, tmp_path, backend):
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    ft_model = register_lora(srv, tiny_model_dir, tmp_path, "node", 32)
+    node_dir = Path(__file__).parent / "node"
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: apt-get install nodejs npm (make test does it as root)")
+    if not (node_dir / "node_modules" / "openai").is_dir():
+        pytest.skip("NODE SDK TEST SKIPPED: run `npm ci` in tests/node (make install-dev does it)")
+    env = {**os.environ, "TUNERY_BASE_URL": srv.base_url, "TUNERY_MODEL": ft_model, "TUNERY_BACKEND": backend}
+    proc = subprocess.run([node, "--test", "inference.test.mjs"], cwd=node_dir, env=env, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "# pass 1" in proc.stdout and "# skipped 0" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_default_backend_is_llamacpp_on_cpu(monkeypatch, tiny_model_dir):
+    """No TUNERY_INFERENCE_BACKEND: llama.cpp on CPU, the torch engine on a GPU; the variable overrides."""
+    pytest.importorskip("xllamacpp")
+    from tunery.inference.router import Router, configured_backend
+
+    monkeypatch.delenv("TUNERY_INFERENCE_BACKEND", raising=False)
+    monkeypatch.setenv("TUNERY_DEVICE", "cpu")
+    assert configured_backend() == "auto"
+    assert Router(Settings.from_env()).backend_for(str(tiny_model_dir)) == "llamacpp"
+    assert Router(Settings.from_env()).backend_for("smollm2-135m-instruct") == "llamacpp"
+    monkeypatch.setenv("TUNERY_DEVICE", "cuda")
+    assert Router(Settings.from_env()).backend_for("smollm2-135m-instruct") == "torch"
+    monkeypatch.setenv("TUNERY_DEVICE", "cpu")
+    monkeypatch.setenv("TUNERY_INFERENCE_BACKEND", "torch")
+    assert Router(Settings.from_env()).backend_for("smollm2-135m-instruct") == "torch"
+
+
+def test_stream_in_flight_survives_hot_swap(client, srv, model, tiny_model_dir, tmp_path, backend):
+    """A stream open on an adapter while a new model arrives (llama.cpp: a new instance with the longer
+    adapter list takes over, the old one drains) ends intact: the same text, reason and usage as alone."""
+    first = register_lora(srv, tiny_model_dir, tmp_path, "inflight", 41)
+    kw = dict(messages=MSG, temperature=0, max_tokens=120)
+    alone = client.chat.completions.create(model=first, **kw)
+    stream = client.chat.completions.create(model=first, stream=True, stream_options={"include_usage": True}, **kw)
+    it = iter(stream)
+    chunks = [next(it)]  # the stream is open and its request is in flight
+    gguf = srv.app.state.engine.engine("llamacpp").models[str(tiny_model_dir)] if backend == "llamacpp" else None
+    before = gguf.current if gguf else None
+    second = register_lora(srv, tiny_model_dir, tmp_path, "arrives", 42)
+    swapped = client.chat.completions.create(model=second, messages=MSG, temperature=0, max_tokens=4)
+    assert swapped.model == second and swapped.usage.completion_tokens >= 1
+    if gguf is not None:
+        assert gguf.current is not before and before.retired  # a new instance took over; the old drains
+    chunks += list(it)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert text == alone.choices[0].message.content
+    assert reasons == [alone.choices[0].finish_reason]
+    assert chunks[-1].usage.completion_tokens == alone.usage.completion_tokens
+    if gguf is not None:
+        deadline = time.time() + 30
+        while before.server is not None and time.time() < deadline:
+            time.sleep(0.05)
+        assert before.server is None  # stopped once its last request ended

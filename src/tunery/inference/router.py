@@ -2,12 +2,14 @@
 (prepare → submit → Generation events, unload, loaded) for the OpenAI routes, the CLI and benchmarks.
 
 Backends: `llamacpp` (llama.cpp's server in-process, through xllamacpp) and `torch` (tunery's own engine).
-TUNERY_INFERENCE_BACKEND=torch|llamacpp|auto picks one for everything it can serve (auto = llamacpp where
-it can). The default is still `torch`: llama.cpp's speed over this API has not been measured in a same-run
-bench yet, and it serves the Q4_1 GGUF with quantized activations, whose greedy answers already differ
-from the fp32 weights the trainer fine-tunes, so whether learned facts survive it is unmeasured too; `vllm` is named but not built yet (a 400 saying so). The torch engine still serves what
-llama.cpp cannot: full fine-tunes and base models that are not Llama-architecture and have no GGUF
-(conversion here writes Llama GGUFs only), and every model when xllamacpp is missing.
+TUNERY_INFERENCE_BACKEND=torch|llamacpp|auto picks one for everything it can serve. The default, `auto`,
+is llama.cpp on CPU: measured in one run of bench/bench_backends.py it decodes 4.6x faster than the torch
+engine through the API with tunery's overhead within noise of raw llama.cpp, and a fine-tune trained here
+keeps its facts on the Q4_1 base (bench/bench_backend_facts.py: the same recall as on the torch engine).
+On a GPU (TUNERY_DEVICE or a visible CUDA/MPS device) `auto` keeps the torch engine, since the wheel is a
+CPU build and vLLM, the intended GPU backend, is named but not built yet (a 400 saying so). The torch
+engine also serves what llama.cpp cannot: full fine-tunes and base models that are not Llama-architecture
+and have no GGUF (conversion here writes Llama GGUFs only), and every model when xllamacpp is missing.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tunery.settings import Settings, get_settings
 
 log = logging.getLogger("tunery.inference")
 BACKENDS = ("auto", "llamacpp", "torch", "vllm")
-DEFAULT_BACKEND = "torch"  # see the module docstring: llamacpp becomes the CPU default once measured
+DEFAULT_BACKEND = "auto"  # llama.cpp on CPU, the torch engine on a GPU (see the module docstring)
 
 
 def configured_backend() -> str:
@@ -34,6 +36,59 @@ def configured_backend() -> str:
     if name == "vllm":
         raise InvalidRequest("TUNERY_INFERENCE_BACKEND=vllm: the vLLM backend is not built yet; use llamacpp or torch")
     return name
+
+
+def serving_backend(model: str | Servable, settings: Settings | None = None, choice: str | None = None, *,
+                    listing: bool = False) -> str:
+    from tunery.inference.llamacpp import available
+
+    settings = settings or get_settings()
+    choice = choice or configured_backend()
+    if choice == "torch" or not available() or (choice == "auto" and _on_gpu(settings)):
+        return "torch"
+    adapter_dir = getattr(model, "adapter_dir", None)
+    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").exists():
+        if _model_type(Path(adapter_dir)) != "llama":  # a full fine-tune: conversion writes Llama GGUFs
+            return "torch"
+    base = model if isinstance(model, str) else model.base_model
+    return "llamacpp" if _llamacpp_base(base, settings, listing) else "torch"
+
+
+def _on_gpu(settings: Settings) -> bool:
+    if settings.device and settings.device != "auto":
+        return settings.device != "cpu"
+    from tunery.models import pick_device
+
+    return pick_device(settings) != "cpu"
+
+
+def _model_type(model_dir: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _llamacpp_base(base: str, settings: Settings, listing: bool = False) -> bool:
+    from tunery.inference.convert import base_gguf
+    from tunery.models import registry
+
+    try:
+        spec = registry.resolve(base, settings).spec
+        if spec.kind == "gguf_package":
+            if listing:
+                return True
+            return base_gguf(base, settings) is not None or not registry.is_available(spec, settings)
+        if listing:
+            where = Path(spec.source) if spec.kind == "local" else registry.cache_dir(spec, settings)
+            return _model_type(where) == "llama"
+        return _model_type(registry.materialize(base, settings)) == "llama"
+    except TuneryError:
+        return not listing  # serving: let prepare() raise the precise error
+    except (OSError, ValueError):
+        return False
 
 
 class Router:
@@ -63,44 +118,11 @@ class Router:
                 self._engines[name] = e
             return e
 
-    def backend_for(self, model: str | Servable) -> str:
-        """Which backend serves `model` (without loading it)."""
-        from tunery.inference.llamacpp import available
-
-        if self.choice == "torch" or not available():
-            return "torch"
-        adapter_dir = getattr(model, "adapter_dir", None)
-        if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").exists():
-            cfg = Path(adapter_dir) / "config.json"
-            import json
-
-            try:
-                arch = json.loads(cfg.read_text()).get("model_type")
-            except (OSError, ValueError):
-                arch = None
-            if arch != "llama":
-                return "torch"
-        base = model if isinstance(model, str) else model.base_model
-        if not self._llamacpp_base(base):
-            return "torch"
-        return "llamacpp"
-
-    def _llamacpp_base(self, base: str) -> bool:
-        from tunery.inference.convert import base_gguf
-        from tunery.models import registry
-
-        try:
-            spec = registry.resolve(base, self.settings).spec
-            if spec.kind == "gguf_package":
-                return base_gguf(base, self.settings) is not None or not registry.is_available(spec, self.settings)
-            import json
-
-            path = registry.materialize(base, self.settings)
-            return json.loads((path / "config.json").read_text()).get("model_type") == "llama"
-        except TuneryError:
-            return True  # let prepare() raise the precise error
-        except (OSError, ValueError):
-            return False
+    def backend_for(self, model: str | Servable, *, listing: bool = False) -> str:
+        """Which backend serves `model`, without loading it. `listing`: never convert or download a base
+        model to find out (for /v1/models and `tunery models list`; an unconverted Hugging Face base is
+        judged by its config.json where one is on disk, else it is reported as the torch engine's)."""
+        return serving_backend(model, self.settings, self.choice, listing=listing)
 
     # -- the engine interface --
 
@@ -186,3 +208,16 @@ def unload_models(app, names) -> None:
             engine.unload(name)
         except Exception:  # the model is deleted either way; a failed unload only costs memory
             log.exception("engine.unload(%s) failed", name)
+
+
+def with_backend(app, store, org, obj: dict, *, allow_paths: bool = True) -> dict:
+    """A /v1/models object plus `backend`: which backend serves it ("llamacpp" or "torch"), judged without
+    loading or converting anything. OpenAI's fields stay as they are; the SDK keeps extras as model_extra."""
+    from tunery.store.models import find_servable_model
+
+    try:
+        servable = find_servable_model(store, org, obj["id"], allow_paths=allow_paths)
+        obj["backend"] = get_engine(app).backend_for(servable, listing=True)
+    except TuneryError:  # listed but not servable here (e.g. a base model whose package is missing)
+        obj["backend"] = None
+    return obj

@@ -16,14 +16,21 @@ console = Console()
 
 @app.command("list")
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-    """Show every base model and alias, what it resolves to and its context length."""
+    """Show every base model and alias, what it resolves to, its context length and the inference backend
+    that serves it (TUNERY_INFERENCE_BACKEND)."""
+    from tunery.inference.router import serving_backend
+
     rows = registry.list_models()
+    for r in rows:  # judged without loading or converting anything
+        r["backend"] = serving_backend(r["resolves_to"], listing=True) if r["kind"] != "alias" or r["available"] \
+            else None
     if as_json:
         typer.echo(json.dumps(rows, indent=2))  # plain: print_json would wrap long strings on a pipe
         return
-    print_table(console, ("name", "resolves to", "context", "chat", "available"), [
+    print_table(console, ("name", "resolves to", "context", "chat", "available", "backend"), [
         (r["name"], r["resolves_to"] if r["resolves_to"] != r["name"] else "-", str(r["context_length"] or "?"),
-         {True: "yes", False: "no", None: "?"}[r["chat"]], "yes" if r["available"] else "no (tunery models pull)")
+         {True: "yes", False: "no", None: "?"}[r["chat"]], "yes" if r["available"] else "no (tunery models pull)",
+         r["backend"] or "-")
         for r in rows], title="tunery base models",
         styles={i: {4: "green" if r["available"] else "yellow"} for i, r in enumerate(rows)})
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from tunery.api.deps import (
     ERROR_RESPONSES, ListPage, add_method_not_allowed, current_org, get_store, path_models_allowed,
 )
-from tunery.inference.router import unload_models
+from tunery.inference.router import unload_models, with_backend
 from tunery.store import Organization, Store
 from tunery.store import models as store_models
 from tunery.store.wire import list_object, model_object
@@ -24,6 +24,7 @@ class Model(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    backend: str | None = None  # tunery's extra: the inference backend that serves it (llamacpp, torch)
 
 
 class ModelDeleted(BaseModel):
@@ -33,8 +34,9 @@ class ModelDeleted(BaseModel):
 
 
 @router.get("/models", response_model=ListPage[Model], summary="List models")
-def list_models(store: Store = Depends(get_store), org: Organization = Depends(current_org)):
-    return list_object([model_object(info) for info in store_models.available_models(store, org)])
+def list_models(request: Request, store: Store = Depends(get_store), org: Organization = Depends(current_org)):
+    return list_object([with_backend(request.app, store, org, model_object(info))
+                        for info in store_models.available_models(store, org)])
 
 
 _MODEL = Path(..., max_length=2048)
@@ -44,8 +46,9 @@ _MODEL = Path(..., max_length=2048)
 def retrieve_model(request: Request, model: str = _MODEL, store: Store = Depends(get_store),
                    org: Organization = Depends(current_org)):
     """Base models, aliases, fine-tuned models and their checkpoints (ft:…:ckpt-step-N)."""
-    return model_object(store_models.describe_model(store, org, model,
-                                                    allow_paths=path_models_allowed(request, store)))
+    allow = path_models_allowed(request, store)
+    info = store_models.describe_model(store, org, model, allow_paths=allow)
+    return with_backend(request.app, store, org, model_object(info), allow_paths=allow)
 
 
 @router.delete("/models/{model:path}", response_model=ModelDeleted, summary="Delete a fine-tuned model")
