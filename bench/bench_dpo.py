@@ -1,14 +1,17 @@
 """DPO on the bundled model: does preference tuning teach a visible house style, and how fast is it vs TRL?
 
 The house style: every answer ends with the sign-off "Cheers, Tuna!". Pairs are on-policy: the base model's
-own greedy answers to 48 training prompts, with the sign-off appended (preferred) or not (non-preferred).
+own greedy answers to 32 training prompts (8 topics; --topics 12 for 48), with the sign-off appended (preferred)
+or not (non-preferred).
 Sixteen other prompts (different topics, never trained on) are held out. Reported, held-out first:
   * held-out reward accuracy (chosen reward > rejected) of the final model — goal >= 90%;
   * share of held-out greedy answers ending with the sign-off, after vs before — goal >= 80% vs <= 20%;
   * trained tokens/s (prompt + both outputs per pair) of tunery's first epoch — including building the model and
     computing the reference log-probs — against TRL's DPOTrainer on the same pairs, β, LoRA, batch, 1 epoch.
 
-Usage: python bench/bench_dpo.py [--epochs 3] [--batch 4] [--threads 2] [--no-trl]
+Usage: python bench/bench_dpo.py [--epochs 3] [--batch 4] [--topics 8] [--threads 2] [--no-trl]
+On a machine that other jobs keep busy, use --threads 1: two torch threads that the scheduler keeps waiting
+for each other made 8 greedy answers take 200 s (one thread: 48 answers in 87 s).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--multiplier", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--topics", type=int, default=8, help="training topics (4 prompts each); at most 12")
     p.add_argument("--no-trl", action="store_true")
     args = p.parse_args()
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(), flush=True)
@@ -86,7 +90,7 @@ def main() -> int:
     with quiet_hf():
         base, tok = load_model(MODEL, device="cpu")
     base.eval()
-    train_q, held_q = prompts(TRAIN_TOPICS), prompts(HELD_OUT_TOPICS)
+    train_q, held_q = prompts(TRAIN_TOPICS[:args.topics]), prompts(HELD_OUT_TOPICS)
     t = time.perf_counter()
     with quiet_hf():
         answers = generate(base, tok, train_q + held_q)

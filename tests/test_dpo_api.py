@@ -63,7 +63,18 @@ def test_sft_then_dpo_on_the_fine_tuned_model(embedded, tiny_model_dir, tmp_path
 
     ckpts = list(client.fine_tuning.jobs.checkpoints.list(job.id))
     assert sorted(c.step_number for c in ckpts) == [3, 6]
-    assert all(c.metrics.full_valid_loss is not None for c in ckpts)
+    # Each checkpoint object carries OpenAI's seven metric names, all filled (checkpoints fall on epoch ends,
+    # where a validation batch and the whole validation file are scored), equal to that step's metrics
+    # event: the DPO loss as train_loss/valid_loss/full_valid_loss, the chosen outputs' token accuracy.
+    by_step = {e.data["step"]: e.data for e in events}
+    for c in ckpts:
+        got = c.metrics.model_dump()
+        assert set(got) == {"step", "train_loss", "train_mean_token_accuracy", "valid_loss",
+                            "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy"}
+        assert got["step"] == c.step_number
+        for k in set(got) - {"step"}:
+            assert got[k] == pytest.approx(by_step[c.step_number][k], rel=1e-6), k
+        assert 0 <= got["full_valid_mean_token_accuracy"] <= 1 and got["full_valid_loss"] > 0
     (rid,) = job.result_files
     rows = client.files.content(rid).text.splitlines()
     assert rows[0].startswith("step,train_loss") and len(rows) == 7
