@@ -58,6 +58,20 @@ def test_serve_refuses_public_host_without_keys(tmp_path, run):
     assert "Traceback" not in proc.stderr
 
 
+def wait_healthy(server, port: int, seconds: float) -> str:
+    """The base URL of a `tunery serve` subprocess once /health answers (its stderr if it dies first)."""
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return url
+        except httpx.TransportError:
+            pass
+        assert server.poll() is None and time.time() < deadline, server.stderr.read().decode()[-2000:]
+        time.sleep(0.1)
+
+
 def test_keys_and_serve(tmp_path, run):
     created = run("keys", "create", "--org", "acme", "--name", "ci", home=tmp_path)
     assert created.returncode == 0, created.stderr
@@ -69,16 +83,7 @@ def test_keys_and_serve(tmp_path, run):
     server = subprocess.Popen([*TUNERY, "serve", "--port", str(port), "--home", str(tmp_path), "--log-level",
                                "warning"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.time() < deadline, server.stderr.read().decode()[-2000:]
-            time.sleep(0.1)
+        url = wait_healthy(server, port, 60)
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url + "/v1", api_key="sk-other", max_retries=0).models.list()
         models = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0).models.list()
@@ -112,16 +117,7 @@ def test_serve_beyond_loopback_closes_when_the_last_key_is_revoked(tmp_path, run
                                "--no-worker", "--log-level", "warning"], stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while True:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.time() < deadline, server.stderr.read().decode()[-2000:]
-            time.sleep(0.1)
+        url = wait_healthy(server, port, 90)
         sdk = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
         reply = sdk.chat.completions.create(model=str(allowed / "tiny"), max_tokens=2,
                                             messages=[{"role": "user", "content": "hi"}])
