@@ -224,9 +224,16 @@ def test_models_list_retrieve_delete(make_server, tmp_path):
     c = srv.client()
     unloaded: list[str] = []
 
-    class Engine:  # the inference engine's unload hook; the engine itself is another area's
+    from tunery.inference.router import get_engine
+
+    real = get_engine(srv.app)
+
+    class Engine:  # records the unload hook's calls; listings still ask the real router for the backend
         def unload(self, model_id):
             unloaded.append(model_id)
+
+        def backend_for(self, servable, **kw):
+            return real.backend_for(servable, **kw)
 
     srv.app.state.engine = Engine()
     ids = {m.id for m in c.models.list()}
