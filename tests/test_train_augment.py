@@ -156,6 +156,40 @@ def test_reproduced_means_greedy_decoding_gives_the_answer_back(tiny_model_dir):
         True, False, True]
 
 
+def test_training_pass_flags_exact_answers_like_an_evaluation_pass(tiny_model_dir):
+    # The free per-example flags of a training step equal reproduced() on the same weights, so the loop may
+    # skip an evaluation pass whenever a training pass already saw an answer that is not exact.
+    import contextlib
+
+    import torch
+
+    from tunery.models import load_model
+    from tunery.train.loop import RunContext, Supervised, reproduced
+    from tunery.train.tokenize import Encoded
+
+    model, tok = load_model(str(tiny_model_dir))
+    model.eval()
+    prompt = tok("The code for item 7 is")["input_ids"]
+    with torch.no_grad():
+        greedy = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)[0].tolist()[len(prompt):]
+    other = greedy[:2] + [(greedy[2] + 1) % len(tok)] + greedy[3:]
+    batch = [Encoded(input_ids=prompt + a, loss_mask=[0] * len(prompt) + [1] * len(a), line=1)
+             for a in (other, greedy, other)]
+    expected = reproduced(model, batch, 512, "cpu", contextlib.nullcontext)
+    assert expected == [False, True, False]
+    sft = Supervised()
+    sft.step(model, batch, RunContext("cpu", contextlib.nullcontext, 512, "lora", None))
+    assert [sft.exact[id(e)] for e in batch] == expected
+
+
+def test_evaluation_passes_are_skipped_while_training_shows_inexact_answers(tiny_model_dir, tmp_path):
+    # The random tiny model reproduces nothing: the mid-run checks cost nothing and the last one still runs
+    # (its per-example answer feeds the repair rounds).
+    res, cb = run_auto(tiny_model_dir, tmp_path, "s", augment=1, extra={"passes": 8, "repair": 0})
+    checks = [m["step"] for m in cb.metrics if "original_accuracy" in m]
+    assert res.status == "succeeded" and checks == [cb.resolved["total_steps"]], checks
+
+
 def test_answers_not_reproduced_after_the_schedule_are_trained_again(tiny_model_dir, tmp_path):
     # The random tiny model reproduces none of its answers, so every repair round runs and the event says
     # what was done; repair=0 turns it off.
