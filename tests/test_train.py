@@ -417,3 +417,24 @@ def test_the_trainer_and_the_api_check_the_same_ranges():
         "n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": 2.0, "objective": "dpo", "beta": 0.2}
     assert from_job({}, "supervised") == {"n_epochs": "auto", "batch_size": "auto",
                                           "learning_rate_multiplier": "auto", "objective": "supervised"}
+
+
+def test_trainer_threads_leave_a_core_unless_told(monkeypatch):
+    import dataclasses
+    import os
+
+    import torch
+
+    from tunery.models import setup_threads
+    from tunery.settings import get_settings
+
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        auto = dataclasses.replace(get_settings(), num_threads=0)
+        assert setup_threads(auto, reserve=1) == max(1, cores - 1) == torch.get_num_threads()
+        assert setup_threads(auto) == cores
+        told = dataclasses.replace(get_settings(), num_threads=2)
+        assert setup_threads(told, reserve=1) == 2  # TUNERY_NUM_THREADS is obeyed as given
+    finally:
+        torch.set_num_threads(before)

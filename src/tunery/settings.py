@@ -37,7 +37,7 @@ class Settings:
     """TUNERY_DEVICE: auto | cpu | cuda | cuda:N | mps."""
 
     num_threads: int = 0
-    """TUNERY_NUM_THREADS: torch CPU threads; 0 means one per physical core."""
+    """TUNERY_NUM_THREADS: torch CPU threads; 0 means one per core this process may use (the trainer: one fewer, at least 1)."""
 
     default_org: str = "personal"
     """TUNERY_DEFAULT_ORG: the organization served when no API keys exist."""

@@ -21,13 +21,14 @@ def pick_device(settings: Settings | None = None) -> str:
     return "cpu"
 
 
-def setup_threads(settings: Settings | None = None) -> int:
-    """Set torch's CPU threads (TUNERY_NUM_THREADS, else the cores this process may use)."""
+def setup_threads(settings: Settings | None = None, reserve: int = 0) -> int:
+    """Set torch's CPU threads: TUNERY_NUM_THREADS, else the cores this process may use minus `reserve`
+    (at least 1)."""
     import torch
 
     settings = settings or get_settings()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = max(1, settings.num_threads or cores)
+    n = max(1, settings.num_threads or cores - reserve)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
