@@ -577,8 +577,8 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     config.validate()
     out_dir = Path(config.output_dir)
     ckpt_dir = out_dir / "checkpoints"
-    setup_threads()
-    device = config.device or pick_device()
+    setup_threads(config.num_threads)
+    device = pick_device(config.device)
     resume_dir, resume_meta = _resume_from(config, cb)
     base_model = resolve(config.model).name
     objective = make_objective(config.objective)
