@@ -156,7 +156,7 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="tunery-bench-backends-"))
     os.environ["TUNERY_HOME"] = str(home)
     settings = Settings.from_env(home=home)
-    threads = setup_threads(settings)
+    threads = setup_threads(settings.compute.num_threads)
     cfg = EngineConfig.from_env()
     print(f"bundled {BASE}, {threads} threads, {TOKENS} tokens per single request; {uptime()}", flush=True)
     t_all = time.perf_counter()

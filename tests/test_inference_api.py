@@ -330,7 +330,7 @@ def test_default_backend_is_llamacpp_on_cpu(monkeypatch, tiny_model_dir):
 
     monkeypatch.delenv("TUNERY_INFERENCE_BACKEND", raising=False)
     monkeypatch.setenv("TUNERY_DEVICE", "cpu")
-    assert configured_backend() == "auto"
+    assert configured_backend(Settings.from_env().inference.backend) == "auto"
     assert Router(Settings.from_env()).backend_for(str(tiny_model_dir)) == "llamacpp"
     assert Router(Settings.from_env()).backend_for("smollm2-135m-instruct") == "llamacpp"
     monkeypatch.setenv("TUNERY_DEVICE", "cuda")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tunery.errors import InvalidRequest, RateLimited
-from tunery.inference import Delta, Engine, EngineConfig, Finished, SamplingParams, Servable
+from tunery.inference import Delta, Engine, Finished, SamplingParams, Servable
+from tunery.settings import InferenceSettings
 
 CHAT = [{"role": "user", "content": "Say something about cats."}]
 
@@ -42,7 +43,7 @@ def loras(tiny_model_dir, tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def engine():
-    e = Engine(config=EngineConfig(dtype="float32", max_batch=8, max_queue=64, max_adapters=2))
+    e = Engine(config=InferenceSettings(dtype="float32", max_batch=8, max_queue=64, max_adapters=2))
     yield e
     e.close()
 
@@ -203,7 +204,7 @@ def test_context_length_is_enforced_with_the_limit_named(engine, tiny_model_dir)
 
 
 def test_full_queue_answers_429(tiny_model_dir):
-    e = Engine(config=EngineConfig(dtype="float32", max_batch=1, max_queue=1))
+    e = Engine(config=InferenceSettings(dtype="float32", max_batch=1, max_queue=1))
     try:
         m = str(tiny_model_dir)
         first = e.generate(m, messages=CHAT, max_tokens=900, temperature=0, ignore_eos=True)

@@ -419,22 +419,18 @@ def test_the_trainer_and_the_api_check_the_same_ranges():
                                           "learning_rate_multiplier": "auto", "objective": "supervised"}
 
 
-def test_trainer_threads_leave_a_core_unless_told(monkeypatch):
-    import dataclasses
+def test_trainer_threads_leave_a_core_unless_told():
     import os
 
     import torch
 
     from tunery.models import setup_threads
-    from tunery.settings import get_settings
 
     cores = len(os.sched_getaffinity(0))
     before = torch.get_num_threads()
     try:
-        auto = dataclasses.replace(get_settings(), num_threads=0)
-        assert setup_threads(auto, reserve=1) == max(1, cores - 1) == torch.get_num_threads()
-        assert setup_threads(auto) == cores
-        told = dataclasses.replace(get_settings(), num_threads=2)
-        assert setup_threads(told, reserve=1) == 2  # TUNERY_NUM_THREADS is obeyed as given
+        assert setup_threads(0, reserve=1) == max(1, cores - 1) == torch.get_num_threads()
+        assert setup_threads(0) == cores
+        assert setup_threads(2, reserve=1) == 2  # TUNERY_NUM_THREADS is obeyed as given
     finally:
         torch.set_num_threads(before)

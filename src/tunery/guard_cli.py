@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Optional
 from urllib.parse import quote
 
@@ -25,8 +24,11 @@ ApiKeyOpt = typer.Option(None, "--api-key", help="API key (default $TUNERY_API_K
 def _call(method: str, path: str, base_url: Optional[str], api_key: Optional[str], body: dict | None = None) -> dict:
     import httpx
 
-    base = (base_url or os.environ.get("TUNERY_BASE_URL") or "http://127.0.0.1:8000/v1").rstrip("/")
-    key = api_key or os.environ.get("TUNERY_API_KEY") or os.environ.get("OPENAI_API_KEY") or "tunery"
+    from tunery.settings import get_settings
+
+    client = get_settings().client
+    base = (base_url or client.server).rstrip("/")
+    key = api_key or client.bearer
     try:
         r = httpx.request(method, base + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60)
     except httpx.HTTPError as exc:

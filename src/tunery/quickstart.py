@@ -8,7 +8,6 @@ Everything after the start goes through the OpenAI-compatible HTTP API, exactly 
 
 from __future__ import annotations
 
-import os
 import socket
 import tempfile
 import threading
@@ -211,19 +210,17 @@ def run_quickstart(home: Path, *, keep_serving: bool = False, port: int = 0,
     from tunery import demo
     from tunery.data import validate_file
     from tunery.models import DEFAULT_MODEL, materialize
-    from tunery.settings import Settings
+    from tunery.settings import PASSIVE_THREADS, Settings, set_library_env
 
     model = model or DEFAULT_MODEL
     t_start = time.monotonic()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads here (see worker.runner)
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    set_library_env(PASSIVE_THREADS)  # before torch loads here
     home = home.expanduser().resolve()
-    shared_cache = Settings.from_env().model_cache  # converted base models are reused between runs
-    os.environ["TUNERY_HOME"] = str(home)  # the routes, worker and trainer children all read this home
-    os.environ["TUNERY_MODEL_CACHE"] = str(shared_cache)
-    os.environ.pop("TUNERY_DATABASE_URL", None)
-    settings = Settings.from_env().ensure_dirs()
+    # A fresh home (and its own SQLite database); converted base models are reused between runs. The
+    # server, its worker and the trainer children all get these settings from here.
+    shared_cache = Settings.from_env().model_cache
+    settings = Settings.from_env(home=home, model_cache=shared_cache,
+                                 database_url=Settings.default_database_url(home)).ensure_dirs()
     port = port or _free_port()
     console.print(Panel.fit(
         f"Fine-tune [bold]{model}[/bold] into a Chiang Mai travel guide, on this machine, through the "
@@ -242,7 +239,7 @@ def run_quickstart(home: Path, *, keep_serving: bool = False, port: int = 0,
         console.print(f"  {train_path}\n  {valid_path}")
 
         _step(3, "Validating it")
-        _print_report(validate_file(train_path, model=model, validation_path=valid_path))
+        _print_report(validate_file(train_path, model=model, validation_path=valid_path, settings=settings))
 
         _step(4, "Uploading it and creating the job with the openai SDK")
         client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=2, timeout=600)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import sys
 import warnings
 
@@ -18,24 +17,23 @@ def quiet_libraries() -> None:
     started outside the CLI (uvicorn --factory, an embedding program) is as quiet at its first model load
     as `tunery serve`. Environment defaults are inherited by worker and trainer children; a user's own
     setting wins. Idempotent."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from tunery.settings import set_library_env
+
+    env = set_library_env()
     # Deprecations are for the code that calls the library (tunery's own tests still show them); a
     # library's warning is attributed to its caller's module (stacklevel: transformers' `past_key_values`
     # FutureWarning names torch's module.py), so these go by category.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=_NOISY_MODULES)
-    _bars_off_in_loaded_libraries()
+    _bars_off_in_loaded_libraries(env)
 
 
-def _bars_off_in_loaded_libraries() -> None:
+def _bars_off_in_loaded_libraries(env: dict[str, str]) -> None:
     """A library imported before quiet_libraries() read the environment already (transformers decides at
     import whether its tqdm — "Loading weights" — is active): switch its bars off directly. Libraries
     not imported yet are left alone (torch and transformers load lazily) and read the environment."""
-    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") != "1":
+    if env["HF_HUB_DISABLE_PROGRESS_BARS"] != "1":
         return  # the user asked for bars
     hub = sys.modules.get("huggingface_hub.utils")
     if hub is not None:
@@ -43,7 +41,7 @@ def _bars_off_in_loaded_libraries() -> None:
     hf_logging = sys.modules.get("transformers.utils.logging")
     if hf_logging is not None:
         hf_logging.disable_progress_bar()
-        if os.environ.get("TRANSFORMERS_VERBOSITY") == "error":
+        if env["TRANSFORMERS_VERBOSITY"] == "error":
             hf_logging.set_verbosity_error()
 
 

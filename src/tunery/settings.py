@@ -1,51 +1,195 @@
-"""One typed Settings object, read from the environment (TUNERY_*)."""
+"""Every environment variable tunery reads has its one home here: a field of `Settings` or of one of its
+sections, with the variable's name, type, default and meaning beside it (README's configuration table is
+checked against `VARIABLES`). The CLI reads the environment once (`Settings.from_env()`) and passes the
+object into each part; nothing else in tunery reads `os.environ`.
+
+Child processes (the worker's trainer, torchrun's ranks) get the parent's settings back through their
+environment: the parent sends `settings.to_env()`, the child installs it with `apply_env()` so that
+code which falls back to `get_settings()` sees the same home, database and device.
+
+`LIBRARY_ENV` holds the few variables tunery sets (unless the user did) for the libraries it loads.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Mapping
+
+# --- one declaration per variable ---------------------------------------------------------------
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
+def _var(env: str, kind: str, meaning: str, default=None, *, shown: str | None = None, factory=None):
+    """A settings field read from `env`. kind: str | int | float | bool | path | paths; shown: the default
+    as the documentation states it, when it is not the literal value (derived from another setting)."""
+    meta = {"env": env, "kind": kind, "meaning": meaning, "shown": shown}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_FALSE = ("0", "false", "no", "off")
+
+
+def _parse(name: str, kind: str, raw: str):
+    raw = raw.strip()
     try:
-        return int(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+        raise ValueError(f"{name} must be {'an integer' if kind == 'int' else 'a number'}, got {raw!r}") from exc
+    if kind == "bool":
+        return raw.lower() not in _FALSE
+    if kind == "path":
+        return Path(raw).expanduser().resolve()
+    if kind == "paths":
+        return tuple(Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip())
+    return raw
+
+
+def _format(kind: str, value) -> str:
+    if kind == "bool":
+        return "1" if value else "0"
+    if kind == "paths":
+        return os.pathsep.join(str(p) for p in value)
+    return str(value)
+
+
+def _env_fields(cls):
+    return [f for f in fields(cls) if "env" in f.metadata]
+
+
+def _read(cls, environ: Mapping[str, str]) -> dict:
+    """The fields of cls whose variable is set (an empty or blank value counts as unset)."""
+    out = {}
+    for f in _env_fields(cls):
+        raw = environ.get(f.metadata["env"])
+        if raw is not None and raw.strip():
+            out[f.name] = _parse(f.metadata["env"], f.metadata["kind"], raw)
+    return out
+
+
+def _write(section) -> dict[str, str]:
+    return {f.metadata["env"]: _format(f.metadata["kind"], getattr(section, f.name))
+            for f in _env_fields(type(section)) if getattr(section, f.name) is not None}
+
+
+# --- sections -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    """Where the trainer and the inference engine run."""
+
+    device: str = _var("TUNERY_DEVICE", "str", "`auto` (cuda, then mps, then cpu), `cpu`, `cuda`, `cuda:1`, `mps`",
+                       "auto")
+    num_threads: int = _var("TUNERY_NUM_THREADS", "int", "torch CPU threads; 0 means one per core this process "
+                            "may use (the trainer leaves one of them to the server and worker: cores − 1, at "
+                            "least 1)", 0, shown="`0` (cores)")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker runs jobs."""
+
+    concurrency: int = _var("TUNERY_WORKER_CONCURRENCY", "int", "jobs trained at once by one worker "
+                            "(1 suits a CPU or one GPU)", 1)
+    lease_seconds: int = _var("TUNERY_WORKER_LEASE_SECONDS", "int", "a claimed job belongs to its worker this "
+                              "long past its last heartbeat (at least 2)", 30)
+    poll_seconds: float = _var("TUNERY_WORKER_POLL_SECONDS", "float", "how often an idle worker looks for queued "
+                               "jobs and a busy one re-reads its jobs' status (bounds how fast cancel and pause "
+                               "take effect)", 1.0)
+    max_attempts: int = _var("TUNERY_WORKER_MAX_ATTEMPTS", "int", "a job whose trainer crashes (or whose worker "
+                             "dies) this many times fails", 3)
+    prestart: bool = _var("TUNERY_WORKER_PRESTART", "bool", "keep one training child started ahead with torch "
+                          "imported, so a claimed job starts at once (0 turns it off)", True)
+    # Not from the environment: set by code (tests, the embedded worker).
+    cancel_grace_seconds: float = 5.0
+    """After a cancel, the child gets this long to stop by itself before it is killed."""
+    pause_grace_seconds: float = 300.0
+    """After a pause, the child gets this long to save its resume state before it is killed."""
+    owner: str | None = None
+    """Lease owner id; default host:pid:random."""
+    extra_env: dict = field(default_factory=dict)
+    """Environment for the training child on top of the settings."""
+
+    def __post_init__(self):
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.lease_seconds < 2:
+            raise ValueError("TUNERY_WORKER_LEASE_SECONDS must be at least 2")
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return max(0.5, self.lease_seconds / 3)
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How models are served (the router and its backends)."""
+
+    backend: str = _var("TUNERY_INFERENCE_BACKEND", "str", "`auto` (llama.cpp on CPU, the torch engine on a "
+                        "GPU), `llamacpp` or `torch` (`vllm` is not built yet)", "auto")
+    max_batch: int = _var("TUNERY_MAX_BATCH", "int", "sequences decoded together per model", 16)
+    max_queue: int = _var("TUNERY_MAX_QUEUE", "int", "sequences allowed to wait; beyond it requests get 429", 64)
+    max_adapters: int = _var("TUNERY_MAX_ADAPTERS", "int", "LoRA adapters kept attached per base model (least "
+                             "recently used leave)", 16)
+    max_models: int = _var("TUNERY_MAX_MODELS", "int", "base models and full fine-tunes kept loaded", 3)
+    dtype: str = _var("TUNERY_INFERENCE_DTYPE", "str", "`auto` (bf16 where the CPU/GPU has it, else fp32), "
+                      "`float32`, `bfloat16`, `float16`", "auto")
+    llamacpp_ctx: int = _var("TUNERY_LLAMACPP_CTX", "int", "llama.cpp's KV window shared by a model's slots "
+                             "(at least the model's context length)", 16384)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How the client commands (`tunery chat --base-url`, `data generate`, `eval`, `guard`) reach a server."""
+
+    base_url: str | None = _var("TUNERY_BASE_URL", "str", "the tunery server the client commands talk to "
+                                "(`tunery chat` without it runs the model in-process)", None,
+                                shown="`http://127.0.0.1:8000/v1`")
+    api_key: str | None = _var("TUNERY_API_KEY", "str", "bearer token of the client commands", None,
+                               shown="`$OPENAI_API_KEY`")
+    openai_api_key: str | None = _var("OPENAI_API_KEY", "str", "used when `TUNERY_API_KEY` is unset "
+                                      "(a server without keys accepts any token)", None, shown="none")
+
+    @property
+    def server(self) -> str:
+        return self.base_url or "http://127.0.0.1:8000/v1"  # a local `tunery serve`
+
+    @property
+    def bearer(self) -> str:
+        # A tunery server without API keys accepts any bearer token; the SDK insists on one.
+        return self.api_key or self.openai_api_key or "tunery"
+
+
+# --- the settings -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Where tunery keeps its state and how it behaves; every field has a TUNERY_* variable."""
+    """Where tunery keeps its state and how each part behaves."""
 
-    home: Path
-    """TUNERY_HOME: root of all state (database, files, checkpoints, model cache). Default ~/.tunery."""
-
-    database_url: str
-    """TUNERY_DATABASE_URL: SQLAlchemy URL. Default sqlite under home; postgresql+psycopg://… to scale."""
-
-    model_cache: Path
-    """TUNERY_MODEL_CACHE: converted base models (safetensors). Default <home>/models; may be shared."""
-
-    max_upload_bytes: int = 512 * 1024 * 1024
-    """TUNERY_MAX_UPLOAD_BYTES: largest accepted file upload."""
-
-    device: str = "auto"
-    """TUNERY_DEVICE: auto | cpu | cuda | cuda:N | mps."""
-
-    num_threads: int = 0
-    """TUNERY_NUM_THREADS: torch CPU threads; 0 means one per core this process may use (the trainer: one fewer, at least 1)."""
-
-    default_org: str = "personal"
-    """TUNERY_DEFAULT_ORG: the organization served when no API keys exist."""
-
-    model_dirs: tuple[Path, ...] = ()
-    """TUNERY_MODEL_DIRS: directories (separated by ':') under which a local model directory may be named
-    over the API once API keys exist. Without keys, on loopback, any local directory may be used."""
-
+    home: Path = _var("TUNERY_HOME", "path", "all state: database, files, checkpoints, model cache",
+                      shown="`~/.tunery`")
+    database_url: str = _var("TUNERY_DATABASE_URL", "str", "SQLAlchemy URL, e.g. `postgresql+psycopg://user@host/db` "
+                             "to scale", shown="SQLite under `TUNERY_HOME`")
+    model_cache: Path = _var("TUNERY_MODEL_CACHE", "path", "converted base models (can be shared)",
+                             shown="`$TUNERY_HOME/models`")
+    max_upload_bytes: int = _var("TUNERY_MAX_UPLOAD_BYTES", "int", "largest accepted file upload (larger: 413)",
+                                 512 * 1024 * 1024, shown="`536870912` (512 MB)")
+    default_org: str = _var("TUNERY_DEFAULT_ORG", "str", "the organization served when no API keys exist",
+                            "personal")
+    model_dirs: tuple[Path, ...] = _var("TUNERY_MODEL_DIRS", "paths", "`:`-separated directories whose model "
+                                        "subdirectories API callers may name once keys exist (without keys, on "
+                                        "loopback, any local directory)", (), shown="none")
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
+    client: ClientSettings = field(default_factory=ClientSettings)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -60,24 +204,31 @@ class Settings:
     def aliases_file(self) -> Path:
         return self.home / "aliases.json"
 
+    @staticmethod
+    def default_database_url(home: Path) -> str:
+        return f"sqlite:///{home / 'tunery.db'}"
+
     @classmethod
-    def from_env(cls, **overrides) -> "Settings":
-        home = Path(overrides.pop("home", None) or os.environ.get("TUNERY_HOME") or Path.home() / ".tunery")
-        home = home.expanduser().resolve()
-        db = os.environ.get("TUNERY_DATABASE_URL") or f"sqlite:///{home / 'tunery.db'}"
-        cache = Path(os.environ.get("TUNERY_MODEL_CACHE") or home / "models").expanduser().resolve()
-        s = cls(
-            home=home,
-            database_url=db,
-            model_cache=cache,
-            max_upload_bytes=_env_int("TUNERY_MAX_UPLOAD_BYTES", 512 * 1024 * 1024),
-            device=os.environ.get("TUNERY_DEVICE", "auto"),
-            num_threads=_env_int("TUNERY_NUM_THREADS", 0),
-            default_org=os.environ.get("TUNERY_DEFAULT_ORG", "personal"),
-            model_dirs=tuple(Path(p).expanduser().resolve()
-                             for p in os.environ.get("TUNERY_MODEL_DIRS", "").split(os.pathsep) if p.strip()),
-        )
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Settings from the environment (os.environ unless given); overrides win, and an overridden home
+        also moves the defaults derived from it (database, model cache)."""
+        env = os.environ if environ is None else environ
+        top = _read(cls, env)
+        home = Path(overrides.pop("home", None) or top.get("home") or Path.home() / ".tunery").expanduser().resolve()
+        top.update(home=home, database_url=top.get("database_url") or cls.default_database_url(home),
+                   model_cache=top.get("model_cache") or home / "models")
+        s = cls(**top, compute=ComputeSettings(**_read(ComputeSettings, env)),
+                worker=WorkerSettings(**_read(WorkerSettings, env)),
+                inference=InferenceSettings(**_read(InferenceSettings, env)),
+                client=ClientSettings(**_read(ClientSettings, env)))
         return replace(s, **overrides) if overrides else s
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables, for a child process (see apply_env)."""
+        env = _write(self)
+        for section in (self.compute, self.worker, self.inference, self.client):
+            env.update(_write(section))
+        return env
 
     def ensure_dirs(self) -> "Settings":
         for p in (self.home, self.files_dir, self.jobs_dir, self.model_cache):
@@ -88,3 +239,56 @@ class Settings:
 def get_settings() -> Settings:
     """Settings from the current environment (read fresh each call, so tests can change env)."""
     return Settings.from_env()
+
+
+def variables() -> list[dict]:
+    """Every variable tunery reads: name, kind, default (as documented) and meaning, in declaration order."""
+    out = []
+    for cls in (Settings, ComputeSettings, WorkerSettings, InferenceSettings, ClientSettings):
+        for f in _env_fields(cls):
+            m = f.metadata
+            default = m["shown"] if m["shown"] is not None else f"`{_format(m['kind'], f.default)}`"
+            out.append({"name": m["env"], "kind": m["kind"], "default": default, "meaning": m["meaning"]})
+    return out
+
+
+# --- the process environment ------------------------------------------------------------------------
+
+LIBRARY_ENV = {
+    # Set unless the user set them: tunery shows its own progress, the libraries' messages go to logs.
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    # The tokenizers library warns (and disables itself) when a process forks after using it.
+    "TOKENIZERS_PARALLELISM": "false",
+}
+PASSIVE_THREADS = {
+    # torch's OpenMP threads otherwise spin while waiting; on a CPU shared with other processes a 2-thread
+    # training step then ran 10-20x slower than with 1 thread (measured: 49 s vs 4.8 s; passive: 2.5 s).
+    # It takes effect only if set before torch is imported in that process.
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+OFFLINE = {"HF_HUB_OFFLINE": "1"}  # models tunery loads are local; never reach for the hub
+
+
+def set_library_env(*extra: Mapping[str, str]) -> dict[str, str]:
+    """Put LIBRARY_ENV (and any `extra` groups, e.g. PASSIVE_THREADS) into this process's environment where
+    the user has not set them; returns the values now in effect for those names."""
+    wanted = {**LIBRARY_ENV}
+    for group in extra:
+        wanted.update(group)
+    for k, v in wanted.items():
+        os.environ.setdefault(k, v)
+    return {k: os.environ[k] for k in wanted}
+
+
+def apply_env(env: Mapping[str, str]) -> None:
+    """Install settings sent by a parent (Settings.to_env() plus library variables) in this process."""
+    os.environ.update(env)
+
+
+def child_env(env: Mapping[str, str] = ()) -> dict[str, str]:
+    """The environment for a child process: this one's, with PASSIVE_THREADS unless set, then `env`."""
+    out = {**PASSIVE_THREADS, **os.environ}
+    out.update(env)
+    return out

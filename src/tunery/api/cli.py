@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -20,12 +19,10 @@ HomeOpt = typer.Option(None, "--home", help="State directory (default $TUNERY_HO
 
 
 def _settings(home: Optional[Path]):
-    from tunery.settings import get_settings
+    """The environment's settings (--home moves the state); passed to everything started from here."""
+    from tunery.settings import Settings
 
-    if home is not None:
-        # Everything started from here (routes, worker, model registry) reads the same home.
-        os.environ["TUNERY_HOME"] = str(home.expanduser().resolve())
-    return get_settings().ensure_dirs()
+    return Settings.from_env(home=home).ensure_dirs()
 
 
 def is_loopback(host: str) -> bool:

@@ -240,12 +240,10 @@ def convert(
 
 # --- generate and discriminator (issue #15: documents → Q&A → classifier data) -------------------------
 
-def _default_base_url() -> str:
-    return os.environ.get("TUNERY_BASE_URL") or "http://127.0.0.1:8000/v1"
+def _client():
+    from tunery.settings import get_settings
 
-
-def _default_api_key() -> str:
-    return os.environ.get("TUNERY_API_KEY") or os.environ.get("OPENAI_API_KEY") or "tunery"
+    return get_settings().client
 
 
 @app.command()
@@ -280,8 +278,8 @@ def generate(
     from tunery.data.generate import generate as run_generate
     from tunery.models import DEFAULT_MODEL
 
-    cfg = GenerateConfig(base_url=base_url or _default_base_url(), model=model or DEFAULT_MODEL,
-                         api_key=api_key or _default_api_key(), pairs_per_section=n, system=system,
+    cfg = GenerateConfig(base_url=base_url or _client().server, model=model or DEFAULT_MODEL,
+                         api_key=api_key or _client().bearer, pairs_per_section=n, system=system,
                          stop_suffix=stop_suffix, budget=budget, temperature=temperature, max_tokens=max_tokens,
                          concurrency=concurrency, limits=Limits(min_grounding=min_grounding))
     err = Console(stderr=True)

@@ -25,7 +25,7 @@ KEEP_RUNS = 5
 BUILTIN_THROUGHPUT: dict[tuple[str, str], tuple[float, str]] = {
     ("smollm2-135m-instruct", "lora"): (115.0, "LoRA r=16 on one torch thread, measured 2026-11-21"),
     ("smollm2-135m-instruct", "full"): (74.0, "full fine-tune on one torch thread, measured 2026-11-21"),
-    ("gemma-3-270m", "lora"): (80.0, "LoRA, measured by the lead (DESIGN.md), not re-measured here"),
+    ("gemma-3-270m", "lora"): (80.0, "LoRA, measured by the lead, not re-measured here"),
 }
 BUILTIN_NOTE = "built-in figure for this machine class (2 CPU cores, fp32; tunery's trainer, {what})"
 

@@ -433,14 +433,14 @@ class _Overlay(dict):
 _COUNTERS: dict[str, TokenCounter] = {}
 
 
-def get_counter(model: str) -> TokenCounter:
-    """A TokenCounter for a model name (tokenizer loaded once per process)."""
+def get_counter(model: str, settings=None) -> TokenCounter:
+    """A TokenCounter for a model name (tokenizer loaded once per process); settings: see models.resolve."""
     from tunery.models import load_tokenizer, materialize
 
-    key = str(materialize(model))
+    key = str(materialize(model, settings))
     c = _COUNTERS.get(key)
     if c is None:
-        c = TokenCounter(load_tokenizer(model), model)
+        c = TokenCounter(load_tokenizer(model, settings), model)
         if len(_COUNTERS) > 4:
             _COUNTERS.clear()
         _COUNTERS[key] = c

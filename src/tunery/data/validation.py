@@ -260,13 +260,14 @@ def _check_uneven(p: _Pass, report: ValidationReport, stats: dict | None) -> Non
 
 def validate_file(path: str | PathLike, *, model: str | None = None,
                   validation_path: str | PathLike | None = None,
-                  _on_batch: Callable | None = None, progress: Callable | None = None) -> ValidationReport:
+                  _on_batch: Callable | None = None, progress: Callable | None = None,
+                  settings=None) -> ValidationReport:
     """Validate a training file (and optionally its validation file) in one streaming pass each.
 
     With `model`, examples are tokenized with that model's own tokenizer and checked against its
     context. Never raises for bad data: every problem is in the report. Raises ModelNotFound /
     ModelUnavailable for a model that cannot be loaded. `progress(file, bytes_read)` is called now and
-    then, file being "training" or "validation".
+    then, file being "training" or "validation". `settings`: where models are (default: the environment's).
     """
     report = ValidationReport(path=str(path), model=model)
     counter = None
@@ -274,8 +275,8 @@ def validate_file(path: str | PathLike, *, model: str | None = None,
         from tunery.data.tokens import get_counter
         from tunery.models import context_length
 
-        counter = get_counter(model)
-        report.context_length = context_length(model)
+        counter = get_counter(model, settings)
+        report.context_length = context_length(model, settings)
     train = _Pass(report, "training", counter, None, None, _on_batch, progress)
     train.run(path)
     report.format, report.n_lines, report.n_examples = train.format, train.n_lines, train.n_examples

@@ -9,7 +9,6 @@ path and HF_HUB_OFFLINE=1 is set before transformers is imported), and importing
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -39,10 +38,11 @@ class Embedder:
     name = "sentence-transformers/all-MiniLM-L6-v2"
 
     def __init__(self, path: Path | None = None):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from tunery.settings import OFFLINE, PASSIVE_THREADS, set_library_env
+
         # Spinning idle OpenMP threads starve a local tunery server sharing the CPU (effective only when
         # torch is first imported here, as in the CLI).
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        set_library_env(OFFLINE, PASSIVE_THREADS)
         import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging

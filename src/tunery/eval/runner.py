@@ -8,25 +8,23 @@ are recorded on that answer and the run goes on, so one bad model name does not 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from tunery.eval.spec import Case
-
-DEFAULT_PORT = 8000
+from tunery.settings import get_settings
 
 
 def default_base_url() -> str:
     """TUNERY_BASE_URL, else the local `tunery serve`."""
-    return os.environ.get("TUNERY_BASE_URL") or f"http://127.0.0.1:{DEFAULT_PORT}/v1"
+    return get_settings().client.server
 
 
 def default_api_key() -> str:
-    # A tunery server without API keys accepts any bearer token; the SDK insists on one.
-    return os.environ.get("TUNERY_API_KEY") or os.environ.get("OPENAI_API_KEY") or "tunery"
+    """TUNERY_API_KEY, then OPENAI_API_KEY (see ClientSettings.bearer)."""
+    return get_settings().client.bearer
 
 
 @dataclass

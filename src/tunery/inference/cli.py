@@ -11,7 +11,6 @@ the prompt from --prompt or stdin, the answer on stdout, nothing else.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Iterator
 
@@ -22,11 +21,10 @@ err = Console(stderr=True)
 
 
 class _Remote:
-    def __init__(self, base_url: str, api_key: str | None, model: str):
+    def __init__(self, base_url: str, api_key: str, model: str):
         import openai
 
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none",
-                                    max_retries=2)
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=2)
         self.model = model
 
     def stream(self, messages: list[dict], **params) -> Iterator[str]:
@@ -52,18 +50,16 @@ class _Remote:
 
 
 class _Local:
-    def __init__(self, model: str):
-        from tunery.inference.engine import Engine, EngineConfig
-        from tunery.settings import get_settings
+    def __init__(self, model: str, settings):
+        from tunery.inference.engine import Engine
 
-        settings = get_settings()
         servable = model
         if model.startswith("ft:"):
             from tunery.store import ensure_org, find_servable_model, open_store
 
             store = open_store(settings)
             servable = find_servable_model(store, ensure_org(store, settings.default_org), model)
-        self.engine = Engine(settings, EngineConfig.from_env())
+        self.engine = Engine(settings)
         with err.status(f"loading {model}…"):
             self.handle = self.engine.prepare(servable)
 
@@ -91,16 +87,21 @@ def chat(
     system: str | None = typer.Option(None, "--system", "-s", help="System message for the conversation."),
     prompt: str | None = typer.Option(None, "--prompt", "-p",
                                       help="Ask once and exit (stdin is read instead when it is not a terminal)."),
-    base_url: str | None = typer.Option(None, "--base-url", envvar="TUNERY_BASE_URL",
-                                        help="Server to talk to (e.g. http://127.0.0.1:8000/v1); "
-                                             "without it the model runs in this process."),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="TUNERY_API_KEY", help="API key for --base-url."),
+    base_url: str | None = typer.Option(None, "--base-url",
+                                        help="Server to talk to (e.g. http://127.0.0.1:8000/v1; default "
+                                             "$TUNERY_BASE_URL); without it the model runs in this process."),
+    api_key: str | None = typer.Option(None, "--api-key", help="API key for --base-url (default $TUNERY_API_KEY, "
+                                                               "then $OPENAI_API_KEY)."),
     temperature: float = typer.Option(0.7, "--temperature", "-t", min=0, max=2, help="0 = greedy, deterministic."),
     max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Longest answer, in tokens."),
     seed: int | None = typer.Option(None, "--seed", help="Fix sampling for reproducible answers."),
 ) -> None:
     """Chat with a model in the terminal (tokens stream as generated), or answer one prompt for scripts."""
-    backend = _Remote(base_url, api_key, model) if base_url else _Local(model)
+    from tunery.settings import get_settings
+
+    settings = get_settings()
+    base_url = base_url or settings.client.base_url
+    backend = _Remote(base_url, api_key or settings.client.bearer, model) if base_url else _Local(model, settings)
     params = {"temperature": temperature, "max_tokens": max_tokens}
     if seed is not None:
         params["seed"] = seed

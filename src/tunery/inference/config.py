@@ -1,38 +1,12 @@
-"""Configuration and model handles shared by the router and its backends."""
+"""Model handles shared by the router and its backends."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# --- configuration and model handles ----------------------------------------------------
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    return int(raw) if raw.strip() else default
-
-
-@dataclass
-class EngineConfig:
-    max_batch: int = 16
-    """TUNERY_MAX_BATCH: sequences decoded together per model."""
-    max_queue: int = 64
-    """TUNERY_MAX_QUEUE: sequences allowed to wait; beyond it requests get 429."""
-    max_adapters: int = 16
-    """TUNERY_MAX_ADAPTERS: LoRA adapters kept attached per base model (least recently used leave)."""
-    max_models: int = 3
-    """TUNERY_MAX_MODELS: base models and full fine-tunes kept loaded."""
-    dtype: str = "auto"
-    """TUNERY_INFERENCE_DTYPE: auto (bf16 where the CPU/GPU has it, else fp32) | float32 | bfloat16 | float16."""
-
-    @classmethod
-    def from_env(cls) -> "EngineConfig":
-        return cls(max_batch=_env_int("TUNERY_MAX_BATCH", 16), max_queue=_env_int("TUNERY_MAX_QUEUE", 64),
-                   max_adapters=_env_int("TUNERY_MAX_ADAPTERS", 16), max_models=_env_int("TUNERY_MAX_MODELS", 3),
-                   dtype=os.environ.get("TUNERY_INFERENCE_DTYPE", "auto"))
-
+# The engine's configuration is InferenceSettings (tunery.settings), a section of Settings.
 
 @dataclass(frozen=True)
 class Servable:

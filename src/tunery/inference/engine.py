@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict, deque
@@ -26,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from tunery.errors import InvalidRequest, ModelUnavailable, RateLimited, TuneryError
-from tunery.inference.config import EngineConfig, ModelHandle, Servable
+from tunery.inference.config import ModelHandle, Servable
 from tunery.inference.generation import (  # noqa: F401  (re-exported: the torch engine's old import path)
     Choice, Delta, Done, Failed, Finished, Generation, SamplingParams, TokenLogprob, Usage, check_context,
 )
 from tunery.inference.torch_models import Backend, _Adapter, _Request, _Seq
 from tunery.inference.torch_sampling import Sampling
-from tunery.settings import Settings, get_settings
+from tunery.settings import InferenceSettings, Settings, get_settings
 
 log = logging.getLogger("tunery.inference")
 
@@ -43,12 +42,12 @@ log = logging.getLogger("tunery.inference")
 class Engine(Sampling):
     """Serves base models, LoRA adapters and full fine-tunes; see the module docstring."""
 
-    def __init__(self, settings: Settings | None = None, config: EngineConfig | None = None):
+    def __init__(self, settings: Settings | None = None, config: InferenceSettings | None = None):
         from tunery.models import setup_threads
 
         self.settings = settings or get_settings()
-        self.config = config or EngineConfig.from_env()
-        setup_threads(self.settings)
+        self.config = config or self.settings.inference
+        setup_threads(self.settings.compute.num_threads)
         self.backends: OrderedDict[str, Backend] = OrderedDict()
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -168,7 +167,7 @@ class Engine(Sampling):
         if name == "auto":
             from tunery.models import pick_device
 
-            dev = pick_device(self.settings)
+            dev = pick_device(self.settings.compute.device)
             if dev == "cpu":
                 try:
                     ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -206,7 +205,7 @@ class Engine(Sampling):
     def _load_backend(self, key: str, *, model_id, path, base) -> Backend:
         from tunery.models import context_length, load_model, load_tokenizer, pick_device
 
-        device = pick_device(self.settings)
+        device = pick_device(self.settings.compute.device)
         dtype = self._dtype()
         t = time.perf_counter()
         if path is None:

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunery.errors import ModelUnavailable, RateLimited, TuneryError
-from tunery.inference.config import EngineConfig, ModelHandle, Servable
+from tunery.inference.config import ModelHandle, Servable
 from tunery.inference.generation import (
     Delta, Done, Failed, Finished, Generation, SamplingParams, TokenLogprob, Usage, check_context,
 )
-from tunery.settings import Settings, get_settings
+from tunery.settings import InferenceSettings, Settings, get_settings
 
 log = logging.getLogger("tunery.inference")
 
@@ -69,14 +69,14 @@ class GGUFModel:
 class LlamaCppEngine:
     name = "llamacpp"
 
-    def __init__(self, settings: Settings | None = None, config: EngineConfig | None = None):
+    def __init__(self, settings: Settings | None = None, config: InferenceSettings | None = None):
         from tunery.models import setup_threads
 
         if not available():
             raise ModelUnavailable("the llama.cpp backend needs the xllamacpp package (pip install xllamacpp)")
         self.settings = settings or get_settings()
-        self.config = config or EngineConfig.from_env()
-        self.threads = setup_threads(self.settings)
+        self.config = config or self.settings.inference
+        self.threads = setup_threads(self.settings.compute.num_threads)
         self.models: dict[str, GGUFModel] = {}
         self._lock = threading.RLock()
         self._pool = ThreadPoolExecutor(max_workers=self.config.max_batch + self.config.max_queue + 4,
@@ -182,7 +182,7 @@ class LlamaCppEngine:
         p.model.path = str(m.gguf)
         p.n_parallel = self.config.max_batch
         p.kv_unified = True  # one KV pool shared by the slots, so one long request can use the window
-        p.n_ctx = max(m.context_length, int(os.environ.get("TUNERY_LLAMACPP_CTX", "16384") or 16384))
+        p.n_ctx = max(m.context_length, self.config.llamacpp_ctx)
         p.cpuparams.n_threads = self.threads
         p.cpuparams_batch.n_threads = self.threads
         p.verbosity = -1

@@ -15,22 +15,22 @@ and have no GGUF (conversion here writes Llama GGUFs only), and every model when
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 
 from tunery.errors import InvalidRequest, ModelUnavailable, TuneryError
-from tunery.inference.config import EngineConfig, ModelHandle, Servable
+from tunery.inference.config import ModelHandle, Servable
 from tunery.inference.generation import Generation, SamplingParams
-from tunery.settings import Settings, get_settings
+from tunery.settings import InferenceSettings, Settings, get_settings
 
 log = logging.getLogger("tunery.inference")
 BACKENDS = ("auto", "llamacpp", "torch", "vllm")
 DEFAULT_BACKEND = "auto"  # llama.cpp on CPU, the torch engine on a GPU (see the module docstring)
 
 
-def configured_backend() -> str:
-    name = (os.environ.get("TUNERY_INFERENCE_BACKEND") or DEFAULT_BACKEND).strip().lower()
+def configured_backend(backend: str) -> str:
+    """InferenceSettings.backend (TUNERY_INFERENCE_BACKEND), checked."""
+    name = (backend or DEFAULT_BACKEND).strip().lower()
     if name not in BACKENDS:
         raise InvalidRequest(f"TUNERY_INFERENCE_BACKEND must be one of {', '.join(BACKENDS)}, not {name!r}")
     if name == "vllm":
@@ -43,7 +43,7 @@ def serving_backend(model: str | Servable, settings: Settings | None = None, cho
     from tunery.inference.llamacpp import available
 
     settings = settings or get_settings()
-    choice = choice or configured_backend()
+    choice = choice or configured_backend(settings.inference.backend)
     if choice == "torch" or not available() or (choice == "auto" and _on_gpu(settings)):
         return "torch"
     adapter_dir = getattr(model, "adapter_dir", None)
@@ -55,11 +55,11 @@ def serving_backend(model: str | Servable, settings: Settings | None = None, cho
 
 
 def _on_gpu(settings: Settings) -> bool:
-    if settings.device and settings.device != "auto":
-        return settings.device != "cpu"
+    if settings.compute.device and settings.compute.device != "auto":
+        return settings.compute.device != "cpu"
     from tunery.models import pick_device
 
-    return pick_device(settings) != "cpu"
+    return pick_device(settings.compute.device) != "cpu"
 
 
 def _model_type(model_dir: Path) -> str | None:
@@ -92,11 +92,11 @@ def _llamacpp_base(base: str, settings: Settings, listing: bool = False) -> bool
 
 
 class Router:
-    def __init__(self, settings: Settings | None = None, config: EngineConfig | None = None,
+    def __init__(self, settings: Settings | None = None, config: InferenceSettings | None = None,
                  backend: str | None = None):
         self.settings = settings or get_settings()
-        self.config = config or EngineConfig.from_env()
-        self.choice = backend or configured_backend()
+        self.config = config or self.settings.inference
+        self.choice = backend or configured_backend(self.config.backend)
         self._engines: dict[str, object] = {}
         self._lock = threading.Lock()
         self._where: dict[str, str] = {}  # model id → backend that served it last

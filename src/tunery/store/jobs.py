@@ -180,7 +180,7 @@ def _check_chat_model(base_model: str, settings: Settings, training_file: Path) 
     from tunery.data.tokens import get_counter
 
     try:
-        tokenizer = get_counter(base_model).tokenizer
+        tokenizer = get_counter(base_model, settings).tokenizer
     except TuneryError as exc:
         raise _bad(exc.message, "model", "model_not_available") from exc
     except (OSError, ValueError) as exc:  # what transformers raises for a tokenizer it cannot read

@@ -55,14 +55,17 @@ def train_command(
     """Fine-tune a model locally on a JSONL file (the server's worker runs the same code)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from tunery.settings import get_settings
     from tunery.train import TrainCallbacks, TrainConfig, train
 
+    compute = get_settings().compute
     config = TrainConfig(
         model=model, training_file=training_file, output_dir=output, validation_file=validation_file,
         method=method, n_epochs=_auto_int(n_epochs, "n-epochs"), batch_size=_auto_int(batch_size, "batch-size"),
         learning_rate_multiplier=_auto_float(learning_rate_multiplier, "learning-rate-multiplier"),
         lora_rank=lora_rank, lora_layers=lora_layers if lora_layers in ("auto", "all") else
-        _auto_int(lora_layers, "lora-layers"), seed=seed, max_length=max_length, resume_from=resume_from, precision=precision)
+        _auto_int(lora_layers, "lora-layers"), seed=seed, max_length=max_length, resume_from=resume_from, precision=precision,
+        device=compute.device, num_threads=compute.num_threads)
 
     progress = Progress(
         TextColumn("[bold]step[/bold]"), MofNCompleteColumn(), BarColumn(),

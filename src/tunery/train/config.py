@@ -94,6 +94,8 @@ class TrainConfig:
     """Longest example in tokens (longer ones are truncated with a warning); None → model context."""
     device: str | None = None
     """None → TUNERY_DEVICE / auto (cuda, then mps, then cpu)."""
+    num_threads: int | None = None
+    """torch CPU threads; None → TUNERY_NUM_THREADS, 0 → the cores this process may use."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast on CUDA with bf16 support, fp32 on CPU. On an AVX-512-BF16 CPU (quiet, 2 threads,
     LoRA, 135M) CPU autocast trained 1.22x faster (247 vs 202 tok/s) but learned worse: the 25-fact quality

@@ -598,8 +598,8 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     # this 2-core machine (SmolLM2-135M LoRA step, 2 chats): 1 thread 130 tokens/s, 2 threads 135 when the
     # machine is otherwise idle, and 2 threads fall far behind as soon as anything else runs (the worker's
     # note on OMP_WAIT_POLICY); the quickstart took 6m00s on 1 thread against 7m49s on 2.
-    setup_threads(reserve=1)
-    device = config.device or pick_device()
+    setup_threads(config.num_threads, reserve=1)
+    device = pick_device(config.device)
     resume_dir, resume_meta = _resume_from(config, cb)
     base_model = resolve(config.model).name
     objective = make_objective(config.objective)

@@ -73,8 +73,10 @@ def _redirect_output(log_path: str | None) -> None:
 
 def run(conn, payload: dict) -> None:
     """Train as payload says ({log_path, env, config}), reporting over conn; exits the process."""
+    from tunery.settings import apply_env
+
     _redirect_output(payload.get("log_path"))
-    os.environ.update(payload.get("env", {}))
+    apply_env(payload.get("env", {}))  # the worker's Settings.to_env(): the trainer reads the same settings
     code = 0
     try:
         from tunery.errors import TuneryError

@@ -26,13 +26,15 @@ def worker(
     the same job twice. Ctrl-C or SIGTERM stops cleanly: running jobs go back to the queue and resume
     from their last checkpoint.
     """
-    from tunery.settings import Settings, get_settings
-    from tunery.worker.runner import Worker, WorkerConfig
+    from dataclasses import replace
+
+    from tunery.settings import Settings
+    from tunery.worker.runner import Worker
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
-    settings = Settings.from_env(home=home) if home else get_settings()
-    w = Worker(settings, WorkerConfig.from_env(concurrency=concurrency))
+    settings = Settings.from_env(home=home)
+    w = Worker(settings, replace(settings.worker, concurrency=concurrency or settings.worker.concurrency))
     console.print(f"[bold]tunery worker[/bold] {w.owner}: concurrency {w.config.concurrency}, "
                   f"lease {w.config.lease_seconds}s, home {settings.home}")
     signal.signal(signal.SIGTERM, lambda *_: w.stop())

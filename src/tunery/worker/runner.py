@@ -14,75 +14,15 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tunery.settings import Settings, get_settings
+from tunery.settings import Settings, WorkerSettings, child_env, get_settings
 from tunery.train import checkpoint as ckpt
 from tunery.train.config import RESOLVED_KEYS
 from tunery.train.metric_names import EVENT_KEYS
 
 log = logging.getLogger("tunery.worker")
-
-
-def _env_num(name: str, default, cast=float):
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return cast(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
-
-
-@dataclass
-class WorkerConfig:
-    """How a worker runs jobs; each field can be set with the TUNERY_WORKER_* variable named in it."""
-
-    concurrency: int = 1
-    """Jobs trained at once by this worker (TUNERY_WORKER_CONCURRENCY). 1 suits a CPU or one GPU."""
-    lease_seconds: int = 30
-    """A claimed job belongs to this worker this long past its last heartbeat
-    (TUNERY_WORKER_LEASE_SECONDS)."""
-    poll_seconds: float = 1.0
-    """How often an idle worker looks for queued jobs and a busy one re-reads its jobs' status
-    (TUNERY_WORKER_POLL_SECONDS); bounds how fast cancel and pause take effect."""
-    max_attempts: int = 3
-    """A job whose trainer crashes (or whose worker dies) this many times fails
-    (TUNERY_WORKER_MAX_ATTEMPTS)."""
-    cancel_grace_seconds: float = 5.0
-    """After a cancel, the child gets this long to stop by itself before it is killed."""
-    pause_grace_seconds: float = 300.0
-    """After a pause, the child gets this long to save its resume state before it is killed."""
-    prestart: bool = True
-    """Keep one training child started ahead, with torch and transformers imported, so a claimed job starts
-    training at once instead of after seconds of imports (TUNERY_WORKER_PRESTART=0 to turn off)."""
-    owner: str | None = None
-    """Lease owner id; default host:pid:random."""
-    extra_env: dict = field(default_factory=dict)
-    """Environment for the training child on top of the settings (e.g. TUNERY_NUM_THREADS)."""
-
-    @classmethod
-    def from_env(cls, **overrides) -> "WorkerConfig":
-        c = cls(
-            concurrency=int(_env_num("TUNERY_WORKER_CONCURRENCY", 1, int)),
-            lease_seconds=int(_env_num("TUNERY_WORKER_LEASE_SECONDS", 30, int)),
-            poll_seconds=_env_num("TUNERY_WORKER_POLL_SECONDS", 1.0),
-            max_attempts=int(_env_num("TUNERY_WORKER_MAX_ATTEMPTS", 3, int)),
-            prestart=os.environ.get("TUNERY_WORKER_PRESTART", "1") not in ("0", "false", "no"),
-        )
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(c, k, v)
-        if c.concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        if c.lease_seconds < 2:
-            raise ValueError("TUNERY_WORKER_LEASE_SECONDS must be at least 2")
-        return c
-
-    @property
-    def heartbeat_seconds(self) -> float:
-        return max(0.5, self.lease_seconds / 3)
 
 
 def _signal_name(code: int) -> str:
@@ -288,6 +228,7 @@ class JobRun:
             **from_job(job.hyperparameters, (job.method or {}).get("type", "supervised")),
             "seed": job.seed,
             "resume_from": str(resume_from) if resume_from else None,
+            "device": self.settings.compute.device, "num_threads": self._threads(),
         }
         if job.model.startswith("ft:"):  # start from the fine-tuned model's weights
             from tunery.store.models import find_servable_model
@@ -295,18 +236,20 @@ class JobRun:
             cfg["init_from"] = str(find_servable_model(self.store, job.org_id, job.model).adapter_dir)
         return cfg
 
-    def _child_env(self) -> dict:
-        s = self.settings
-        env = {"TUNERY_HOME": str(s.home), "TUNERY_DATABASE_URL": s.database_url,
-               "TUNERY_MODEL_CACHE": str(s.model_cache), "TUNERY_DEVICE": s.device,
-               "TOKENIZERS_PARALLELISM": "false"}
-        threads = s.num_threads
+    def _threads(self) -> int:
+        """The trainer's CPU threads: the setting, else the cores shared between this worker's jobs."""
+        threads = self.settings.compute.num_threads
         if not threads and self.cfg.concurrency > 1:
             cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                      else (os.cpu_count() or 1))
             threads = max(1, cores // self.cfg.concurrency)
-        if threads:
-            env["TUNERY_NUM_THREADS"] = str(threads)
+        return threads
+
+    def _child_env(self) -> dict:
+        """The settings the child runs with (Settings.to_env()), with the trainer's thread count."""
+        s = self.settings
+        env = replace(s, compute=replace(s.compute, num_threads=self._threads())).to_env()
+        env["TOKENIZERS_PARALLELISM"] = "false"
         env.update(self.cfg.extra_env)
         return env
 
@@ -584,15 +527,6 @@ class JobRun:
             queue.release_stopped(self.store, self.job.id, self.owner)
 
 
-def child_process_env() -> dict:
-    """The worker's environment plus OMP_WAIT_POLICY=PASSIVE (unless set): torch's OpenMP threads otherwise
-    spin while waiting, and on a CPU shared with other processes a 2-thread training step then ran 10-20x
-    slower than with 1 thread (measured here: 49 s vs 4.8 s; passive: 2.5 s)."""
-    env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return env
-
-
 def spawn_child(log_path: Path, *, warm: bool = False):
     """Start `python -m tunery.worker.child` connected by a socketpair; returns (Popen, Connection).
     Call it only from a thread that outlives the child (the child dies with that thread's process)."""
@@ -610,7 +544,7 @@ def spawn_child(log_path: Path, *, warm: bool = False):
             + (["--warm"] if warm else []),
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             # Its own session: a Ctrl-C at the terminal reaches the worker, which stops the child itself.
-            start_new_session=True, env=child_process_env())
+            start_new_session=True, env=child_env())
     finally:
         log_file.close()
         theirs.close()
@@ -620,12 +554,12 @@ def spawn_child(log_path: Path, *, warm: bool = False):
 class Worker:
     """Claims and runs jobs until stop() (or until idle, with run(until_idle=True))."""
 
-    def __init__(self, settings: Settings | None = None, config: WorkerConfig | None = None):
+    def __init__(self, settings: Settings | None = None, config: WorkerSettings | None = None):
         from tunery.store import queue
         from tunery.store.db import open_store
 
         self.settings = (settings or get_settings()).ensure_dirs()
-        self.config = config or WorkerConfig.from_env()
+        self.config = config or self.settings.worker
         self.owner = self.config.owner or queue.new_owner_id()
         self.store = open_store(self.settings)
         self.stopping = threading.Event()
@@ -735,7 +669,7 @@ class Worker:
 class BackgroundWorker:
     """A Worker on a daemon thread (the one `tunery serve` embeds)."""
 
-    def __init__(self, settings: Settings | None = None, config: WorkerConfig | None = None):
+    def __init__(self, settings: Settings | None = None, config: WorkerSettings | None = None):
         self.worker = Worker(settings, config)
         self.thread = threading.Thread(target=self.worker.run, name="tunery-worker", daemon=True)
 
@@ -749,4 +683,7 @@ class BackgroundWorker:
 
 
 def start_background_worker(settings: Settings | None = None, **config) -> BackgroundWorker:
-    return BackgroundWorker(settings, WorkerConfig.from_env(**config)).start()
+    """config: WorkerSettings fields that differ from settings.worker (None keeps the setting)."""
+    settings = settings or get_settings()
+    changed = {k: v for k, v in config.items() if v is not None}
+    return BackgroundWorker(settings, replace(settings.worker, **changed)).start()
