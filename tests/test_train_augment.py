@@ -138,7 +138,7 @@ def test_reproduced_means_greedy_decoding_gives_the_answer_back(tiny_model_dir):
     import torch
 
     from tunery.models import load_model
-    from tunery.train.loop import reproduced
+    from tunery.train.loop import RunContext, reproduced
     from tunery.train.tokenize import Encoded
 
     model, tok = load_model(str(tiny_model_dir))
@@ -152,7 +152,8 @@ def test_reproduced_means_greedy_decoding_gives_the_answer_back(tiny_model_dir):
     def enc(answer):
         return Encoded(input_ids=prompt + answer, loss_mask=[0] * len(prompt) + [1] * len(answer), line=1)
 
-    assert reproduced(model, [enc(greedy), enc(other), enc(greedy)], 512, "cpu", contextlib.nullcontext) == [
+    assert reproduced(model, [enc(greedy), enc(other), enc(greedy)],
+                      RunContext("cpu", contextlib.nullcontext, 512, "lora", None)) == [
         True, False, True]
 
 
@@ -175,10 +176,11 @@ def test_training_pass_flags_exact_answers_like_an_evaluation_pass(tiny_model_di
     other = greedy[:2] + [(greedy[2] + 1) % len(tok)] + greedy[3:]
     batch = [Encoded(input_ids=prompt + a, loss_mask=[0] * len(prompt) + [1] * len(a), line=1)
              for a in (other, greedy, other)]
-    expected = reproduced(model, batch, 512, "cpu", contextlib.nullcontext)
+    run = RunContext("cpu", contextlib.nullcontext, 512, "lora", None)
+    expected = reproduced(model, batch, run)
     assert expected == [False, True, False]
     sft = Supervised()
-    sft.step(model, batch, RunContext("cpu", contextlib.nullcontext, 512, "lora", None))
+    sft.step(model, batch, run)
     assert [sft.exact[id(e)] for e in batch] == expected
 
 

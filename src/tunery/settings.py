@@ -89,6 +89,10 @@ class ComputeSettings:
     num_threads: int = _var("TUNERY_NUM_THREADS", "int", "torch CPU threads; 0 means one per core this process "
                             "may use (the trainer leaves one of them to the server and worker: cores − 1, at "
                             "least 1)", 0, shown="`0` (cores)")
+    train_processes: int = _var("TUNERY_TRAIN_PROCESSES", "int", "processes one training run is split over "
+                                "(torch.distributed data parallelism); 0 means auto: one per GPU, or on CPU one "
+                                "per core (up to 4, one thread each) for runs estimated at over 40 s", 0,
+                                shown="`0` (auto)")
 
 
 @dataclass(frozen=True)
@@ -292,3 +296,37 @@ def child_env(env: Mapping[str, str] = ()) -> dict[str, str]:
     out = {**PASSIVE_THREADS, **os.environ}
     out.update(env)
     return out
+
+
+@dataclass(frozen=True)
+class LaunchedRank:
+    """This process's place in a multi-process run, from the variables torchrun sets (torch.distributed's
+    env:// protocol: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), which torch reads itself."""
+
+    rank: int
+    world: int
+    local_rank: int
+    parent_pid: int = 0
+    """Set (TUNERY_PARENT_PID) when tunery's own rank 0 started this rank: it dies with that parent."""
+
+
+def launched_rank(environ: Mapping[str, str] | None = None) -> LaunchedRank | None:
+    """The launcher's variables when this process is one rank of several, else None."""
+    env = os.environ if environ is None else environ
+    try:
+        world = int(env.get("WORLD_SIZE", "0") or 0)
+        if world < 2:
+            return None
+        rank = int(env["RANK"])
+        return LaunchedRank(rank=rank, world=world, local_rank=int(env.get("LOCAL_RANK", rank) or rank),
+                            parent_pid=int(env.get("TUNERY_PARENT_PID", "0") or 0))
+    except (KeyError, ValueError):
+        raise ValueError("WORLD_SIZE is set but RANK/LOCAL_RANK are missing or not integers: start the ranks "
+                         "with torchrun") from None
+
+
+def rank_env(rank: int, world: int, port: int, parent_pid: int) -> dict[str, str]:
+    """The environment of a rank started by tunery's own rank 0 (what torchrun would set, on loopback)."""
+    return child_env({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                      "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                      "TUNERY_PARENT_PID": str(parent_pid)})

@@ -65,7 +65,7 @@ def train_command(
         learning_rate_multiplier=_auto_float(learning_rate_multiplier, "learning-rate-multiplier"),
         lora_rank=lora_rank, lora_layers=lora_layers if lora_layers in ("auto", "all") else
         _auto_int(lora_layers, "lora-layers"), seed=seed, max_length=max_length, resume_from=resume_from, precision=precision,
-        device=compute.device, num_threads=compute.num_threads)
+        device=compute.device, num_threads=compute.num_threads, processes=compute.train_processes or "auto")
 
     progress = Progress(
         TextColumn("[bold]step[/bold]"), MofNCompleteColumn(), BarColumn(),

@@ -96,7 +96,7 @@ def micro_batches(examples: list, max_tokens: int) -> list[list]:
             used = 0
         groups[-1].append(e)
         used += len(e)
-    return groups
+    return groups if groups[0] else []
 
 
 @dataclass
@@ -198,10 +198,11 @@ def _all_hit_per_example(hit, seq, n: int) -> list[bool]:
 
 
 def evaluate(model, examples: list[Encoded], max_tokens: int, device, autocast,
-             flags: list | None = None) -> tuple[float, float]:
+             flags: list | None = None, ranks=None) -> tuple[float, float]:
     """(mean token loss, mean token accuracy) over examples, no gradients. With `flags`, also appends per
     example whether greedy decoding gives back its trained tokens: every trained token is the argmax given
-    the tokens before it (teacher forcing; by induction that is exactly greedy decoding)."""
+    the tokens before it (teacher forcing; by induction that is exactly greedy decoding). With `ranks`
+    (a distributed.Group) each rank evaluates its slice and every rank gets the whole set's result."""
     import torch
     import torch.nn.functional as F
 
@@ -209,8 +210,9 @@ def evaluate(model, examples: list[Encoded], max_tokens: int, device, autocast,
     model.eval()
     total = correct = 0
     loss_sum = 0.0
+    mine_flags: list[bool] = []
     with torch.no_grad():
-        for group in micro_batches(examples, max_tokens):
+        for group in micro_batches(ranks.shard(examples) if ranks else examples, max_tokens):
             p = pack(group, device)
             logits = forward_logits(model, p, autocast)
             loss_sum += float(F.cross_entropy(logits, p.targets, reduction="sum"))
@@ -218,16 +220,22 @@ def evaluate(model, examples: list[Encoded], max_tokens: int, device, autocast,
             correct += int(hit.sum())
             total += int(p.targets.numel())
             if flags is not None:
-                flags.extend(_all_hit_per_example(hit, p.seq, len(group)))
+                mine_flags.extend(_all_hit_per_example(hit, p.seq, len(group)))
     if was_training:
         model.train()
+    if ranks:
+        loss_sum, correct, total = ranks.sum([loss_sum, correct, total])
+        if flags is not None:
+            mine_flags = ranks.gather_flags(mine_flags, len(examples))
+    if flags is not None:
+        flags.extend(mine_flags)
     return loss_sum / max(1, total), correct / max(1, total)
 
 
-def reproduced(model, examples: list[Encoded], max_tokens: int, device, autocast) -> list[bool]:
+def reproduced(model, examples: list[Encoded], run) -> list[bool]:
     """Per example: does greedy decoding give back its trained tokens (see evaluate)."""
     flags: list[bool] = []
-    evaluate(model, examples, max_tokens, device, autocast, flags)
+    evaluate(model, examples, run.max_tokens, run.device, run.autocast, flags, run.ranks)
     return flags
 
 
@@ -254,21 +262,27 @@ class Supervised:
         """Called for every checkpoint/resume dir before its trainer state is written."""
 
     def step(self, model, batch: list[Encoded], run) -> dict:
+        """Forward and backward over the batch (with several ranks: this rank's slice of it, gradients then
+        summed over the ranks); the loss is the mean over the whole batch's trained tokens."""
         n_target = sum(e.n_trained - (e.loss_mask[0] if e.loss_mask else 0) for e in batch)
         loss_sum = 0.0
         correct = 0
-        for group in micro_batches(batch, run.max_tokens):
+        exact: list[bool] = []
+        for group in micro_batches(run.ranks.shard(batch) if run.ranks else batch, run.max_tokens):
             p = pack(group, run.device)
-            exact: list[bool] = []
             loss, c = forward_loss(model, p, run.autocast, exact)
-            self.exact.update(zip(map(id, group), exact))
             (loss / max(1, n_target)).backward()
             loss_sum += float(loss.detach())
             correct += c
+        if run.ranks:
+            run.ranks.sync_gradients(run.params)
+            loss_sum, correct = run.ranks.sum([loss_sum, correct])
+            exact = run.ranks.gather_flags(exact, len(batch))
+        self.exact.update(zip(map(id, batch), exact))
         return {"loss": loss_sum / max(1, n_target), "mean_token_accuracy": correct / max(1, n_target)}
 
     def evaluate(self, model, examples: list[Encoded], run) -> dict:
-        loss, acc = evaluate(model, examples, run.max_tokens, run.device, run.autocast)
+        loss, acc = evaluate(model, examples, run.max_tokens, run.device, run.autocast, ranks=run.ranks)
         return {"loss": loss, "mean_token_accuracy": acc}
 
 
@@ -281,6 +295,8 @@ class RunContext:
     max_tokens: int
     method: str  # lora | full
     init_from: Path | None
+    ranks: object = None  # distributed.Group when the run is split over several processes
+    params: list | None = None  # the trainable parameters (their gradients are summed over the ranks)
 
 
 def make_objective(name: str):
@@ -546,6 +562,14 @@ def _explain_auto(cb: TrainCallbacks, config: TrainConfig, hp: dict) -> None:
 def _announce(cb: TrainCallbacks, hp: dict, base_model: str, method: str, data: _Data, device: str,
               precision: str, steps_per_epoch: int, total_steps: int) -> None:
     """on_resolved: the hyperparameters and the run's shape, with a time estimate from measured throughput."""
+    cb.on_resolved({**hp, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                    "n_train_examples": len(data.train_set), "n_valid_examples": len(data.valid_set),
+                    "device": device, "precision": precision,
+                    "estimated_seconds": round(_estimated_seconds(hp, data, base_model, method), 1)})
+
+
+def _estimated_seconds(hp: dict, data: _Data, base_model: str, method: str) -> float:
+    """The scheduled steps' training time at the throughput measured on this machine (advisory)."""
     throughput = DEFAULT_CPU_THROUGHPUT
     try:
         from tunery.data.estimate import measured_throughput
@@ -553,11 +577,27 @@ def _announce(cb: TrainCallbacks, hp: dict, base_model: str, method: str, data: 
         throughput = float(measured_throughput(base_model, method)[0]) or throughput
     except Exception:  # estimates are advisory: no data module or no measurement yet
         pass
-    epoch_tokens = sum(len(e) for e in data.train_set)
-    cb.on_resolved({**hp, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-                    "n_train_examples": len(data.train_set), "n_valid_examples": len(data.valid_set),
-                    "device": device, "precision": precision,
-                    "estimated_seconds": round(epoch_tokens * hp["n_epochs"] / throughput, 1)})
+    return sum(len(e) for e in data.train_set) * hp["n_epochs"] / throughput
+
+
+def _split_run(config: TrainConfig, cb: TrainCallbacks, hp: dict, data: _Data, base_model: str, device: str):
+    """Start the run's other ranks when it is to be split over several processes (see distributed);
+    returns the Group, or None for a single-process run."""
+    from tunery.train import distributed
+
+    if config.objective != "supervised":  # DPO's pairs are trained in one process
+        return None
+    world = config.processes
+    if world == "auto":
+        world = distributed.auto_processes(device, _estimated_seconds(hp, data, base_model, config.method),
+                                           hp["batch_size"])
+    if world < 2:
+        return None
+    config.seed = hp["seed"]  # every rank must build the same data, order and adapter
+    ranks = distributed.start(config, world, device)
+    cb.on_event("info", f"Training in {world} processes (torch.distributed, {'NCCL' if device.startswith('cuda') else 'gloo'}): "
+                        "each takes a slice of every batch and the gradients are summed")
+    return ranks
 
 
 def _start_state(cb: TrainCallbacks, opt, resume_dir: Path | None, hp: dict, n_examples: int, device: str,
@@ -586,44 +626,64 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
 
     Setup (the helpers above), then one flat loop: stop requests, one optimizer step, metrics, an epoch's
     checkpoint, early stop; then the final model (_finish)."""
-    import torch
-
     from tunery.models import load_tokenizer, pick_device, resolve, setup_threads
 
     cb = callbacks or TrainCallbacks()
     config.validate()
-    out_dir = Path(config.output_dir)
-    ckpt_dir = out_dir / "checkpoints"
     # One core is left to the server, the worker and the evaluation passes beside the trainer. Measured on
     # this 2-core machine (SmolLM2-135M LoRA step, 2 chats): 1 thread 130 tokens/s, 2 threads 135 when the
     # machine is otherwise idle, and 2 threads fall far behind as soon as anything else runs (the worker's
     # note on OMP_WAIT_POLICY); the quickstart took 6m00s on 1 thread against 7m49s on 2.
     setup_threads(config.num_threads, reserve=1)
     device = pick_device(config.device)
+    ranks = _join_launcher(config, device)  # started by torchrun (or by our own rank 0): one of its ranks
+    if ranks and not ranks.leader:
+        cb = TrainCallbacks()  # rank 0 reports
     resume_dir, resume_meta = _resume_from(config, cb)
     base_model = resolve(config.model).name
     objective = make_objective(config.objective)
     tok = load_tokenizer(config.model)
     max_length = _max_length(config, resume_meta)
     seed = _seed(config, resume_meta)
+    if ranks and config.seed is None:  # torchrun's ranks take rank 0's pick (ours are started with it)
+        seed = ranks.agree(seed)
     data = _load_data(config, cb, objective, tok, max_length, resume_meta, seed)
-    train_set, originals, valid_set = data.train_set, data.originals, data.valid_set
     hp = _hyperparameters(config, data, resume_meta, seed, max_length)
     if not resume_meta:
         _explain_auto(cb, config, hp)
+    steps_per_epoch = math.ceil(len(data.train_set) / hp["batch_size"])
+    total_steps = steps_per_epoch * hp["n_epochs"]
+    precision, autocast = _precision(config, device)
+    max_tokens = config.max_tokens_per_micro_batch or (16384 if device.startswith("cuda") else CPU_MICRO_BATCH_TOKENS)
+    _announce(cb, hp, base_model, config.method, data, device, precision, steps_per_epoch, total_steps)
+    if ranks is None:
+        ranks = _split_run(config, cb, hp, data, base_model, device)
+    if ranks:
+        device = ranks.device
+        _rank_threads(config, ranks.world)
+    with _closing(ranks):
+        return _run(config, cb, objective, tok, data, hp, ranks, base_model, device, precision, autocast,
+                    max_tokens, resume_dir)
+
+
+def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, hp: dict, ranks, base_model: str,
+         device: str, precision: str, autocast, max_tokens: int, resume_dir: Path | None) -> TrainResult:
+    """The loop itself, once everything is decided: build the model, step, check, checkpoint, finish."""
+    import torch
+
+    train_set, originals, valid_set = data.train_set, data.originals, data.valid_set
     seed, batch, n_epochs = hp["seed"], hp["batch_size"], hp["n_epochs"]
     steps_per_epoch = math.ceil(len(train_set) / batch)
     total_steps = steps_per_epoch * n_epochs
-    precision, autocast = _precision(config, device)
-    max_tokens = config.max_tokens_per_micro_batch or (16384 if device.startswith("cuda") else CPU_MICRO_BATCH_TOKENS)
     eval_every = config.eval_every or max(1, total_steps // 20)
-    _announce(cb, hp, base_model, config.method, data, device, precision, steps_per_epoch, total_steps)
-
+    out_dir = Path(config.output_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    leader = ranks is None or ranks.leader
     model, _ = _build_model(config, hp, device, resume_dir)
-    run = RunContext(device, autocast, max_tokens, config.method,
-                     Path(config.init_from) if config.init_from else None)
-    objective.start(model, hp, train_set, valid_set, resume_dir, run)
     params = [p for p in model.parameters() if p.requires_grad]
+    run = RunContext(device, autocast, max_tokens, config.method,
+                     Path(config.init_from) if config.init_from else None, ranks, params)
+    objective.start(model, hp, train_set, valid_set, resume_dir, run)
     opt = torch.optim.AdamW(params, lr=hp["learning_rate"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     step, trained_tokens, last_metrics, history = _start_state(cb, opt, resume_dir, hp, len(train_set), device,
                                                                total_steps)
@@ -632,6 +692,8 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     checkpoints: list[CheckpointInfo] = []
 
     def save(path: Path, epoch: int, metrics: dict) -> None:
+        if not leader:  # rank 0 writes; every rank holds the same weights
+            return
         save_model_dir(model, tok, path, {**meta_base, "step": step, "epoch": epoch, "metrics": metrics})
         objective.save(path)
         ckpt.save_state(path, optimizer=opt, step=step, trained_tokens=trained_tokens, metrics=metrics,
@@ -653,7 +715,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     for h in (h for h in history if "original_accuracy" in h):
         streak = streak + 1 if h["original_accuracy"] >= stop_accuracy else 0
     while step < total_steps:
-        stop = cb.should_stop()
+        stop = ranks.agree(cb.should_stop()) if ranks else cb.should_stop()
         if stop == "cancel":
             status = "cancelled"
             cb.on_event("info", f"Training cancelled at step {step}/{total_steps}")
@@ -702,13 +764,13 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
             # every trained answer of the file token for token.
             original_ok = []
             m["original_loss"], m["original_accuracy"] = evaluate(model, originals, max_tokens, device, autocast,
-                                                                  original_ok)
+                                                                  original_ok, ranks)
             checked_at = step
             streak = streak + 1 if m["original_accuracy"] >= stop_accuracy else 0
         last_metrics = m
         history.append({k2: v for k2, v in m.items() if k2 not in ("total_steps",)})
         cb.on_metrics(m)
-        if epoch_end:
+        if epoch_end and leader:
             path = ckpt_dir / f"step-{step}"
             save(path, epoch + 1, _checkpoint_metrics(m, objective))
             info = CheckpointInfo(step=step, epoch=epoch + 1, path=path, metrics=_checkpoint_metrics(m, objective))
@@ -734,7 +796,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         session_tokens += extra_tokens
         session_time += extra_time
     return _finish(cb, config, status, model, tok, out_dir, meta_base, objective, hp, step, trained_tokens,
-                   last_metrics, checkpoints, stopped_at, session_tokens, session_time)
+                   last_metrics, checkpoints, stopped_at, session_tokens, session_time, leader)
 
 
 REPAIR_ROUNDS = 8
@@ -756,7 +818,7 @@ def _repair(model, opt, objective, originals: list[Encoded], run, cb: TrainCallb
     # The loop's last check may have been at the final step: its per-example answer is reused. Between
     # rounds only the answers still wrong are checked again (a step rarely breaks an exact answer; the
     # final count below checks them all).
-    ok = known or reproduced(model, originals, run.max_tokens, run.device, run.autocast)
+    ok = known or reproduced(model, originals, run)
     wrong = [e for e, good in zip(originals, ok) if not good]
     first_wrong = len(wrong)
     for _ in range(rounds):
@@ -774,10 +836,10 @@ def _repair(model, opt, objective, originals: list[Encoded], run, cb: TrainCallb
             secs += time.perf_counter() - t0
             tokens += sum(len(e) for e in group)
             n_steps += 1
-        still = reproduced(model, wrong, run.max_tokens, run.device, run.autocast)
+        still = reproduced(model, wrong, run)
         wrong = [e for e, good in zip(wrong, still) if not good]
     if first_wrong:
-        ok = reproduced(model, originals, run.max_tokens, run.device, run.autocast)
+        ok = reproduced(model, originals, run)
     if not first_wrong:
         return 0, 0.0
     left = len(originals) - sum(ok)
@@ -789,13 +851,15 @@ def _repair(model, opt, objective, originals: list[Encoded], run, cb: TrainCallb
 
 def _finish(cb: TrainCallbacks, config: TrainConfig, status: str, model, tok, out_dir: Path, meta_base: dict,
             objective, hp: dict, step: int, trained_tokens: int, last_metrics: dict, checkpoints: list,
-            stopped_at: int | None, session_tokens: int, session_time: float) -> TrainResult:
+            stopped_at: int | None, session_tokens: int, session_time: float, leader: bool = True) -> TrainResult:
     """After the loop: a succeeded run saves final/ (and drops resume/) and records its throughput."""
     steps_per_epoch, total_steps, n_epochs = meta_base["steps_per_epoch"], meta_base["total_steps"], hp["n_epochs"]
     base_model = meta_base["base_model"]
     model_dir = None
     resume_out = out_dir / "resume" if status == "paused" else None
-    if status == "succeeded":
+    if status == "succeeded" and not leader:
+        model_dir = out_dir / "final"  # written by rank 0
+    elif status == "succeeded":
         model_dir = out_dir / "final"
         final_hp = dict(hp)
         if stopped_at is not None:
@@ -826,6 +890,41 @@ def _finish(cb: TrainCallbacks, config: TrainConfig, status: str, model, tok, ou
     return TrainResult(status=status, hyperparameters=hp_public, trained_tokens=trained_tokens,
                        final_metrics=last_metrics, checkpoints=checkpoints, model_dir=model_dir,
                        resume_dir=resume_out)
+
+
+def _join_launcher(config: TrainConfig, device: str):
+    """The distributed.Group this process was launched into (torchrun, or a rank 0 of ours), else None."""
+    from tunery.train import distributed
+
+    if distributed.launched_world() < 2:
+        return None
+    if config.objective != "supervised":
+        raise InvalidRequest("DPO runs in one process: start it without torchrun", param="method")
+    return distributed.join(device)
+
+
+def _rank_threads(config: TrainConfig, world: int) -> None:
+    """On CPU the ranks share the run's threads (TrainConfig.num_threads; 0: the cores) equally."""
+    import os
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, (config.num_threads or cores) // world))
+
+
+@contextlib.contextmanager
+def _closing(ranks):
+    """Leave the process group at the end of the run; on an error, stop the ranks this process started."""
+    if ranks is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        ranks.close(ok=False)
+        raise
+    ranks.close()
 
 
 def _checkpoint_metrics(m: dict, objective) -> dict:

@@ -229,6 +229,7 @@ class JobRun:
             "seed": job.seed,
             "resume_from": str(resume_from) if resume_from else None,
             "device": self.settings.compute.device, "num_threads": self._threads(),
+            "processes": self._processes(),
         }
         if job.model.startswith("ft:"):  # start from the fine-tuned model's weights
             from tunery.store.models import find_servable_model
@@ -244,6 +245,12 @@ class JobRun:
                      else (os.cpu_count() or 1))
             threads = max(1, cores // self.cfg.concurrency)
         return threads
+
+    def _processes(self) -> int | str:
+        """The trainer's processes: the setting, else auto (one job at a time) or 1 (jobs share the cores)."""
+        if self.settings.compute.train_processes:
+            return self.settings.compute.train_processes
+        return 1 if self.cfg.concurrency > 1 else "auto"
 
     def _child_env(self) -> dict:
         """The settings the child runs with (Settings.to_env()), with the trainer's thread count."""

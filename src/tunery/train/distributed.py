@@ -1,0 +1,228 @@
+"""Data parallelism on torch.distributed: one run split over several processes (ranks).
+
+Every rank builds the same model from the same seed, walks the same schedule and sees the same batches;
+each trains on its slice of every batch (batch[rank::world]), the gradients are summed with an
+all-reduce before the optimizer step, so every rank takes the same step and the weights never drift
+apart. Losses are scaled by the whole batch's trained-token count, which makes the summed gradient exactly
+the single-process one. Evaluation passes are split the same way and their sums all-reduced, so every
+rank takes the same early-stop and repair decisions. Rank 0 alone reports (callbacks) and writes files.
+
+Two ways in, as torch users expect:
+
+- under `torchrun` (or any launcher that sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): train()
+  joins the group it was started in;
+- from one process (the worker's training child, `tunery train`): train() decides how many processes
+  the run gets (TrainConfig.processes; auto: see auto_processes) and starts the other ranks itself, as
+  `python -m tunery.train.distributed CONFIG.json` with the same variables torchrun sets.
+
+On CPUs the backend is gloo, each rank with its own cores; on CUDA it is NCCL, one GPU per rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+COLLECTIVE_TIMEOUT = timedelta(seconds=300)
+"""How long a rank waits for the others at any collective (a crashed rank ends the run after this)."""
+
+AUTO_MIN_SECONDS = 40.0
+"""auto_processes: a run estimated shorter than this (in one process) stays in one process; starting
+another costs a few seconds (imports, model load, tokenizing) before it helps."""
+AUTO_MAX_CPU_PROCESSES = 4
+"""auto_processes on CPU: one process per core up to this many. Batches of small fact sets hold 2-8
+examples, so more ranks than that would wait idle at every step."""
+
+
+@dataclass
+class Group:
+    """This process's place in a multi-process run."""
+
+    rank: int
+    world: int
+    device: str
+    children: list  # Popen of the ranks this process started (rank 0 of a self-launched run)
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items: list) -> list:
+        return items[self.rank::self.world]
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over the ranks."""
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self._comm_device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def gather_flags(self, mine: list[bool], n: int) -> list[bool]:
+        """The flags of all n items, each rank holding those of shard(range(n)), in item order."""
+        import torch
+        import torch.distributed as dist
+
+        t = torch.zeros(n, dtype=torch.int32, device=self._comm_device)
+        for i, flag in zip(range(self.rank, n, self.world), mine):
+            t[i] = 2 if flag else 1
+        dist.all_reduce(t)
+        return [v == 2 for v in t.tolist()]
+
+    def sync_gradients(self, params: list) -> None:
+        """Sum every trainable parameter's gradient over the ranks (one flat all-reduce)."""
+        import torch
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(p)
+            offset += n
+
+    def agree(self, value):
+        """Rank 0's value of a small picklable object, on every rank (e.g. a stop request)."""
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    @property
+    def _comm_device(self) -> str:
+        return self.device if self.device.startswith("cuda") else "cpu"
+
+    def close(self, ok: bool = True) -> None:
+        """Leave the group; rank 0 waits for the ranks it started (or stops them when the run failed)."""
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            if ok:
+                try:
+                    dist.barrier()
+                except RuntimeError:
+                    ok = False
+            dist.destroy_process_group()
+        for p in self.children:
+            if not ok and p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def launched_world() -> int:
+    """The number of ranks when a launcher (torchrun, or our own rank 0) started this process, else 0."""
+    from tunery.settings import launched_rank
+
+    launched = launched_rank()
+    return launched.world if launched else 0
+
+
+def auto_processes(device: str, estimated_seconds: float, batch_size: int) -> int:
+    """How many ranks a run gets when TrainConfig.processes is "auto".
+
+    CUDA: one per visible GPU. CPU: one per core this process may use (each rank then runs one thread,
+    which on a small model trains nearly twice as fast on two cores as one process with two threads:
+    a 135M model's step is bound by per-operation overhead that threads do not split), at most the batch
+    size and AUTO_MAX_CPU_PROCESSES, and only for runs long enough to repay starting them."""
+    import torch
+
+    if device.startswith("cuda"):
+        return max(1, torch.cuda.device_count()) if device == "cuda" else 1
+    if not device.startswith("cpu") or estimated_seconds < AUTO_MIN_SECONDS:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, batch_size, AUTO_MAX_CPU_PROCESSES))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(config, world: int, device: str) -> Group:
+    """Start ranks 1..world-1 of a run of `config` and join them as rank 0."""
+    from tunery.settings import rank_env
+
+    port = _free_port()
+    fd, path = tempfile.mkstemp(prefix="tunery-rank-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(config.to_dict(), f)
+    children = []
+    for rank in range(1, world):
+        children.append(subprocess.Popen([sys.executable, "-m", "tunery.train.distributed", path],
+                                         env=rank_env(rank, world, port, os.getpid()), stdin=subprocess.DEVNULL))
+    try:
+        return _join(0, world, device, f"tcp://127.0.0.1:{port}", children)
+    except BaseException:
+        for p in children:
+            p.kill()
+        raise
+    finally:
+        Path(path).unlink(missing_ok=True)  # read by the ranks before they can join the group
+
+
+def join(device: str) -> Group:
+    """Join the group a launcher started this process in (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)."""
+    from tunery.settings import launched_rank
+
+    me = launched_rank()
+    if device == "cuda":
+        device = f"cuda:{me.local_rank}"
+    return _join(me.rank, me.world, device, "env://", [])
+
+
+def _join(rank: int, world: int, device: str, init_method: str, children: list) -> Group:
+    import torch.distributed as dist
+
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
+                            timeout=COLLECTIVE_TIMEOUT)
+    return Group(rank=rank, world=world, device=device, children=children)
+
+
+def _die_with_parent() -> None:
+    from tunery.settings import launched_rank
+
+    me = launched_rank()
+    parent = me.parent_pid if me else 0
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if os.getppid() != parent:
+        os._exit(3)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """A rank started by start(): train the same run silently (rank 0 reports)."""
+    argv = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
+    config_dict = json.loads(Path(argv[0]).read_text())
+    from tunery.train import TrainCallbacks, TrainConfig, train
+
+    train(TrainConfig(**config_dict), TrainCallbacks())
+
+
+if __name__ == "__main__":
+    main()

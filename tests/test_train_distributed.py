@@ -1,0 +1,98 @@
+"""One run split over several processes on torch.distributed (gloo on this CPU): the same model as one
+process, one writer, a clean stop; and the same trainer started by torchrun itself."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_train import Recorder, chat_rows, write_jsonl
+from tunery.errors import InvalidRequest
+from tunery.train import TrainConfig, train
+
+
+def _run(tiny_model_dir, tmp_path, name, cb=None, **kw):
+    cb = cb or Recorder()
+    data = tmp_path / "train.jsonl"
+    if not data.exists():
+        write_jsonl(data, chat_rows(10))
+    valid = tmp_path / "valid.jsonl"
+    if not valid.exists():
+        write_jsonl(valid, chat_rows(5, start=100))
+    cfg = dict(model=str(tiny_model_dir), training_file=data, validation_file=valid, output_dir=tmp_path / name,
+               n_epochs=3, batch_size=4, seed=11, learning_rate_multiplier=5.0, early_stop=True, eval_every=2)
+    cfg.update(kw)
+    return train(TrainConfig(**cfg), cb), cb
+
+
+def _adapter(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_two_processes_train_the_same_model_as_one(tiny_model_dir, tmp_path):
+    one, cb1 = _run(tiny_model_dir, tmp_path, "one", processes=1)
+    two, cb2 = _run(tiny_model_dir, tmp_path, "two", processes=2)
+    assert one.status == two.status == "succeeded"
+    assert any("Training in 2 processes" in m for _, m in cb2.events)
+    assert not any("processes" in m for _, m in cb1.events)
+    # Each rank trains half of every batch (10 examples, batch 4: the last batch of an epoch has 2, so a
+    # rank with one example and a rank with one more); the summed gradient is the whole batch's.
+    assert [m["step"] for m in cb2.metrics] == [m["step"] for m in cb1.metrics] == list(range(1, 10))
+    for key in ("train_loss", "train_mean_token_accuracy", "trained_tokens"):
+        assert [m[key] for m in cb2.metrics] == pytest.approx([m[key] for m in cb1.metrics], rel=1e-4), key
+    # Evaluation passes are split too and summed: the same validation and early-stop check numbers.
+    for key in ("valid_loss", "full_valid_loss", "original_accuracy"):
+        a = [m[key] for m in cb1.metrics if key in m]
+        b = [m[key] for m in cb2.metrics if key in m]
+        assert a and b == pytest.approx(a, rel=1e-4), key
+    w1, w2 = _adapter(one.model_dir), _adapter(two.model_dir)
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert (w1[k] - w2[k]).abs().max().item() < 1e-4, k
+    # Rank 0 alone writes: one set of checkpoints, reported once.
+    assert [c.step for c in cb2.checkpoints] == [3, 6, 9]
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-3", "step-6", "step-9"]
+    assert sum(m.startswith("Training finished") for _, m in cb2.events) == 1
+
+
+def test_a_cancel_reaches_every_rank(tiny_model_dir, tmp_path):
+    res, cb = _run(tiny_model_dir, tmp_path, "c", processes=2, cb=Recorder(stop_at={4: "cancel"}))
+    assert res.status == "cancelled" and [m["step"] for m in cb.metrics] == [1, 2, 3, 4]
+    assert not (tmp_path / "c" / "final").exists()
+
+
+def test_processes_must_be_auto_or_a_positive_count(tmp_path):
+    for bad in (0, -1, "2", True, 1.5):
+        with pytest.raises(InvalidRequest) as e:
+            TrainConfig(model="m", training_file="t", output_dir=tmp_path, processes=bad).validate()
+        assert e.value.param == "processes"
+
+
+def test_auto_keeps_short_runs_and_tiny_batches_in_one_process():
+    from tunery.train.distributed import AUTO_MIN_SECONDS, auto_processes
+
+    cores = len(os.sched_getaffinity(0))
+    assert auto_processes("cpu", AUTO_MIN_SECONDS / 2, 8) == 1
+    assert auto_processes("cpu", 10 * AUTO_MIN_SECONDS, 1) == 1
+    assert auto_processes("cpu", 10 * AUTO_MIN_SECONDS, 8) == min(cores, 4)
+
+
+def test_torchrun_launches_the_trainer_cli(tiny_model_dir, tmp_path):
+    """`torchrun --nproc-per-node 2 $(which tunery) train ...`: the ranks find each other through torchrun's
+    variables, rank 0 writes the model."""
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(8))
+    tunery = os.path.join(os.path.dirname(sys.executable), "tunery")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", tunery,
+           "train", "--model", str(tiny_model_dir), "--training-file", str(data), "--output", str(tmp_path / "o"),
+           "--n-epochs", "2", "--batch-size", "4", "--seed", "3"]
+    env = {**os.environ, "TUNERY_NUM_THREADS": "2", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "o" / "final" / "adapter_model.safetensors").exists()
+    assert sorted(p.name for p in (tmp_path / "o" / "checkpoints").iterdir()) == ["step-2", "step-4"]
+    assert "Traceback" not in out.stderr
