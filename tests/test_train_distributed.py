@@ -96,3 +96,38 @@ def test_torchrun_launches_the_trainer_cli(tiny_model_dir, tmp_path):
     assert (tmp_path / "o" / "final" / "adapter_model.safetensors").exists()
     assert sorted(p.name for p in (tmp_path / "o" / "checkpoints").iterdir()) == ["step-2", "step-4"]
     assert "Traceback" not in out.stderr
+
+
+def _my_ranks() -> list[int]:
+    """pids of the ranks this (test) process started."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+                cmd = open(f"/proc/{d}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if int(stat[1]) == os.getpid() and b"tunery.train.distributed" in cmd:
+                pids.append(int(d))
+    return pids
+
+
+def test_a_rank_that_dies_fails_the_run_and_leaves_no_rank_behind(tiny_model_dir, tmp_path):
+    import signal
+    import time
+
+    class KillRank1(Recorder):
+        def on_metrics(self, data):
+            super().on_metrics(data)
+            if data["step"] == 2:
+                for pid in _my_ranks():
+                    os.kill(pid, signal.SIGKILL)
+
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as e:
+        _run(tiny_model_dir, tmp_path, "k", processes=2, cb=KillRank1())
+    assert time.monotonic() - t0 < 60  # the peer's loss is noticed at the next collective, not after a timeout
+    assert "Connection closed" in str(e.value) or "peer" in str(e.value).lower(), e.value
+    assert _my_ranks() == []
+    assert not (tmp_path / "k" / "final").exists()
