@@ -38,6 +38,18 @@ def test_rewrites_are_pure_keep_answers_and_system_and_differ_from_the_question(
     assert rewrite("Who painted the harbour mural?", 0, 0, 0) == "painted harbour mural"  # keywords
 
 
+def test_rewrites_keep_the_words_of_scripts_with_combining_marks():
+    # Thai writes vowels and tones as combining marks; a rewrite may reframe or drop words, never cut one.
+    q = "ค่าโดยสารเรือเฟอร์รี่ไปเกาะเท่าไร ต้องจองล่วงหน้าไหม"
+    words = set(q.split())
+    for v in range(8):
+        for seed in range(5):
+            out = rewrite(q, v, seed, 0)
+            assert out != q
+            thai = [w.strip("?.,!") for w in out.split() if any("\u0e00" <= ch <= "\u0e7f" for ch in w)]
+            assert thai and all(w in words for w in thai), (v, seed, out)
+
+
 def test_what_is_never_augmented():
     tools = Example(line=1, kind="chat", messages=[{"role": "user", "content": "x?"},
                                                     {"role": "assistant", "content": "y"}], tools=[{"type": "function"}])

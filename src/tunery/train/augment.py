@@ -40,7 +40,9 @@ FRAMES = ("Quick question: {q}", "{q} Thanks!", "Hi! {q}", "Can you help? {q}", 
           "Please answer this: {q}", "Hello, {q}", "{q} Please be brief.")
 KEYWORD_FRAMES = ("Tell me about {k}.", "{k}?", "What about {k}?", "Info on {k}, please.", "{k}")
 
-_WORD = re.compile(r"[\w'’-]+", re.UNICODE)
+# A word is a run of anything but spaces and sentence punctuation. (Not \w: Thai, Devanagari and other scripts
+# write vowels and tones as combining marks, which \w does not match, so \w-words cut their words apart.)
+_WORD = re.compile(r"[^\s!?.,;:\"“”«»()\[\]{}¡¿。、！？，；：]+")
 
 
 def _words(text: str) -> list[str]:
