@@ -121,6 +121,9 @@ class TrainConfig:
     """NEFTune: uniform noise of scale alpha/sqrt(tokens × width) on the input embeddings while training, so the
     model cannot key an answer on the exact tokens of its question; "auto": AUTO_NEFTUNE_ALPHA for auto
     small-set runs (those that augment), 0 (off) otherwise."""
+    label_smoothing: float | str = "auto"
+    """For classifier data (see label_tokens): the share of a label's target spread over the other labels;
+    "auto": AUTO_LABEL_SMOOTHING for such data, 0 otherwise. Other data is never smoothed."""
     objective: Literal["supervised", "dpo"] = "supervised"
     """OpenAI's method.type: "supervised" (token cross-entropy) or "dpo" (preference pairs, see dpo.py)."""
     beta: float | str = "auto"
@@ -161,6 +164,10 @@ class TrainConfig:
                                  param="early_stop")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
             raise InvalidRequest(f"seed must be a non-negative integer, got {self.seed!r}", param="seed")
+        ls = self.label_smoothing
+        if ls != "auto" and (not isinstance(ls, (int, float)) or isinstance(ls, bool) or not (0 <= ls < 0.5)):
+            raise InvalidRequest(f"label_smoothing must be 'auto' or a number in [0, 0.5), got {ls!r}",
+                                 param="label_smoothing")
         pr = self.processes
         if pr != "auto" and (not isinstance(pr, int) or isinstance(pr, bool) or not (1 <= pr <= 64)):
             raise InvalidRequest(f"processes must be 'auto' or an integer in [1, 64], got {pr!r}", param="processes")
@@ -286,6 +293,30 @@ def resolve_neftune(config: TrainConfig, n_variants: int) -> float:
     if config.neftune_alpha != "auto":
         return float(config.neftune_alpha)
     return AUTO_NEFTUNE_ALPHA if n_variants > 0 and config.augment == "auto" else 0.0
+
+
+AUTO_LABEL_SMOOTHING = 0.1
+"""Classifier data (every example trains one label token out of 2-8, then the end of the text, like babbage-002
+discriminators' " yes"/" no"): this share of each label's target goes to the other labels, so they stay the
+runners-up. Plain cross-entropy pushes the other label down with the rest of the vocabulary, and it often
+leaves the top two logprobs ("yes" and " Yes", say), where an application reads P(" yes") vs P(" no")."""
+MAX_LABELS = 8
+
+
+def label_tokens(first_trained: list[int], n_trained: list[int]) -> list[int]:
+    """The label tokens of classifier data, else []: every example trains exactly two tokens (a label and
+    the end of text), and the labels take 2..MAX_LABELS values. Arguments are per example."""
+    if not first_trained or any(n != 2 for n in n_trained):
+        return []
+    labels = sorted(set(first_trained))
+    return labels if 2 <= len(labels) <= MAX_LABELS else []
+
+
+def resolve_label_smoothing(config: TrainConfig, labels: list[int]) -> float:
+    """Explicit value, else AUTO_LABEL_SMOOTHING for classifier data, else 0."""
+    if config.label_smoothing != "auto":
+        return float(config.label_smoothing)
+    return AUTO_LABEL_SMOOTHING if labels else 0.0
 
 
 def resolve_augment(config: TrainConfig, n_augmentable: int, original_tokens: int = 0) -> int:

@@ -18,9 +18,9 @@ from pathlib import Path
 from tunery.errors import InvalidRequest
 from tunery.train import checkpoint as ckpt
 from tunery.train.callbacks import CheckpointInfo, TrainCallbacks, TrainResult
-from tunery.train.config import (BASE_LEARNING_RATE, EARLY_STOP_PATIENCE, TrainConfig, resolve_augment,
-                                 resolve_hyperparameters, resolve_lora_layers, resolve_neftune,
-                                 resolve_objective)
+from tunery.train.config import (BASE_LEARNING_RATE, EARLY_STOP_PATIENCE, TrainConfig, label_tokens,
+                                 resolve_augment, resolve_hyperparameters, resolve_label_smoothing,
+                                 resolve_lora_layers, resolve_neftune, resolve_objective)
 from tunery.train.metric_names import SFT_METRICS, per_split
 from tunery.train.tokenize import Encoded, encode_example, truncate
 
@@ -174,20 +174,41 @@ def forward_logits(model, p: Packed, autocast):
     return out.logits[0].float()
 
 
-def forward_loss(model, p: Packed, autocast, exact: list | None = None):
+def forward_loss(model, p: Packed, autocast, exact: list | None = None, labels: list[int] | None = None,
+                 smoothing: float = 0.0):
     """(sum of token losses, number of correct argmax predictions) over the trained positions; with `exact`,
-    also appends per packed example whether every one of its trained tokens was the argmax."""
+    also appends per packed example whether every one of its trained tokens was the argmax. With `labels`
+    and `smoothing`, a position whose target is a label has `smoothing` of its target spread over the other
+    labels (label_tokens)."""
     import torch
     import torch.nn.functional as F
 
     logits = forward_logits(model, p, autocast)
     loss = F.cross_entropy(logits, p.targets, reduction="sum")
+    if labels and smoothing:
+        loss = loss + smoothing * _label_spread(logits, p.targets, labels)
     with torch.no_grad():
         hit = logits.argmax(-1) == p.targets
         correct = int(hit.sum())
         if exact is not None:
             exact.extend(_all_hit_per_example(hit, p.seq, int(p.seq.max()) + 1 if p.seq.numel() else 0))
     return loss, correct
+
+
+def _label_spread(logits, targets, labels: list[int]):
+    """Σ over label positions of (mean NLL of the other labels − NLL of the target label): added with weight ε
+    to the plain loss it makes the target (1−ε) on the label and ε shared by the other labels."""
+    import torch
+
+    lab = torch.tensor(labels, device=logits.device)
+    at = torch.isin(targets, lab)
+    if not bool(at.any()):
+        return logits.new_zeros(())
+    lp = logits[at].log_softmax(-1)[:, lab]  # [n, C]
+    which = (targets[at][:, None] == lab[None, :]).float().argmax(1)
+    nll_true = -lp.gather(1, which[:, None]).squeeze(1)
+    nll_others = -(lp.sum(1) + nll_true) / (len(labels) - 1)
+    return (nll_others - nll_true).sum()
 
 
 def _all_hit_per_example(hit, seq, n: int) -> list[bool]:
@@ -248,6 +269,8 @@ class Supervised:
     checkpoint_keys = SFT_METRICS
 
     def __init__(self):
+        self.labels: list[int] = []
+        self.smoothing = 0.0
         self.exact: dict[int, bool] = {}
         """id(example) → whether its last training pass had every trained token as the argmax (before that
         step's update, with NEFTune noise): a free, slightly pessimistic stand-in for an evaluation pass."""
@@ -256,7 +279,9 @@ class Supervised:
         return load_encoded(path, tokenizer, max_length, callbacks, what)
 
     def start(self, model, hp: dict, train_set, valid_set, resume_dir, run) -> None:
-        """Called once the model is built, before the first step (nothing to prepare for SFT)."""
+        """Called once the model is built, before the first step: classifier data's label smoothing."""
+        self.smoothing = float(hp.get("label_smoothing") or 0.0)
+        self.labels = data_labels(train_set) if self.smoothing else []
 
     def save(self, path: Path) -> None:
         """Called for every checkpoint/resume dir before its trainer state is written."""
@@ -270,7 +295,7 @@ class Supervised:
         exact: list[bool] = []
         for group in micro_batches(run.ranks.shard(batch) if run.ranks else batch, run.max_tokens):
             p = pack(group, run.device)
-            loss, c = forward_loss(model, p, run.autocast, exact)
+            loss, c = forward_loss(model, p, run.autocast, exact, self.labels, self.smoothing)
             (loss / max(1, n_target)).backward()
             loss_sum += float(loss.detach())
             correct += c
@@ -284,6 +309,16 @@ class Supervised:
     def evaluate(self, model, examples: list[Encoded], run) -> dict:
         loss, acc = evaluate(model, examples, run.max_tokens, run.device, run.autocast, ranks=run.ranks)
         return {"loss": loss, "mean_token_accuracy": acc}
+
+
+def data_labels(examples: list[Encoded]) -> list[int]:
+    """The label tokens when the examples are classifier data (config.label_tokens), else []."""
+    firsts, counts = [], []
+    for e in examples:
+        t = next((i for i in range(1, len(e)) if e.loss_mask[i]), None)
+        firsts.append(e.input_ids[t] if t is not None else -1)
+        counts.append(sum(e.loss_mask[1:]))
+    return label_tokens(firsts, counts)
 
 
 @dataclass
@@ -521,6 +556,7 @@ def _hyperparameters(config: TrainConfig, data: _Data, resume_meta: dict | None,
     hp["max_length"] = max_length
     hp["augment"] = data.n_variants
     hp["neftune_alpha"] = resolve_neftune(config, data.n_variants) if supervised else 0.0
+    hp["label_smoothing"] = resolve_label_smoothing(config, data_labels(data.originals)) if supervised else 0.0
     hp["early_stop"] = supervised and ((config.n_epochs == "auto") if config.early_stop == "auto"
                                        else bool(config.early_stop))
     hp.update(resolve_objective(config))
@@ -557,6 +593,17 @@ def _explain_auto(cb: TrainCallbacks, config: TrainConfig, hp: dict) -> None:
     if parts:
         cb.on_event("info", "Auto settings for a small set of chats (a short run must memorise each fact): "
                             + ", ".join(parts))
+
+
+def _explain_labels(cb: TrainCallbacks, config: TrainConfig, hp: dict, data: _Data, tok) -> None:
+    """One event when auto treats the file as classifier data (label smoothing among its labels)."""
+    if config.label_smoothing != "auto" or not hp.get("label_smoothing"):
+        return
+    labels = data_labels(data.originals)
+    names = ", ".join(repr(tok.decode([t])) for t in labels)
+    cb.on_event("info", f"Classifier data: every example completes with one of {len(labels)} labels ({names}); "
+                        f"auto label smoothing {hp['label_smoothing']:g} among them, so each label stays among the "
+                        "top logprobs (an application reads their probabilities)")
 
 
 def _announce(cb: TrainCallbacks, hp: dict, base_model: str, method: str, data: _Data, device: str,
@@ -651,6 +698,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     hp = _hyperparameters(config, data, resume_meta, seed, max_length)
     if not resume_meta:
         _explain_auto(cb, config, hp)
+        _explain_labels(cb, config, hp, data, tok)
     steps_per_epoch = math.ceil(len(data.train_set) / hp["batch_size"])
     total_steps = steps_per_epoch * hp["n_epochs"]
     precision, autocast = _precision(config, device)
