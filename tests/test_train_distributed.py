@@ -98,6 +98,19 @@ def test_torchrun_launches_the_trainer_cli(tiny_model_dir, tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_tunery_train_in_two_processes_keeps_the_terminal_quiet(tiny_model_dir, tmp_path):
+    """`tunery train` starts the second rank itself; its output is the user's terminal too."""
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(8))
+    tunery = os.path.join(os.path.dirname(sys.executable), "tunery")
+    cmd = [tunery, "train", "--model", str(tiny_model_dir), "--training-file", str(data), "--output",
+           str(tmp_path / "o"), "--n-epochs", "1", "--batch-size", "4", "--seed", "3"]
+    env = {**os.environ, "TUNERY_TRAIN_PROCESSES": "2"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Training in 2 processes" in out.stderr
+    assert "Warning" not in out.stderr and "warn(" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def _my_ranks() -> list[int]:
     """pids of the ranks this (test) process started."""
     pids = []

@@ -216,12 +216,19 @@ def _die_with_parent() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """A rank started by start(): train the same run silently (rank 0 reports)."""
+    from tunery.quiet import quiet_libraries
+
     argv = sys.argv[1:] if argv is None else argv
     _die_with_parent()
+    quiet_libraries()  # this rank's output is the user's terminal when `tunery train` started it
     config_dict = json.loads(Path(argv[0]).read_text())
+    from tunery.errors import TuneryError
     from tunery.train import TrainCallbacks, TrainConfig, train
 
-    train(TrainConfig(**config_dict), TrainCallbacks())
+    try:
+        train(TrainConfig(**config_dict), TrainCallbacks())
+    except TuneryError:
+        sys.exit(2)  # rank 0 meets the same problem in the same data and reports it
 
 
 if __name__ == "__main__":
