@@ -26,12 +26,14 @@ class Detokenizer:
         return ""
 
     def flush(self) -> str:
-        """Whatever is still held back (an incomplete character at the very end)."""
+        """Whatever is still held back, less an incomplete character at the very end: generation that stops
+        (max_tokens) between the tokens of one character cannot show it, and U+FFFD in its place would be
+        a broken character in the answer."""
         dec = self.tok.decode
         prefix_text = dec(self.ids[self.prefix:self.read], skip_special_tokens=True)
         new_text = dec(self.ids[self.prefix:], skip_special_tokens=True)
         self.prefix = self.read = len(self.ids)
-        return new_text[len(prefix_text):] if len(new_text) > len(prefix_text) else ""
+        return new_text[len(prefix_text):].rstrip("\ufffd") if len(new_text) > len(prefix_text) else ""
 
 
 class StopMatcher:
