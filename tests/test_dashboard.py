@@ -208,7 +208,7 @@ def test_dashboard_workflow_and_organizations(dashboard, tiny_model_dir, tmp_pat
     expect(page.locator("#f-n_epochs-error")).to_contain_text("n_epochs must be 'auto' or a number")
     assert page.get_by_label("Epochs").get_attribute("aria-invalid") == "true"
     assert_readable(page, "new-job form with an error")
-    page.get_by_label("Epochs").fill("3")
+    page.get_by_label("Epochs").fill("10")  # 120 steps: several of the page's 1 s polls even on a fast machine
     page.get_by_label("Batch size").fill("1")
     page.get_by_label("Suffix").fill("no spaces allowed")
     page.get_by_role("button", name="Create job").click()
@@ -232,8 +232,8 @@ def test_dashboard_workflow_and_organizations(dashboard, tiny_model_dir, tmp_pat
     expect(page.locator(".title-row .badge")).to_have_text("succeeded")
     final = points(page, "Loss")
     assert len({n for n in seen if 0 < n < final}) >= 1, f"the curve never showed a partial state: {sorted(seen)}"
-    assert final > 36  # 36 train points (3 epochs x 12 steps) plus validation points
-    assert points(page, "Token accuracy") > 36
+    assert final > 120  # 120 train points (10 epochs x 12 steps) plus validation points
+    assert points(page, "Token accuracy") > 120
     for title in ("Loss", "Token accuracy"):  # train and validation series in both charts
         fig = page.locator("figure.chart", has=page.locator("figcaption", has_text=title))
         assert fig.locator("polyline[data-series='train']").count() == 1
@@ -241,7 +241,7 @@ def test_dashboard_workflow_and_organizations(dashboard, tiny_model_dir, tmp_pat
     assert page.evaluate("window.__sameDocument === true")
     # The hyperparameters as resolved: what was typed, and the number the trainer chose for "auto".
     hp = page.locator("table.kv", has_text="n_epochs")
-    expect(hp.locator("tr", has_text="n_epochs").locator("td")).to_have_text("3")
+    expect(hp.locator("tr", has_text="n_epochs").locator("td")).to_have_text("10")
     expect(hp.locator("tr", has_text="batch_size").locator("td")).to_have_text("1")
     lr_shown = hp.locator("tr", has_text="learning_rate_multiplier").locator("td").text_content()
     resolved = client.fine_tuning.jobs.retrieve(job_id).method.supervised.hyperparameters.learning_rate_multiplier
@@ -250,9 +250,9 @@ def test_dashboard_workflow_and_organizations(dashboard, tiny_model_dir, tmp_pat
     with page.expect_download() as dl:
         page.get_by_role("button", name="Download result CSV").click()
     csv = Path(dl.value.path()).read_text()
-    assert csv.startswith("step,train_loss") and len(csv.splitlines()) == 37
+    assert csv.startswith("step,train_loss") and len(csv.splitlines()) == 121
     expect(page.locator(".events")).to_contain_text("Training finished")
-    expect(page.locator(".events")).to_contain_text("Checkpoint created at step 24")
+    expect(page.locator(".events")).to_contain_text("Checkpoint created at step 108")
     fine_tuned = client.fine_tuning.jobs.retrieve(job_id).fine_tuned_model
     assert ":dash:" in fine_tuned
     expect(page.locator("td[data-k='Fine-tuned model']")).to_have_text(fine_tuned)
@@ -347,7 +347,7 @@ def test_dashboard_workflow_and_organizations(dashboard, tiny_model_dir, tmp_pat
     page.goto(f"{srv.url}/#/compare?a={job_id}&b={second.id}")
     table = page.locator("table.compare")
     expect(table.locator("tr", has_text="n_epochs")).to_have_class("differs")
-    expect(table.locator("tr", has_text="n_epochs").locator("td")).to_have_text(["3", "50"])
+    expect(table.locator("tr", has_text="n_epochs").locator("td")).to_have_text(["10", "50"])
     expect(table.locator("tr", has_text="status").locator("td")).to_have_text(["succeeded", "cancelled"])
     for title in ("Loss", "Token accuracy"):
         fig = page.locator("figure.chart", has=page.locator("figcaption", has_text=title))
