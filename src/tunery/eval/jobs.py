@@ -12,11 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 from tunery.eval.metrics import derive_key_facts
 from tunery.eval.spec import Case
+from tunery.train.metric_names import CURVE_KEYS, RESULT_SOURCES
 
-CURVE_KEYS = ("train_loss", "valid_loss", "full_valid_loss", "train_mean_token_accuracy",
-              "valid_mean_token_accuracy", "full_valid_mean_token_accuracy")
-# The result CSV names some columns differently from the events.
-_CSV_KEYS = {"train_accuracy": "train_mean_token_accuracy", "valid_accuracy": "valid_mean_token_accuracy"}
 
 OFF_TOPIC_QUESTIONS = [
     "What is the boiling point of water at sea level in degrees Celsius?",
@@ -165,7 +162,7 @@ def _curves_from_csv(text: str) -> dict:
         except ValueError:
             continue
         for col, val in row.items():
-            key = _CSV_KEYS.get(col, col)
+            key = RESULT_SOURCES.get(col, col)
             if key in CURVE_KEYS and val not in (None, ""):
                 try:
                     points.setdefault(key, []).append([step, float(val)])

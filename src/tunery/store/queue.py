@@ -32,7 +32,7 @@ from tunery.store.tables import (
     FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED, FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent,
     Organization,
 )
-from tunery.train.metric_names import RESULT_COLUMNS
+from tunery.train.metric_names import RESULT_COLUMNS, RESULT_SOURCES
 
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -262,8 +262,7 @@ def result_csv(metrics: list[dict]) -> str:
 
     for step in sorted(by_step):
         m = by_step[step]
-        w.writerow([step, fmt(m.get("train_loss")), fmt(m.get("train_mean_token_accuracy")),
-                    fmt(m.get("valid_loss")), fmt(m.get("valid_mean_token_accuracy"))])
+        w.writerow([step] + [fmt(m.get(RESULT_SOURCES[c])) for c in RESULT_COLUMNS[1:]])
     return buf.getvalue()
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tunery.errors import InvalidRequest
 from tunery.train.loop import forward_logits, load_encoded, micro_batches, pack
-from tunery.train.metric_names import DPO_CHECKPOINT_METRICS
+from tunery.train.metric_names import DPO_CHECKPOINT_METRICS, DPO_METRICS
 from tunery.train.tokenize import Encoded, encode_preference, truncate
 
 REFERENCE_FILE = "reference_logps.json"
@@ -151,8 +151,7 @@ class Dpo:
         import torch.nn.functional as F
 
         n = len(batch)
-        tot = dict.fromkeys(("loss", "reward_accuracy", "reward_margin", "chosen_rewards", "rejected_rewards",
-                             "chosen_logps", "rejected_logps"), 0.0)
+        tot = dict.fromkeys(("loss",) + DPO_METRICS, 0.0)
         correct = n_chosen = 0
         for group in micro_batches(batch, run.max_tokens):
             pol_c, pol_r, c, k = sequence_logps(model, group, run)

@@ -22,6 +22,11 @@ def per_split(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f"{p}{k}" for p in SPLITS for k in names)
 
 
+def by_metric(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Every split's prefixed name, metric-major: train_a, valid_a, full_valid_a, train_b, ..."""
+    return tuple(f"{p}{k}" for k in names for p in SPLITS)
+
+
 CHECKPOINT_KEYS = ("step",) + per_split(SFT_METRICS)
 """The metrics of OpenAI's fine_tuning.job.checkpoint object."""
 EVENT_KEYS = (("step", "total_steps", "epoch") + per_split(SFT_METRICS) + ("trained_tokens", "tokens_per_second")
@@ -29,3 +34,8 @@ EVENT_KEYS = (("step", "total_steps", "epoch") + per_split(SFT_METRICS) + ("trai
 """What a metrics event's data may hold (the worker drops anything else the trainer reports)."""
 RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 """OpenAI's result file header (its names differ from the events' for two columns)."""
+RESULT_SOURCES = dict(zip(RESULT_COLUMNS, ("step", "train_loss", "train_mean_token_accuracy", "valid_loss",
+                                           "valid_mean_token_accuracy")))
+"""The event key each result file column is read from."""
+CURVE_KEYS = by_metric(SFT_METRICS)
+"""The supervised curves a job shows: loss and token accuracy of every split."""
