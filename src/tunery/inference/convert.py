@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from tunery.errors import ModelUnavailable
+from tunery.train.checkpoint import is_adapter_dir
 
 LORA_GGUF = "adapter.gguf"
 MODEL_GGUF = "model.gguf"
@@ -312,7 +313,7 @@ def convert_for_llamacpp(model_dir: Path | str, base_model: str, settings=None) 
     weights of a Llama-architecture model); None when the base has no GGUF to pair a LoRA with or the
     architecture does not convert (the torch engine serves those)."""
     model_dir = Path(model_dir)
-    if (model_dir / "adapter_config.json").exists():
+    if is_adapter_dir(model_dir):
         base = base_gguf(base_model, settings)
         return lora_to_gguf(model_dir, base) if base is not None else None
     cfg = json.loads((model_dir / "config.json").read_text())

@@ -32,6 +32,7 @@ from tunery.inference.generation import (  # noqa: F401  (re-exported: the torch
 from tunery.inference.torch_models import Backend, _Adapter, _Request, _Seq
 from tunery.inference.torch_sampling import Sampling
 from tunery.settings import InferenceSettings, Settings, get_settings
+from tunery.train.checkpoint import is_adapter_dir
 
 log = logging.getLogger("tunery.inference")
 
@@ -74,7 +75,7 @@ class Engine(Sampling):
             # The canonical name, so an alias and its target share one loaded copy.
             model = Servable(id=model, base_model=resolve(model, self.settings).name, adapter_dir=None)
         adapter_dir = Path(model.adapter_dir) if getattr(model, "adapter_dir", None) else None
-        if adapter_dir is not None and not (adapter_dir / "adapter_config.json").exists():
+        if adapter_dir is not None and not is_adapter_dir(adapter_dir):
             backend = self._backend(str(adapter_dir.resolve()), model_id=model.id, path=adapter_dir,
                                     base=model.base_model)
             return ModelHandle(model.id, backend)

@@ -30,6 +30,7 @@ from tunery.inference.generation import (
     Delta, Done, Failed, Finished, Generation, SamplingParams, TokenLogprob, Usage, check_context,
 )
 from tunery.settings import InferenceSettings, Settings, get_settings
+from tunery.train.checkpoint import is_adapter_dir
 
 log = logging.getLogger("tunery.inference")
 
@@ -103,7 +104,7 @@ class LlamaCppEngine:
         if isinstance(model, str):
             model = Servable(id=model, base_model=resolve(model, self.settings).name, adapter_dir=None)
         adapter_dir = Path(model.adapter_dir) if getattr(model, "adapter_dir", None) else None
-        if adapter_dir is not None and not (adapter_dir / "adapter_config.json").exists():
+        if adapter_dir is not None and not is_adapter_dir(adapter_dir):
             gguf = adapter_dir / convert.MODEL_GGUF
             if not gguf.exists():
                 convert.model_to_gguf(adapter_dir, gguf, base=convert.base_gguf(model.base_model, self.settings))

@@ -22,6 +22,7 @@ from tunery.errors import InvalidRequest, ModelUnavailable, TuneryError
 from tunery.inference.config import ModelHandle, Servable
 from tunery.inference.generation import Generation, SamplingParams
 from tunery.settings import InferenceSettings, Settings, get_settings
+from tunery.train.checkpoint import is_adapter_dir
 
 log = logging.getLogger("tunery.inference")
 BACKENDS = ("auto", "llamacpp", "torch", "vllm")
@@ -47,7 +48,7 @@ def serving_backend(model: str | Servable, settings: Settings | None = None, cho
     if choice == "torch" or not available() or (choice == "auto" and _on_gpu(settings)):
         return "torch"
     adapter_dir = getattr(model, "adapter_dir", None)
-    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").exists():
+    if adapter_dir is not None and not is_adapter_dir(adapter_dir):
         if _model_type(Path(adapter_dir)) != "llama":  # a full fine-tune: conversion writes Llama GGUFs
             return "torch"
     base = model if isinstance(model, str) else model.base_model

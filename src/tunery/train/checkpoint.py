@@ -99,6 +99,16 @@ def prune(checkpoints_dir: Path, keep: int) -> list[Path]:
 
 RESUME_DIR = "resume"
 """<output_dir>/resume: the state a paused run saved (the trainer writes it, a resumed attempt reads it)."""
+CHECKPOINTS_DIR = "checkpoints"
+"""<output_dir>/checkpoints/step-N: one servable, resumable folder per epoch end (the newest few are kept)."""
+FINAL_DIR = "final"
+"""<output_dir>/final: the fine-tuned model of a finished run."""
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_dir(path: Path | str) -> bool:
+    """A LoRA adapter (PEFT's adapter_config.json beside its weights), not a full model's weights."""
+    return (Path(path) / ADAPTER_CONFIG).exists()
 
 
 def is_model_dir(path: Path | str | None) -> bool:

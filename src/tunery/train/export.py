@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from tunery.errors import InvalidRequest
-from tunery.train.checkpoint import META_FILE, STATE_FILE
+from tunery.train.checkpoint import META_FILE, STATE_FILE, is_adapter_dir
 
 
 def export_model(src: Path | str, out: Path | str, *, merge: bool = True) -> Path:
@@ -21,7 +21,7 @@ def export_model(src: Path | str, out: Path | str, *, merge: bool = True) -> Pat
     meta = json.loads(meta_path.read_text())
     if out.exists() and any(out.iterdir()):
         raise InvalidRequest(f"{out} already exists and is not empty", param="output")
-    is_adapter = (src / "adapter_config.json").exists()
+    is_adapter = is_adapter_dir(src)
     if not merge or not is_adapter:
         shutil.copytree(src, out, ignore=shutil.ignore_patterns(STATE_FILE, "*.tmp"), dirs_exist_ok=True)
         return out
@@ -56,7 +56,7 @@ def export_gguf(src: Path | str, out: Path | str, *, ollama: bool = False) -> Pa
     base_model = json.loads(meta_path.read_text())["base_model"]
     base = convert.base_gguf(base_model)
     out.mkdir(parents=True, exist_ok=True)
-    if (src / "adapter_config.json").exists():
+    if is_adapter_dir(src):
         if base is None:
             raise InvalidRequest(f"the base model {base_model!r} has no GGUF file to pair a GGUF LoRA with; "
                                  "export with --merge and convert the merged model instead", param="dir")

@@ -725,7 +725,7 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
     total_steps = steps_per_epoch * n_epochs
     eval_every = config.eval_every or max(1, total_steps // 20)
     out_dir = Path(config.output_dir)
-    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir = out_dir / ckpt.CHECKPOINTS_DIR
     leader = ranks is None or ranks.leader
     model, _ = _build_model(config, hp, device, resume_dir)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -770,7 +770,7 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
             break
         if stop == "pause":
             status = "paused"
-            save(out_dir / "resume", step // steps_per_epoch + 1, last_metrics)
+            save(out_dir / ckpt.RESUME_DIR, step // steps_per_epoch + 1, last_metrics)
             cb.on_event("info", f"Training paused at step {step}/{total_steps}; resume state in {out_dir / 'resume'}")
             break
         epoch, k = divmod(step, steps_per_epoch)
@@ -904,11 +904,11 @@ def _finish(cb: TrainCallbacks, config: TrainConfig, status: str, model, tok, ou
     steps_per_epoch, total_steps, n_epochs = meta_base["steps_per_epoch"], meta_base["total_steps"], hp["n_epochs"]
     base_model = meta_base["base_model"]
     model_dir = None
-    resume_out = out_dir / "resume" if status == "paused" else None
+    resume_out = out_dir / ckpt.RESUME_DIR if status == "paused" else None
     if status == "succeeded" and not leader:
-        model_dir = out_dir / "final"  # written by rank 0
+        model_dir = out_dir / ckpt.FINAL_DIR  # written by rank 0
     elif status == "succeeded":
-        model_dir = out_dir / "final"
+        model_dir = out_dir / ckpt.FINAL_DIR
         final_hp = dict(hp)
         if stopped_at is not None:
             final_hp.update(n_epochs=math.ceil(stopped_at / steps_per_epoch), max_epochs=n_epochs,
@@ -916,10 +916,10 @@ def _finish(cb: TrainCallbacks, config: TrainConfig, status: str, model, tok, ou
         save_model_dir(model, tok, model_dir, {**meta_base, "hyperparameters": final_hp, "step": step,
                                                "epoch": math.ceil(step / steps_per_epoch),
                                                "metrics": _checkpoint_metrics(last_metrics, objective)})
-        if (out_dir / "resume").is_dir():  # a finished run has nothing left to resume
+        if (out_dir / ckpt.RESUME_DIR).is_dir():  # a finished run has nothing left to resume
             import shutil
 
-            shutil.rmtree(out_dir / "resume", ignore_errors=True)
+            shutil.rmtree(out_dir / ckpt.RESUME_DIR, ignore_errors=True)
         tps = session_tokens / session_time if session_time else 0.0
         cb.on_event("info", f"Training finished: {step} steps, {trained_tokens} trained tokens, "
                             f"{tps:.0f} tokens/s")
