@@ -193,19 +193,21 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def create_file(store: Store, org, *, filename: str, purpose: str, content: bytes,
-                validate: bool = True) -> File:
-    """Store `content` as a file (used by the worker for fine-tune-results CSVs)."""
-    check_purpose(purpose, upload=False)
+def write_blob(store: Store, content: bytes) -> tuple[str, Path]:
+    """(a new file id, where its content now is, on disk), for a caller that adds the file's row in its own
+    transaction with add_file_row (the worker's result file: one transaction with the job's success). The
+    caller removes the blob if that transaction does not commit."""
     fd, tmp = new_upload_tempfile(store)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content)
-    except BaseException:
+        _fsync(tmp)
+        fid = file_id()
+        final = store.files_dir / fid
+        os.replace(tmp, final)
+        return fid, final
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
-    return commit_upload(store, org, tmp, filename=filename, purpose=purpose, nbytes=len(content),
-                         validate=validate)
 
 
 def _not_found(fid: str) -> NotFound:

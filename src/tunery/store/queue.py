@@ -25,7 +25,7 @@ from sqlalchemy import and_, delete, or_, select, update
 
 from tunery import ids
 from tunery.store.db import Store, now
-from tunery.store.files import add_file_row
+from tunery.store.files import add_file_row, write_blob
 from tunery.store.jobs import append_event
 from tunery.store.models import register_model
 from tunery.store.tables import (
@@ -272,11 +272,8 @@ def finish_succeeded(store: Store, job: ClaimedJob, owner: str, *, fine_tuned_mo
     """One transaction: job → succeeded, model row registered, result CSV stored as a file.
     False (and nothing written) when the job is no longer running under this owner."""
     t = now()
-    fid = ids.file_id()
-    blob = store.files_dir / fid
     data = result_csv_text.encode()
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    blob.write_bytes(data)
+    fid, blob = write_blob(store, data)
     ok = False
     try:
         with store.session() as s:
