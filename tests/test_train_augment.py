@@ -223,9 +223,9 @@ def test_lora_layers_rule_and_validation(tmp_path):
     from tunery.train.config import resolve_lora_layers
 
     cfg = TrainConfig(model="m", training_file="f", output_dir=tmp_path)
-    assert resolve_lora_layers(cfg, n_variants=3, n_layers=30) == 30  # auto: every layer (see the constant)
-    half = TrainConfig(model="m", training_file="f", output_dir=tmp_path, extra={"lora_fraction": 0.5})
-    assert resolve_lora_layers(half, n_variants=3, n_layers=30) == 15
+    assert resolve_lora_layers(cfg, n_variants=3, n_layers=30) == 15  # auto: the upper half (see the constant)
+    every = TrainConfig(model="m", training_file="f", output_dir=tmp_path, extra={"lora_fraction": 1.0})
+    assert resolve_lora_layers(every, n_variants=3, n_layers=30) == 30
     assert resolve_lora_layers(cfg, n_variants=0, n_layers=30) == 30  # not augmented: every layer
     assert resolve_lora_layers(TrainConfig(model="m", training_file="f", output_dir=tmp_path, lora_layers="all"),
                                n_variants=3, n_layers=30) == 30
@@ -245,7 +245,6 @@ def test_lora_on_the_top_layers_only_trains_and_saves_those(tiny_model_dir, tmp_
     assert res.status == "succeeded" and res.hyperparameters["lora_layers"] == 1
     keys = load_file(str(res.model_dir / "adapter_model.safetensors")).keys()
     assert keys and all(".layers.1." in k for k in keys)  # the 2-layer model's top layer only
-    auto, cb_auto = run_auto(tiny_model_dir, tmp_path, "a2", augment="auto",
-                             extra={"passes": 4, "repair": 0, "lora_fraction": 0.5})
-    assert auto.hyperparameters["lora_layers"] == 1  # the upper half of 2 layers
+    auto, cb_auto = run_auto(tiny_model_dir, tmp_path, "a2", augment="auto", extra={"passes": 4, "repair": 0})
+    assert auto.hyperparameters["lora_layers"] == 1  # auto: the upper half of 2 layers
     assert any("LoRA on the top 1 of 2 layers" in m for _, m in cb_auto.events)

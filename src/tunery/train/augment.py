@@ -6,6 +6,9 @@ question makes the answer depend on the question's content, not its exact string
 generic and model-free — they know nothing about any domain or any evaluation question:
 
 - content words only (a keyword query: function words dropped), in order or shuffled;
+- other words for the same things: common English words swapped for WordNet synonyms of their most frequent
+  sense, or for what they are a kind of ("shut" for "close", "boat" for "ferry"; tunery.train.synonyms),
+  names and words in other scripts kept;
 - the question with some words dropped;
 - casing and punctuation noise (all lower case, no question mark, a letter swapped);
 - the question inside a generic request frame ("Quick question: …", "… Thanks!");
@@ -23,6 +26,7 @@ import random
 import re
 
 from tunery.data.formats import Example
+from tunery.train import synonyms
 
 # Function words of English questions. A generic list (articles, pronouns, auxiliaries, prepositions,
 # question words), not a lexicon of any dataset: dropping them leaves the content words of any question.
@@ -101,9 +105,36 @@ def _typo(text: str, rng: random.Random) -> str:
     return " ".join(words).rstrip("?") + ("" if rng.random() < 0.5 else "?")
 
 
+def _synonym_words(text: str, rng: random.Random, share: float = 0.7) -> tuple[str, bool]:
+    """The question with some of its lower-case content words replaced by other words for them (WordNet's)."""
+    out, changed, previous = [], False, None
+    for token in text.split():
+        m = _WORD.search(token)
+        w = m.group(0) if m else ""
+        if w and w.islower() and w.lower() not in STOPWORDS and rng.random() < share:
+            other = synonyms.pick(w, rng, previous)
+            if other:
+                token = token[:m.start()] + other + token[m.end():]
+                changed = True
+        out.append(token)
+        previous = w
+    return " ".join(out), changed
+
+
+def _synonyms(text: str, rng: random.Random) -> str:
+    new, changed = _synonym_words(text, rng)
+    return new if changed else _frame(text, rng)
+
+
+def _synonym_keywords(text: str, rng: random.Random) -> str:
+    new, changed = _synonym_words(text, rng)
+    return " ".join(_content(_words(new))) if changed else _keyword_frame(text, rng)
+
+
 # The order is the order variants are added in: a run asking for k variants uses the first k rewrites
 # (each with its own randomness), cycling if k is larger than the list.
-REWRITES = (_keywords, _frame, _drop_words, _lower_no_punct, _keyword_frame, _shuffled_keywords, _typo)
+REWRITES = (_keywords, _synonyms, _frame, _synonym_keywords, _drop_words, _lower_no_punct, _keyword_frame,
+            _shuffled_keywords, _typo)
 
 
 def rewrite(text: str, variant: int, seed: int, index: int) -> str:
