@@ -752,16 +752,7 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
     status = "succeeded"
     order, order_epoch = [], -1
     valid_batches = [valid_set[i:i + batch] for i in range(0, len(valid_set), batch)]
-    early_stop = bool(hp.get("early_stop"))
-    check_every = max(1, math.ceil(steps_per_epoch * float((config.extra or {}).get("check_frac", 0.5))))
-    min_steps = int(steps_per_epoch * float((config.extra or {}).get("min_epochs", 0)))
-    stop_accuracy = float((config.extra or {}).get("stop_accuracy", 1.0))
-    stopped_at = None
-    checked_at, original_ok = None, []
-    # Checks in a row that found every answer exact (a resumed run counts its history's trailing ones).
-    streak = 0
-    for h in (h for h in history if "original_accuracy" in h):
-        streak = streak + 1 if h["original_accuracy"] >= stop_accuracy else 0
+    stopper = _EarlyStop(config, hp, steps_per_epoch, history)
     while step < total_steps:
         stop = ranks.agree(cb.should_stop()) if ranks else cb.should_stop()
         if stop == "cancel":
@@ -771,7 +762,8 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
         if stop == "pause":
             status = "paused"
             save(out_dir / ckpt.RESUME_DIR, step // steps_per_epoch + 1, last_metrics)
-            cb.on_event("info", f"Training paused at step {step}/{total_steps}; resume state in {out_dir / 'resume'}")
+            cb.on_event("info", f"Training paused at step {step}/{total_steps}; resume state in "
+                                f"{out_dir / ckpt.RESUME_DIR}")
             break
         epoch, k = divmod(step, steps_per_epoch)
         if order_epoch != epoch:
@@ -802,19 +794,8 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
             m.update({f"valid_{k2}": v for k2, v in objective.evaluate(model, vb, run).items()})
         if epoch_end and valid_set:
             m.update({f"full_valid_{k2}": v for k2, v in objective.evaluate(model, valid_set, run).items()})
-        if early_stop and (step % check_every == 0 or epoch_end) and step < total_steps and stop_accuracy >= 1 \
-                and not all(getattr(objective, "exact", {}).get(id(e), False) for e in originals):
-            # The training passes already show an answer that is not yet exact: an evaluation pass could
-            # not pass, so it is skipped (about a tenth of a small run's time) and the streak restarts.
-            streak = 0
-        elif early_stop and (step % check_every == 0 or epoch_end):
-            # Teacher-forced accuracy on the file's own examples: 100% means greedy decoding reproduces
-            # every trained answer of the file token for token.
-            original_ok = []
-            m["original_loss"], m["original_accuracy"] = evaluate(model, originals, max_tokens, device, autocast,
-                                                                  original_ok, ranks)
-            checked_at = step
-            streak = streak + 1 if m["original_accuracy"] >= stop_accuracy else 0
+        stopper.check(m, step, total_steps, epoch_end, objective, originals,
+                      lambda ok: evaluate(model, originals, max_tokens, device, autocast, ok, ranks))
         last_metrics = m
         history.append({k2: v for k2, v in m.items() if k2 not in ("total_steps",)})
         cb.on_metrics(m)
@@ -827,24 +808,62 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
             checkpoints = [c for c in checkpoints if c.path.exists()]
             cb.on_checkpoint(info)
             cb.on_event("info", f"Checkpoint created at step {step} (epoch {epoch + 1}/{n_epochs})")
-        if early_stop and "original_accuracy" in m and step < total_steps and step >= min_steps:
-            if streak >= EARLY_STOP_PATIENCE:
-                stopped_at = step
-                cb.on_event("info", f"Stopping at step {step} of at most {total_steps}: the model reproduces all "
-                                    f"{len(originals)} training answers (teacher-forced token accuracy 100% at "
-                                    f"{EARLY_STOP_PATIENCE} checks in a row, every {check_every} steps)")
-                break
+        if stopper.done(m, step, total_steps):
+            stopper.stopped_at = step
+            cb.on_event("info", f"Stopping at step {step} of at most {total_steps}: the model reproduces all "
+                                f"{len(originals)} training answers (teacher-forced token accuracy 100% at "
+                                f"{EARLY_STOP_PATIENCE} checks in a row, every {stopper.every} steps)")
+            break
 
     rounds = int((config.extra or {}).get("repair", REPAIR_ROUNDS))
-    if status == "succeeded" and early_stop and stopped_at is None and rounds > 0:
+    if status == "succeeded" and stopper.on and stopper.stopped_at is None and rounds > 0:
         lr = hp["learning_rate"] * float((config.extra or {}).get("repair_lr", REPAIR_LR_FRACTION))
         extra_tokens, extra_time = _repair(model, opt, objective, originals, run, cb, rounds, lr, batch, seed,
-                                           original_ok if checked_at == step else None)
+                                           stopper.original_ok if stopper.checked_at == step else None)
         trained_tokens += extra_tokens
         session_tokens += extra_tokens
         session_time += extra_time
     return _finish(cb, config, status, model, tok, out_dir, meta_base, objective, hp, step, trained_tokens,
-                   last_metrics, checkpoints, stopped_at, session_tokens, session_time, leader)
+                   last_metrics, checkpoints, stopper.stopped_at, session_tokens, session_time, leader)
+
+
+class _EarlyStop:
+    """The early stop's bookkeeping: when the file's own answers are checked (every `every` steps and at
+    epoch ends), and how many checks in a row found them all exact (a resumed run counts its history's)."""
+
+    def __init__(self, config: TrainConfig, hp: dict, steps_per_epoch: int, history: list[dict]):
+        extra = config.extra or {}
+        self.on = bool(hp.get("early_stop"))
+        self.every = max(1, math.ceil(steps_per_epoch * float(extra.get("check_frac", 0.5))))
+        self.min_steps = int(steps_per_epoch * float(extra.get("min_epochs", 0)))
+        self.accuracy = float(extra.get("stop_accuracy", 1.0))
+        self.stopped_at: int | None = None
+        self.checked_at: int | None = None
+        self.original_ok: list[bool] = []  # per original example, at the last check
+        self.streak = 0
+        for h in (h for h in history if "original_accuracy" in h):
+            self.streak = self.streak + 1 if h["original_accuracy"] >= self.accuracy else 0
+
+    def check(self, m: dict, step: int, total_steps: int, epoch_end: bool, objective, originals, measure) -> None:
+        """At a check step: original_loss/original_accuracy into `m` via measure(ok_list), and the streak."""
+        if not self.on or not (step % self.every == 0 or epoch_end):
+            return
+        if step < total_steps and self.accuracy >= 1 \
+                and not all(getattr(objective, "exact", {}).get(id(e), False) for e in originals):
+            # The training passes already show an answer that is not yet exact: an evaluation pass could
+            # not pass, so it is skipped (about a tenth of a small run's time) and the streak restarts.
+            self.streak = 0
+            return
+        # Teacher-forced accuracy on the file's own examples: 100% means greedy decoding reproduces every
+        # trained answer of the file token for token.
+        self.original_ok = []
+        m["original_loss"], m["original_accuracy"] = measure(self.original_ok)
+        self.checked_at = step
+        self.streak = self.streak + 1 if m["original_accuracy"] >= self.accuracy else 0
+
+    def done(self, m: dict, step: int, total_steps: int) -> bool:
+        return self.on and "original_accuracy" in m and self.min_steps <= step < total_steps \
+            and self.streak >= EARLY_STOP_PATIENCE
 
 
 REPAIR_ROUNDS = 8
