@@ -10,8 +10,8 @@ Heavy libraries (torch, transformers) are never imported here.
 from tunery.store.common import Page
 from tunery.store.db import Store, make_engine, now, open_store, run_migrations
 from tunery.store.files import (
-    commit_upload, delete_file, file_content_path, get_file, list_files, sweep_orphans, validate_upload,
-    write_blob,
+    commit_upload, create_file, delete_file, file_content_path, get_file, list_files, sweep_orphans,
+    validate_upload, write_blob,
 )
 from tunery.store.jobs import (
     JobRequest, add_event, append_event, cancel_job, create_job, get_job, list_checkpoints, list_events,
@@ -31,7 +31,7 @@ from tunery.store.tables import (
 
 __all__ = [
     "Page", "Store", "make_engine", "now", "open_store", "run_migrations",
-    "commit_upload", "write_blob", "delete_file", "file_content_path", "get_file", "list_files",
+    "commit_upload", "create_file", "write_blob", "delete_file", "file_content_path", "get_file", "list_files",
     "sweep_orphans", "validate_upload",
     "JobRequest", "add_event", "append_event", "cancel_job", "create_job", "get_job", "list_checkpoints",
     "list_events", "list_jobs", "pause_job", "recover_validating_jobs", "resume_job",

@@ -193,6 +193,22 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def create_file(store: Store, org, *, filename: str, purpose: str, content: bytes,
+                validate: bool = True) -> File:
+    """Store `content`, held in memory, as a file with its row, validated like an upload (the API streams
+    uploads through UploadWriter and commit_upload instead)."""
+    check_purpose(purpose, upload=False)
+    fd, tmp = new_upload_tempfile(store)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return commit_upload(store, org, tmp, filename=filename, purpose=purpose, nbytes=len(content),
+                         validate=validate)
+
+
 def write_blob(store: Store, content: bytes) -> tuple[str, Path]:
     """(a new file id, where its content now is, on disk), for a caller that adds the file's row in its own
     transaction with add_file_row (the worker's result file: one transaction with the job's success). The
