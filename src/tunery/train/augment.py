@@ -196,10 +196,10 @@ def describe(examples: list[Example], n_variants: int, seed: int, shown: int = 3
             u = _target_user_turn(ex.messages)
             text = ex.messages[u]["content"]
             rewrites = [rewrite(text, v, seed, index) for v in range(min(shown, n_variants))]
-            return f"{_clip(text)!r} also as " + ", ".join(repr(_clip(r)) for r in rewrites) + \
+            return f"{clip(text)!r} also as " + ", ".join(repr(clip(r)) for r in rewrites) + \
                 (", …" if n_variants > shown else "")
     return "no chat example to rewrite"
 
 
-def _clip(text: str, n: int = 60) -> str:
+def clip(text: str, n: int = 60) -> str:
     return text if len(text) <= n else text[:n - 1] + "…"

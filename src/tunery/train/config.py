@@ -121,6 +121,12 @@ class TrainConfig:
     """NEFTune: uniform noise of scale alpha/sqrt(tokens × width) on the input embeddings while training, so the
     model cannot key an answer on the exact tokens of its question; "auto": AUTO_NEFTUNE_ALPHA for auto
     small-set runs (those that augment), 0 (off) otherwise."""
+    replay: int | str = "auto"
+    """Replay pairs trained beside the data: the starting model's own greedy answers to general questions from a
+    bundled list (tunery.train.replay), so a short high-rate run keeps answering other questions as before;
+    "auto": AUTO_REPLAY for auto small-set runs on English chats (those that augment), 0 otherwise."""
+    replay_pairs: list | None = None
+    """The replay pairs a run made, handed by its rank 0 to the ranks it starts (leave None)."""
     label_smoothing: float | str = "auto"
     """For classifier data (see label_tokens): the share of a label's target spread over the other labels;
     "auto": AUTO_LABEL_SMOOTHING for such data, 0 otherwise. Other data is never smoothed."""
@@ -164,6 +170,10 @@ class TrainConfig:
                                  param="early_stop")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
             raise InvalidRequest(f"seed must be a non-negative integer, got {self.seed!r}", param="seed")
+        r = self.replay
+        if r != "auto" and (not isinstance(r, int) or isinstance(r, bool) or not (0 <= r <= MAX_REPLAY)):
+            raise InvalidRequest(f"replay must be 'auto' or an integer in [0, {MAX_REPLAY}], got {r!r}",
+                                 param="replay")
         ls = self.label_smoothing
         if ls != "auto" and (not isinstance(ls, (int, float)) or isinstance(ls, bool) or not (0 <= ls < 0.5)):
             raise InvalidRequest(f"label_smoothing must be 'auto' or a number in [0, 0.5), got {ls!r}",
@@ -293,6 +303,21 @@ def resolve_neftune(config: TrainConfig, n_variants: int) -> float:
     if config.neftune_alpha != "auto":
         return float(config.neftune_alpha)
     return AUTO_NEFTUNE_ALPHA if n_variants > 0 and config.augment == "auto" else 0.0
+
+
+AUTO_REPLAY = 16
+"""Replay pairs for auto small-set runs: about a tenth of an epoch's examples for 24-32 facts with their
+rewrites (see tunery.train.replay for what they are and what they measured)."""
+MAX_REPLAY = 40  # the bundled list holds more than this
+
+
+def resolve_replay(config: TrainConfig, n_variants: int, english: bool) -> int:
+    """Explicit value, else AUTO_REPLAY when the auto rules augment English chats and the run starts from the
+    base model (a run continuing a fine-tune keeps its own behaviour), else 0."""
+    if config.replay != "auto":
+        return int(config.replay)
+    auto_run = n_variants > 0 and config.augment == "auto" and english and not config.init_from
+    return AUTO_REPLAY if auto_run and config.objective == "supervised" else 0
 
 
 AUTO_LABEL_SMOOTHING = 0.1

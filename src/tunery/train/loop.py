@@ -20,7 +20,7 @@ from tunery.train import checkpoint as ckpt
 from tunery.train.callbacks import CheckpointInfo, TrainCallbacks, TrainResult
 from tunery.train.config import (BASE_LEARNING_RATE, EARLY_STOP_PATIENCE, TrainConfig, label_tokens,
                                  resolve_augment, resolve_hyperparameters, resolve_label_smoothing,
-                                 resolve_lora_layers, resolve_neftune, resolve_objective)
+                                 resolve_lora_layers, resolve_neftune, resolve_objective, resolve_replay)
 from tunery.train.metric_names import SFT_METRICS, per_split
 from tunery.train.tokenize import Encoded, encode_example, truncate
 
@@ -504,10 +504,11 @@ class _Data:
     valid_set: list
     n_variants: int
     original_tokens: int
+    replay: list  # [{"question", "answer"}]: the replay pairs trained beside the file (tunery.train.replay)
 
 
 def _load_data(config: TrainConfig, cb: TrainCallbacks, objective, tok, max_length: int,
-               resume_meta: dict | None, seed: int) -> _Data:
+               resume_meta: dict | None, seed: int, ranks=None) -> _Data:
     """Read and encode both files; add question rewrites (auto: small chat sets, see resolve_augment)."""
     valid_set = (objective.load(config.validation_file, tok, max_length, cb, "validation_file")
                  if config.validation_file else [])
@@ -537,7 +538,40 @@ def _load_data(config: TrainConfig, cb: TrainCallbacks, objective, tok, max_leng
                if config.augment == "auto" else "as requested")
         cb.on_event("info", f"Augmenting {n_augmentable} example(s) with {n_variants} question rewrite(s) each "
                             f"({why}): {describe(raw_train, n_variants, seed)}")
-    return _Data(originals, train_set, valid_set, n_variants, original_tokens)
+    replay = _replay_pairs(config, cb, raw_train, n_variants, resume_meta, seed, ranks)
+    if replay:
+        from tunery.train.replay import as_examples
+
+        train_set += load_encoded(config.training_file, tok, max_length, TrainCallbacks(), "training_file",
+                                  as_examples(replay, raw_train))
+    return _Data(originals, train_set, valid_set, n_variants, original_tokens, replay)
+
+
+def _replay_pairs(config: TrainConfig, cb: TrainCallbacks, raw_train: list, n_variants: int,
+                  resume_meta: dict | None, seed: int, ranks) -> list[dict]:
+    """The run's replay pairs: a resumed run's own, the ones rank 0 handed over, or made now (see replay)."""
+    from tunery.train import replay
+    from tunery.train.augment import clip
+
+    if resume_meta:
+        return list(resume_meta.get("replay") or [])
+    if config.replay_pairs is not None:  # a rank started by our rank 0
+        return list(config.replay_pairs)
+    n = resolve_replay(config, n_variants, replay.english(raw_train)) if raw_train else 0
+    if not n:
+        return []
+    pairs = replay.make_for_run(config.model, raw_train, n, seed) if ranks is None or ranks.leader else None
+    if ranks:  # under torchrun every rank trains rank 0's pairs
+        pairs = ranks.agree(pairs)
+    why = "auto: a short run on a small set" if config.replay == "auto" else "as requested"
+    if not pairs:
+        cb.on_event("info", f"No replay ({why}): the base model finished none of its answers to {n} general "
+                            f"question(s) within {replay.MAX_ANSWER_TOKENS} tokens")
+        return []
+    shown = "; ".join(f"{p['question']!r} → {clip(p['answer'])!r}" for p in pairs[:2])
+    cb.on_event("info", f"Replaying the base model's own answers to {len(pairs)} general question(s) beside the "
+                        f"data ({why}), so the model keeps answering other questions as it did: {shown}")
+    return pairs
 
 
 def _hyperparameters(config: TrainConfig, data: _Data, resume_meta: dict | None, seed: int,
@@ -555,6 +589,7 @@ def _hyperparameters(config: TrainConfig, data: _Data, resume_meta: dict | None,
         hp["lora_layers"] = resolve_lora_layers(config, data.n_variants, _n_layers(config.model))
     hp["max_length"] = max_length
     hp["augment"] = data.n_variants
+    hp["replay"] = len(data.replay)
     hp["neftune_alpha"] = resolve_neftune(config, data.n_variants) if supervised else 0.0
     hp["label_smoothing"] = resolve_label_smoothing(config, data_labels(data.originals)) if supervised else 0.0
     hp["early_stop"] = supervised and ((config.n_epochs == "auto") if config.early_stop == "auto"
@@ -641,6 +676,7 @@ def _split_run(config: TrainConfig, cb: TrainCallbacks, hp: dict, data: _Data, b
     if world < 2:
         return None
     config.seed = hp["seed"]  # every rank must build the same data, order and adapter
+    config.replay_pairs = data.replay
     ranks = distributed.start(config, world, device)
     cb.on_event("info", f"Training in {world} processes (torch.distributed, {'NCCL' if device.startswith('cuda') else 'gloo'}): "
                         "each takes a slice of every batch and the gradients are summed")
@@ -694,7 +730,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     seed = _seed(config, resume_meta)
     if ranks and config.seed is None:  # torchrun's ranks take rank 0's pick (ours are started with it)
         seed = ranks.agree(seed)
-    data = _load_data(config, cb, objective, tok, max_length, resume_meta, seed)
+    data = _load_data(config, cb, objective, tok, max_length, resume_meta, seed, ranks)
     hp = _hyperparameters(config, data, resume_meta, seed, max_length)
     if not resume_meta:
         _explain_auto(cb, config, hp)
@@ -736,7 +772,7 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
     step, trained_tokens, last_metrics, history = _start_state(cb, opt, resume_dir, hp, len(train_set), device,
                                                                total_steps)
     meta_base = {"base_model": base_model, "method": config.method, "hyperparameters": hp,
-                 "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
+                 "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "replay": data.replay}
     checkpoints: list[CheckpointInfo] = []
 
     def save(path: Path, epoch: int, metrics: dict) -> None:
