@@ -1,5 +1,6 @@
 """The source keeps its shape (issue 13), checked by reading it with ast rather than by review: no import
-circles between tunery modules, even through imports inside functions."""
+circles between tunery modules, even through imports inside functions; route handlers parse → call →
+return in at most 15 lines."""
 
 from __future__ import annotations
 
@@ -109,3 +110,51 @@ def test_the_circle_check_finds_a_circle_through_an_import_inside_a_function(tmp
     assert cycles == [["pkg.a", "pkg.sub.b", "pkg.c", "pkg.a"]]
     assert describe(cycles[0], graph) == "pkg.a (line 1) -> pkg.sub.b (line 5) -> pkg.c (line 2) -> pkg.a"
 
+
+# --- thin route handlers ------------------------------------------------------------------------
+
+HANDLER_MAX_LINES = 15
+ROUTE_METHODS = {"get", "post", "put", "patch", "delete", "head", "options", "api_route", "websocket"}
+
+
+def route_handlers(paths) -> list[tuple[str, int]]:
+    """(file:line name, body lines without the docstring) of each function decorated @<router>.<method>(…)."""
+    out = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if not any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute)
+                       and d.func.attr in ROUTE_METHODS for d in node.decorator_list):
+                continue
+            body = node.body
+            if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                body = body[1:]
+            lines = body[-1].end_lineno - body[0].lineno + 1 if body else 0
+            out.append((f"{path.name}:{node.lineno} {node.name}", lines))
+    return out
+
+
+def test_route_handlers_parse_call_return_in_at_most_15_lines():
+    paths = [*(SRC / "tunery" / "api").rglob("*.py"), *(SRC / "tunery" / "dashboard").rglob("*.py")]
+    handlers = route_handlers(paths)
+    names = {h.split()[-1] for h, _ in handlers}
+    assert len(handlers) > 20 and {"upload_file", "create_completion", "create_chat_completion", "create_job",
+                                   "delete_model", "registry_models"} <= names, names
+    long = [f"{h}: {n} lines" for h, n in handlers if n > HANDLER_MAX_LINES]
+    assert not long, (f"route handlers over {HANDLER_MAX_LINES} lines (move the logic into the store or "
+                      "service function that owns it):\n" + "\n".join(long))
+
+
+def test_the_handler_check_counts_the_body_without_its_docstring(tmp_path):
+    def body(n):
+        return "".join(f"    x{i} = {i}\n" for i in range(n - 1)) + "    return x0\n\n\n"
+
+    (tmp_path / "r.py").write_text(
+        "@router.get('/a')\nasync def fits():\n    \"\"\"Doc.\n\n    More.\"\"\"\n" + body(15)
+        + "@app.post('/b', summary='b')\ndef too_long():\n" + body(16)
+        + "@functools.cache\ndef not_a_route():\n" + body(40))
+    found = route_handlers([tmp_path / "r.py"])
+    assert found == [("r.py:2 fits", 15), ("r.py:24 too_long", 16)]
+    assert [h for h, n in found if n > HANDLER_MAX_LINES] == ["r.py:24 too_long"]
