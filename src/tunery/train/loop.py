@@ -6,6 +6,7 @@ Batches are padding-free and only trained positions reach the vocabulary head (b
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import time
@@ -521,6 +522,101 @@ def _start_state(cb: TrainCallbacks, opt, resume_dir: Path | None, hp: dict, n_e
     return 0, 0, {}, []
 
 
+# --- the loop's helpers: model and optimizer, checkpoints, stop requests, one step, validation --
+
+def _build_run(config: TrainConfig, objective, hp: dict, data: _Data, device: str, autocast, max_tokens: int,
+               ranks, resume_dir: Path | None):
+    """(model, optimizer, RunContext): the model built (from a checkpoint when resuming), the objective
+    started on it, and AdamW over its trainable parameters."""
+    import torch
+
+    model, _ = _build_model(config, hp, device, resume_dir)
+    params = [p for p in model.parameters() if p.requires_grad]
+    run = RunContext(device, autocast, max_tokens, config.method,
+                     Path(config.init_from) if config.init_from else None, ranks, params)
+    objective.start(model, hp, data.train_set, data.valid_set, resume_dir, run)
+    opt = torch.optim.AdamW(params, lr=hp["learning_rate"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    return model, opt, run
+
+
+@dataclass
+class _Saver:
+    """Writes a checkpoint folder: the model, the objective's state, the optimizer, random generators and
+    history. Only rank 0 writes; every rank holds the same weights."""
+
+    model: object
+    tok: object
+    objective: object
+    opt: object
+    meta_base: dict
+    history: list
+    leader: bool
+
+    def __call__(self, path: Path, epoch: int, metrics: dict, step: int, trained_tokens: int) -> None:
+        if not self.leader:
+            return
+        save_model_dir(self.model, self.tok, path,
+                       {**self.meta_base, "step": step, "epoch": epoch, "metrics": metrics})
+        self.objective.save(path)
+        ckpt.save_state(path, optimizer=self.opt, step=step, trained_tokens=trained_tokens, metrics=metrics,
+                        history=self.history)
+
+
+def _halt(cb: TrainCallbacks, ranks, save: _Saver, out_dir: Path, step: int, steps_per_epoch: int,
+          total_steps: int, last_metrics: dict, trained_tokens: int) -> str | None:
+    """Polled before every step: the run's status after a stop request (rank 0's, on every rank): "cancelled",
+    or "paused" with resume state saved; else None."""
+    stop = ranks.agree(cb.should_stop()) if ranks else cb.should_stop()
+    if stop == "cancel":
+        cb.on_event("info", f"Training cancelled at step {step}/{total_steps}")
+        return "cancelled"
+    if stop == "pause":
+        save(out_dir / ckpt.RESUME_DIR, step // steps_per_epoch + 1, last_metrics, step, trained_tokens)
+        cb.on_event("info", f"Training paused at step {step}/{total_steps}; resume state in "
+                            f"{out_dir / ckpt.RESUME_DIR}")
+        return "paused"
+    return None
+
+
+def _optimizer_step(model, opt, objective, batch: list, run: RunContext, lr: float) -> tuple[dict, float]:
+    """One optimizer step over `batch` at learning rate `lr`: (the objective's step statistics, seconds)."""
+    t0 = time.perf_counter()
+    for g in opt.param_groups:
+        g["lr"] = lr
+    stats = objective.step(model, batch, run)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return stats, time.perf_counter() - t0
+
+
+def _validation(model, objective, run: RunContext, step: int, epoch_end: bool, eval_every: int,
+                valid_batches: list, valid_set: list) -> dict:
+    """valid_* on one validation batch (in turn) every eval_every steps and at epoch ends; full_valid_* over
+    the whole validation set at epoch ends."""
+    m = {}
+    if valid_batches and (step % eval_every == 0 or epoch_end):
+        vb = valid_batches[(step // eval_every) % len(valid_batches)]
+        m.update({f"valid_{k2}": v for k2, v in objective.evaluate(model, vb, run).items()})
+    if epoch_end and valid_set:
+        m.update({f"full_valid_{k2}": v for k2, v in objective.evaluate(model, valid_set, run).items()})
+    return m
+
+
+def _epoch_checkpoint(cb: TrainCallbacks, config: TrainConfig, save: _Saver, objective, m: dict, step: int,
+                      epoch: int, n_epochs: int, trained_tokens: int, checkpoints: list) -> list:
+    """Save the epoch's checkpoint, keep the newest config.keep_checkpoints, report it; the kept ones."""
+    ckpt_dir = Path(config.output_dir) / ckpt.CHECKPOINTS_DIR
+    path = ckpt_dir / f"step-{step}"
+    save(path, epoch + 1, _checkpoint_metrics(m, objective), step, trained_tokens)
+    info = CheckpointInfo(step=step, epoch=epoch + 1, path=path, metrics=_checkpoint_metrics(m, objective))
+    checkpoints.append(info)
+    ckpt.prune(ckpt_dir, config.keep_checkpoints)
+    checkpoints = [c for c in checkpoints if c.path.exists()]
+    cb.on_checkpoint(info)
+    cb.on_event("info", f"Checkpoint created at step {step} (epoch {epoch + 1}/{n_epochs})")
+    return checkpoints
+
+
 # --- the loop ---------------------------------------------------------------------------------
 
 def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
@@ -572,67 +668,37 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
 def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, hp: dict, ranks, base_model: str,
          device: str, precision: str, autocast, max_tokens: int, resume_dir: Path | None) -> TrainResult:
     """The loop itself, once everything is decided: build the model, step, check, checkpoint, finish."""
-    import torch
-
     train_set, originals, valid_set = data.train_set, data.originals, data.valid_set
     seed, batch, n_epochs = hp["seed"], hp["batch_size"], hp["n_epochs"]
     steps_per_epoch = math.ceil(len(train_set) / batch)
     total_steps = steps_per_epoch * n_epochs
     eval_every = config.eval_every or max(1, total_steps // 20)
     out_dir = Path(config.output_dir)
-    ckpt_dir = out_dir / ckpt.CHECKPOINTS_DIR
     leader = ranks is None or ranks.leader
-    model, _ = _build_model(config, hp, device, resume_dir)
-    params = [p for p in model.parameters() if p.requires_grad]
-    run = RunContext(device, autocast, max_tokens, config.method,
-                     Path(config.init_from) if config.init_from else None, ranks, params)
-    objective.start(model, hp, train_set, valid_set, resume_dir, run)
-    opt = torch.optim.AdamW(params, lr=hp["learning_rate"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    model, opt, run = _build_run(config, objective, hp, data, device, autocast, max_tokens, ranks, resume_dir)
     step, trained_tokens, last_metrics, history = _start_state(cb, opt, resume_dir, hp, len(train_set), device,
                                                                total_steps)
     meta_base = {"base_model": base_model, "method": config.method, "hyperparameters": hp,
                  "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
+    save = _Saver(model, tok, objective, opt, meta_base, history, leader)
     checkpoints: list[CheckpointInfo] = []
-
-    def save(path: Path, epoch: int, metrics: dict) -> None:
-        if not leader:  # rank 0 writes; every rank holds the same weights
-            return
-        save_model_dir(model, tok, path, {**meta_base, "step": step, "epoch": epoch, "metrics": metrics})
-        objective.save(path)
-        ckpt.save_state(path, optimizer=opt, step=step, trained_tokens=trained_tokens, metrics=metrics,
-                        history=history)
-
     session_tokens = 0
     session_time = 0.0
     status = "succeeded"
-    order, order_epoch = [], -1
+    order = functools.lru_cache(maxsize=1)(functools.partial(epoch_order, len(train_set), seed))  # per epoch
     valid_batches = [valid_set[i:i + batch] for i in range(0, len(valid_set), batch)]
     stopper = _EarlyStop(config, hp, steps_per_epoch, history)
     while step < total_steps:
-        stop = ranks.agree(cb.should_stop()) if ranks else cb.should_stop()
-        if stop == "cancel":
-            status = "cancelled"
-            cb.on_event("info", f"Training cancelled at step {step}/{total_steps}")
-            break
-        if stop == "pause":
-            status = "paused"
-            save(out_dir / ckpt.RESUME_DIR, step // steps_per_epoch + 1, last_metrics)
-            cb.on_event("info", f"Training paused at step {step}/{total_steps}; resume state in "
-                                f"{out_dir / ckpt.RESUME_DIR}")
+        halted = _halt(cb, ranks, save, out_dir, step, steps_per_epoch, total_steps, last_metrics,
+                       trained_tokens)
+        if halted:
+            status = halted
             break
         epoch, k = divmod(step, steps_per_epoch)
-        if order_epoch != epoch:
-            order, order_epoch = epoch_order(len(train_set), seed, epoch), epoch
-        batch_ex = [train_set[i] for i in order[k * batch:(k + 1) * batch]]
+        batch_ex = [train_set[i] for i in order(epoch)[k * batch:(k + 1) * batch]]
 
-        t0 = time.perf_counter()
         lr = lr_at(step, total_steps, hp["learning_rate"])
-        for g in opt.param_groups:
-            g["lr"] = lr
-        stats = objective.step(model, batch_ex, run)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
+        stats, dt = _optimizer_step(model, opt, objective, batch_ex, run, lr)
         step_tokens = sum(len(e) for e in batch_ex)
         step += 1
         trained_tokens += step_tokens
@@ -644,25 +710,15 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
              "learning_rate": lr, "trained_tokens": trained_tokens,
              "tokens_per_second": session_tokens / session_time if session_time else 0.0}
         epoch_end = step % steps_per_epoch == 0
-        if valid_batches and (step % eval_every == 0 or epoch_end):
-            vb = valid_batches[(step // eval_every) % len(valid_batches)]
-            m.update({f"valid_{k2}": v for k2, v in objective.evaluate(model, vb, run).items()})
-        if epoch_end and valid_set:
-            m.update({f"full_valid_{k2}": v for k2, v in objective.evaluate(model, valid_set, run).items()})
+        m.update(_validation(model, objective, run, step, epoch_end, eval_every, valid_batches, valid_set))
         stopper.check(m, step, total_steps, epoch_end, objective, originals,
                       lambda ok: evaluate(model, originals, max_tokens, device, autocast, ok, ranks))
         last_metrics = m
         history.append({k2: v for k2, v in m.items() if k2 not in ("total_steps",)})
         cb.on_metrics(m)
         if epoch_end and leader:
-            path = ckpt_dir / f"step-{step}"
-            save(path, epoch + 1, _checkpoint_metrics(m, objective))
-            info = CheckpointInfo(step=step, epoch=epoch + 1, path=path, metrics=_checkpoint_metrics(m, objective))
-            checkpoints.append(info)
-            ckpt.prune(ckpt_dir, config.keep_checkpoints)
-            checkpoints = [c for c in checkpoints if c.path.exists()]
-            cb.on_checkpoint(info)
-            cb.on_event("info", f"Checkpoint created at step {step} (epoch {epoch + 1}/{n_epochs})")
+            checkpoints = _epoch_checkpoint(cb, config, save, objective, m, step, epoch, n_epochs,
+                                            trained_tokens, checkpoints)
         if stopper.done(m, step, total_steps):
             stopper.stopped_at = step
             cb.on_event("info", f"Stopping at step {step} of at most {total_steps}: the model reproduces all "
