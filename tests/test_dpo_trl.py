@@ -31,9 +31,10 @@ def test_per_step_losses_equal_trl_dpo_trainer(tiny_model_dir, tmp_path):
 
     from tunery.data import read_examples
     from tunery.models import load_tokenizer
+    from tunery.train.batching import epoch_order
     from tunery.train.config import BASE_LEARNING_RATE
     from tunery.train.dpo import encode_pair
-    from tunery.train.loop import _build_model, epoch_order, lr_at
+    from tunery.train.loop import _build_model, lr_at
 
     rows = pref_rows(N)
     data = write_jsonl(tmp_path / "pref.jsonl", rows)

@@ -283,7 +283,7 @@ def test_migrations_match_the_table_definitions(store):
 
 
 def test_store_and_routes_never_import_torch(tmp_path):
-    """DESIGN: store/ and the files/jobs/models routes import (and work) without torch."""
+    """store/ and the files/jobs/models routes import (and work) without torch: torch stays at the edges."""
     import subprocess
     import sys
 

@@ -108,7 +108,7 @@ def test_preference_data_is_refused(tok):
 
 
 def test_pack_targets_are_the_trained_tokens(tok):
-    from tunery.train.loop import pack
+    from tunery.train.batching import pack
     from tunery.train.tokenize import encode_chat, encode_completion
 
     a = encode_chat(tok, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "yes"}])
@@ -126,7 +126,8 @@ def test_packed_loss_equals_separate_losses(tiny_model_dir, tok):
     import torch
 
     from tunery.models import load_model
-    from tunery.train.loop import forward_loss, pack
+    from tunery.train.batching import pack
+    from tunery.train.loop import forward_loss
     from tunery.train.tokenize import encode_chat
 
     model, _ = load_model(str(tiny_model_dir))
@@ -150,7 +151,7 @@ def _shared_system_chats(tok, n: int):
 
 
 def test_a_shared_system_prompt_is_packed_once(tok):
-    from tunery.train.loop import pack, shared_prefix
+    from tunery.train.batching import pack, shared_prefix
     from tunery.train.tokenize import encode_completion
 
     encs = _shared_system_chats(tok, 3)
@@ -177,7 +178,8 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_model_dir, tok):
     import torch
 
     from tunery.models import load_model
-    from tunery.train.loop import forward_loss, pack
+    from tunery.train.batching import pack
+    from tunery.train.loop import forward_loss
 
     model, _ = load_model(str(tiny_model_dir))
     model.eval()  # no dropout: the two packings must compute the same function

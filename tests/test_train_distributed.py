@@ -121,7 +121,7 @@ def _my_ranks() -> list[int]:
                 cmd = open(f"/proc/{d}/cmdline", "rb").read()
             except OSError:
                 continue
-            if int(stat[1]) == os.getpid() and b"tunery.train.distributed" in cmd:
+            if int(stat[1]) == os.getpid() and b"tunery.train.rank" in cmd:
                 pids.append(int(d))
     return pids
 

@@ -42,7 +42,8 @@ def label_probability(top: list[tuple[str, list[int], float]], label: str) -> fl
 
 async def classify(request, store, org, guard, text: str) -> float:
     """P(positive label) for one classifier prompt, through the same engine entry as /v1/completions."""
-    from tunery.inference.engine import SamplingParams, get_engine
+    from tunery.inference.generation import SamplingParams
+    from tunery.inference.router import get_engine
     from tunery.api.deps import path_models_allowed
     from tunery.store import find_servable_model
 

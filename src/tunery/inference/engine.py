@@ -458,7 +458,3 @@ class Engine(Sampling):
         backend.kv.keep(keep)
         backend.running = [seqs[i] for i in keep]
 
-
-# --- attaching to the app: the router does it (kept here for the old import path) ---------
-
-from tunery.inference.router import get_engine  # noqa: E402,F401

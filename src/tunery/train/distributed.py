@@ -13,7 +13,7 @@ Two ways in, as torch users expect:
   joins the group it was started in;
 - from one process (the worker's training child, `tunery train`): train() decides how many processes
   the run gets (TrainConfig.processes; auto: see auto_processes) and starts the other ranks itself, as
-  `python -m tunery.train.distributed CONFIG.json` with the same variables torchrun sets.
+  `python -m tunery.train.rank CONFIG.json` with the same variables torchrun sets.
 
 On CPUs the backend is gloo, each rank with its own cores; on CUDA it is NCCL, one GPU per rank.
 """
@@ -161,7 +161,7 @@ def start(config, world: int, device: str) -> Group:
         json.dump(config.to_dict(), f)
     children = []
     for rank in range(1, world):
-        children.append(subprocess.Popen([sys.executable, "-m", "tunery.train.distributed", path],
+        children.append(subprocess.Popen([sys.executable, "-m", "tunery.train.rank", path],
                                          env=rank_env(rank, world, port, os.getpid()), stdin=subprocess.DEVNULL))
     try:
         return _join(0, world, device, f"tcp://127.0.0.1:{port}", children)
@@ -194,42 +194,3 @@ def _join(rank: int, world: int, device: str, init_method: str, children: list) 
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
                             timeout=COLLECTIVE_TIMEOUT)
     return Group(rank=rank, world=world, device=device, children=children)
-
-
-def _die_with_parent() -> None:
-    from tunery.settings import launched_rank
-
-    me = launched_rank()
-    parent = me.parent_pid if me else 0
-    if not parent or not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    if os.getppid() != parent:
-        os._exit(3)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """A rank started by start(): train the same run silently (rank 0 reports)."""
-    from tunery.quiet import quiet_libraries
-
-    argv = sys.argv[1:] if argv is None else argv
-    _die_with_parent()
-    quiet_libraries()  # this rank's output is the user's terminal when `tunery train` started it
-    config_dict = json.loads(Path(argv[0]).read_text())
-    from tunery.errors import TuneryError
-    from tunery.train import TrainCallbacks, TrainConfig, train
-
-    try:
-        train(TrainConfig(**config_dict), TrainCallbacks())
-    except TuneryError:
-        sys.exit(2)  # rank 0 meets the same problem in the same data and reports it
-
-
-if __name__ == "__main__":
-    main()

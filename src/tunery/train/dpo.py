@@ -3,8 +3,8 @@
 Loss per pair (Rafailov et al. 2023, the "sigmoid" loss): -log σ(β·[(log π(y_w|x) - log π_ref(y_w|x)) -
 (log π(y_l|x) - log π_ref(y_l|x))]), averaged over the pairs of a step; log π(y|x) is the sum of the token
 log-probs of the output's tokens only (the same assistant-token masks as SFT, end-of-turn token included).
-The chosen and rejected sequences of a micro-batch are packed into one padding-free row with loop.pack and
-run through loop.forward_logits, so only output positions reach the vocabulary head.
+The chosen and rejected sequences of a micro-batch are packed into one padding-free row with batching.pack and
+run through batching.forward_logits, so only output positions reach the vocabulary head.
 
 The reference is frozen, so its log-probs are a fixed number per sequence: they are computed once, before
 the first step, from the starting model — for LoRA the same weights with the adapter disabled
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunery.errors import InvalidRequest
-from tunery.train.loop import forward_logits, load_encoded, micro_batches, pack
+from tunery.train.batching import forward_logits, load_encoded, micro_batches, pack
 from tunery.train.metric_names import DPO_CHECKPOINT_METRICS, DPO_METRICS
 from tunery.train.tokenize import Encoded, encode_preference, truncate
 

@@ -1,14 +1,12 @@
 """The training loop: load → tokenize+mask → (forward, masked loss, backward, step, log, checkpoint)*.
 
-Batches are padding-free: the examples of a micro-batch are concatenated into one row with position ids
-restarting at each example, which transformers turns into a block-diagonal causal mask, so no compute is
-spent on padding. Logits are computed only at positions whose next token is trained (assistant tokens),
-which skips most of the vocabulary projection — on a small model that head is a large share of the work.
+Batches are padding-free and only trained positions reach the vocabulary head (batching.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import time
@@ -17,161 +15,19 @@ from pathlib import Path
 
 from tunery.errors import InvalidRequest
 from tunery.train import checkpoint as ckpt
+from tunery.train.batching import (Packed, epoch_order, forward_logits, load_encoded, micro_batches, pack,
+                                   read_file_examples)
 from tunery.train.callbacks import CheckpointInfo, TrainCallbacks, TrainResult
 from tunery.train.config import (BASE_LEARNING_RATE, EARLY_STOP_PATIENCE, TrainConfig, label_tokens,
                                  resolve_augment, resolve_hyperparameters, resolve_label_smoothing,
                                  resolve_lora_layers, resolve_neftune, resolve_objective, resolve_replay)
 from tunery.train.metric_names import SFT_METRICS, per_split
-from tunery.train.tokenize import Encoded, encode_example, truncate
+from tunery.train.tokenize import Encoded
 
 # On a CPU, matmuls over a few hundred tokens already run at full speed, so larger micro-batches only add
 # activation memory (~3 MB per token for the 135M model with LoRA): accumulate gradients beyond this.
 CPU_MICRO_BATCH_TOKENS = 512
 DEFAULT_CPU_THROUGHPUT = 150.0  # trained tokens/s for the bundled model, LoRA, this class of CPU
-
-
-# --- data -------------------------------------------------------------------------------------
-
-def read_file_examples(path, what: str) -> list:
-    """The valid examples of a JSONL file (tunery.data)."""
-    try:
-        from tunery.data import read_examples
-    except ImportError:  # the package __init__ may not export it yet
-        from tunery.data.reading import read_examples
-
-    if not Path(path).exists():
-        raise InvalidRequest(f"{what} {path} does not exist", param=what)
-    return list(read_examples(path))
-
-
-def load_encoded(path, tokenizer, max_length: int, callbacks: TrainCallbacks, what: str,
-                 examples: list | None = None, encode=encode_example, cut=truncate) -> list:
-    """Encode a JSONL file's examples (or the given ones); warn about truncation and untrainable examples.
-
-    encode(tokenizer, example) makes one item and cut(item, max_length) shortens it (returning it unchanged
-    when it fits); an item has len(), .n_trained, .line, .truncated and .original_length (Encoded; dpo.Pair)."""
-    if examples is None:
-        examples = read_file_examples(path, what)
-    out: list[Encoded] = []
-    truncated: list[Encoded] = []
-    empty: list[int] = []
-    for ex in examples:
-        enc = cut(encode(tokenizer, ex), max_length)
-        if enc.truncated:
-            truncated.append(enc)
-        if enc.n_trained == 0 or len(enc) < 2:
-            empty.append(enc.line)
-            continue
-        out.append(enc)
-    if truncated:
-        lines = ", ".join(f"line {e.line} ({e.original_length} tokens)" for e in truncated[:5])
-        more = f" and {len(truncated) - 5} more" if len(truncated) > 5 else ""
-        callbacks.on_event("warn", f"{what}: {len(truncated)} example(s) longer than {max_length} tokens were "
-                                   f"truncated: {lines}{more}")
-    if empty:
-        empty = sorted(set(empty))
-        callbacks.on_event("warn", f"{what}: {len(empty)} example(s) have no trained tokens (no assistant "
-                                   f"message with weight 1 inside the length limit) and were skipped: lines "
-                                   f"{', '.join(map(str, empty[:10]))}")
-    if not out:
-        raise InvalidRequest(f"{what} has no trainable examples", param=what)
-    return out
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The example order of one epoch: a pure function of (seed, epoch), so resume needs no saved order."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
-
-
-def micro_batches(examples: list, max_tokens: int) -> list[list]:
-    """Split one batch into consecutive groups of at most max_tokens tokens (at least one example each)."""
-    groups: list[list[Encoded]] = [[]]
-    used = 0
-    for e in examples:
-        if groups[-1] and used + len(e) > max_tokens:
-            groups.append([])
-            used = 0
-        groups[-1].append(e)
-        used += len(e)
-    return groups if groups[0] else []
-
-
-@dataclass
-class Packed:
-    input_ids: object  # LongTensor [1, L]
-    position_ids: object  # LongTensor [1, L]
-    keep: object  # LongTensor [K]: positions whose next token is trained
-    targets: object  # LongTensor [K]
-    n_tokens: int
-    seq: object = None  # LongTensor [K]: which of the packed examples each kept position belongs to
-    attention_mask: object = None  # BoolTensor [1, 1, L, L] when a prefix is shared, else None (block-causal)
-
-
-# A prefix shorter than this is not worth the dense mask it needs.
-MIN_SHARED_PREFIX = 8
-
-
-def shared_prefix(examples: list[Encoded]) -> int:
-    """Leading tokens that every example of a group has in common and that nothing trains on.
-
-    Chats of one file usually start with the same system prompt (and the template's turn markers): ~40% of
-    a short fact example's tokens. Packed once instead of once per example, with each example attending to
-    it, the computed loss and gradients are the same, for fewer tokens. The prefix stops one token before
-    an example's first trained token, so no shared position predicts a trained token."""
-    if len(examples) < 2:
-        return 0
-    first = examples[0].input_ids
-    n = min(len(e) for e in examples)
-    p = 0
-    while p < n and all(e.input_ids[p] == first[p] for e in examples[1:]):
-        p += 1
-    for e in examples:
-        trained = next((t for t in range(1, len(e)) if e.loss_mask[t]), len(e))
-        p = min(p, trained - 1)
-    return p if p >= MIN_SHARED_PREFIX else 0
-
-
-def pack(examples: list[Encoded], device, share_prefix: bool = True) -> Packed:
-    """One row of the examples, position ids restarting at each; with share_prefix a common untrained
-    prefix (shared_prefix) is packed once, and a block mask lets every example see it and itself."""
-    import torch
-
-    p = shared_prefix(examples) if share_prefix else 0
-    ids: list[int] = list(examples[0].input_ids[:p])
-    pos: list[int] = list(range(p))
-    segment: list[int] = [-1] * p
-    keep: list[int] = []
-    tgt: list[int] = []
-    seq: list[int] = []
-    for j, e in enumerate(examples):
-        off = len(ids) - p  # row index of the example's token 0 (its first p tokens are the shared ones)
-        ids.extend(e.input_ids[p:])
-        pos.extend(range(p, len(e)))
-        segment.extend([j] * (len(e) - p))
-        for t in range(max(1, p + 1), len(e)):
-            if e.loss_mask[t]:
-                keep.append(off + t - 1)
-                tgt.append(e.input_ids[t])
-                seq.append(j)
-    mask = None
-    if p:
-        seg = torch.tensor(segment, device=device)
-        causal = torch.ones(len(ids), len(ids), dtype=torch.bool, device=device).tril()
-        mask = (causal & ((seg[None, :] == -1) | (seg[None, :] == seg[:, None])))[None, None]
-    return Packed(torch.tensor([ids], device=device), torch.tensor([pos], device=device),
-                  torch.tensor(keep, device=device), torch.tensor(tgt, device=device), len(ids),
-                  torch.tensor(seq, device=device), mask)
-
-
-def forward_logits(model, p: Packed, autocast):
-    """fp32 logits [K, vocab] at the trained positions only (the head is not run anywhere else)."""
-    with autocast():
-        out = model(input_ids=p.input_ids, position_ids=p.position_ids, attention_mask=p.attention_mask,
-                    logits_to_keep=p.keep, use_cache=False)
-    return out.logits[0].float()
 
 
 def forward_loss(model, p: Packed, autocast, exact: list | None = None, labels: list[int] | None = None,
@@ -702,6 +558,101 @@ def _start_state(cb: TrainCallbacks, opt, resume_dir: Path | None, hp: dict, n_e
     return 0, 0, {}, []
 
 
+# --- the loop's helpers: model and optimizer, checkpoints, stop requests, one step, validation --
+
+def _build_run(config: TrainConfig, objective, hp: dict, data: _Data, device: str, autocast, max_tokens: int,
+               ranks, resume_dir: Path | None):
+    """(model, optimizer, RunContext): the model built (from a checkpoint when resuming), the objective
+    started on it, and AdamW over its trainable parameters."""
+    import torch
+
+    model, _ = _build_model(config, hp, device, resume_dir)
+    params = [p for p in model.parameters() if p.requires_grad]
+    run = RunContext(device, autocast, max_tokens, config.method,
+                     Path(config.init_from) if config.init_from else None, ranks, params)
+    objective.start(model, hp, data.train_set, data.valid_set, resume_dir, run)
+    opt = torch.optim.AdamW(params, lr=hp["learning_rate"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    return model, opt, run
+
+
+@dataclass
+class _Saver:
+    """Writes a checkpoint folder: the model, the objective's state, the optimizer, random generators and
+    history. Only rank 0 writes; every rank holds the same weights."""
+
+    model: object
+    tok: object
+    objective: object
+    opt: object
+    meta_base: dict
+    history: list
+    leader: bool
+
+    def __call__(self, path: Path, epoch: int, metrics: dict, step: int, trained_tokens: int) -> None:
+        if not self.leader:
+            return
+        save_model_dir(self.model, self.tok, path,
+                       {**self.meta_base, "step": step, "epoch": epoch, "metrics": metrics})
+        self.objective.save(path)
+        ckpt.save_state(path, optimizer=self.opt, step=step, trained_tokens=trained_tokens, metrics=metrics,
+                        history=self.history)
+
+
+def _halt(cb: TrainCallbacks, ranks, save: _Saver, out_dir: Path, step: int, steps_per_epoch: int,
+          total_steps: int, last_metrics: dict, trained_tokens: int) -> str | None:
+    """Polled before every step: the run's status after a stop request (rank 0's, on every rank): "cancelled",
+    or "paused" with resume state saved; else None."""
+    stop = ranks.agree(cb.should_stop()) if ranks else cb.should_stop()
+    if stop == "cancel":
+        cb.on_event("info", f"Training cancelled at step {step}/{total_steps}")
+        return "cancelled"
+    if stop == "pause":
+        save(out_dir / ckpt.RESUME_DIR, step // steps_per_epoch + 1, last_metrics, step, trained_tokens)
+        cb.on_event("info", f"Training paused at step {step}/{total_steps}; resume state in "
+                            f"{out_dir / ckpt.RESUME_DIR}")
+        return "paused"
+    return None
+
+
+def _optimizer_step(model, opt, objective, batch: list, run: RunContext, lr: float) -> tuple[dict, float]:
+    """One optimizer step over `batch` at learning rate `lr`: (the objective's step statistics, seconds)."""
+    t0 = time.perf_counter()
+    for g in opt.param_groups:
+        g["lr"] = lr
+    stats = objective.step(model, batch, run)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return stats, time.perf_counter() - t0
+
+
+def _validation(model, objective, run: RunContext, step: int, epoch_end: bool, eval_every: int,
+                valid_batches: list, valid_set: list) -> dict:
+    """valid_* on one validation batch (in turn) every eval_every steps and at epoch ends; full_valid_* over
+    the whole validation set at epoch ends."""
+    m = {}
+    if valid_batches and (step % eval_every == 0 or epoch_end):
+        vb = valid_batches[(step // eval_every) % len(valid_batches)]
+        m.update({f"valid_{k2}": v for k2, v in objective.evaluate(model, vb, run).items()})
+    if epoch_end and valid_set:
+        m.update({f"full_valid_{k2}": v for k2, v in objective.evaluate(model, valid_set, run).items()})
+    return m
+
+
+def _epoch_checkpoint(cb: TrainCallbacks, config: TrainConfig, save: _Saver, objective, m: dict, step: int,
+                      epoch: int, n_epochs: int, trained_tokens: int, checkpoints: list) -> list:
+    """Save the epoch's checkpoint, keep the newest config.keep_checkpoints, report it; the kept ones."""
+    ckpt_dir = Path(config.output_dir) / ckpt.CHECKPOINTS_DIR
+    path = ckpt_dir / f"step-{step}"
+    save(path, epoch + 1, _checkpoint_metrics(m, objective), step, trained_tokens)
+    info = CheckpointInfo(step=step, epoch=epoch + 1, path=path, metrics=_checkpoint_metrics(m, objective))
+    checkpoints.append(info)
+    ckpt.prune(ckpt_dir, config.keep_checkpoints)
+    checkpoints = [c for c in checkpoints if c.path.exists()]
+    cb.on_checkpoint(info)
+    cb.on_event("info", f"Checkpoint created at step {step} (epoch {epoch + 1}/{n_epochs})")
+    return checkpoints
+
+
 # --- the loop ---------------------------------------------------------------------------------
 
 def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
@@ -753,67 +704,37 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
 def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, hp: dict, ranks, base_model: str,
          device: str, precision: str, autocast, max_tokens: int, resume_dir: Path | None) -> TrainResult:
     """The loop itself, once everything is decided: build the model, step, check, checkpoint, finish."""
-    import torch
-
     train_set, originals, valid_set = data.train_set, data.originals, data.valid_set
     seed, batch, n_epochs = hp["seed"], hp["batch_size"], hp["n_epochs"]
     steps_per_epoch = math.ceil(len(train_set) / batch)
     total_steps = steps_per_epoch * n_epochs
     eval_every = config.eval_every or max(1, total_steps // 20)
     out_dir = Path(config.output_dir)
-    ckpt_dir = out_dir / ckpt.CHECKPOINTS_DIR
     leader = ranks is None or ranks.leader
-    model, _ = _build_model(config, hp, device, resume_dir)
-    params = [p for p in model.parameters() if p.requires_grad]
-    run = RunContext(device, autocast, max_tokens, config.method,
-                     Path(config.init_from) if config.init_from else None, ranks, params)
-    objective.start(model, hp, train_set, valid_set, resume_dir, run)
-    opt = torch.optim.AdamW(params, lr=hp["learning_rate"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    model, opt, run = _build_run(config, objective, hp, data, device, autocast, max_tokens, ranks, resume_dir)
     step, trained_tokens, last_metrics, history = _start_state(cb, opt, resume_dir, hp, len(train_set), device,
                                                                total_steps)
     meta_base = {"base_model": base_model, "method": config.method, "hyperparameters": hp,
                  "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "replay": data.replay}
+    save = _Saver(model, tok, objective, opt, meta_base, history, leader)
     checkpoints: list[CheckpointInfo] = []
-
-    def save(path: Path, epoch: int, metrics: dict) -> None:
-        if not leader:  # rank 0 writes; every rank holds the same weights
-            return
-        save_model_dir(model, tok, path, {**meta_base, "step": step, "epoch": epoch, "metrics": metrics})
-        objective.save(path)
-        ckpt.save_state(path, optimizer=opt, step=step, trained_tokens=trained_tokens, metrics=metrics,
-                        history=history)
-
     session_tokens = 0
     session_time = 0.0
     status = "succeeded"
-    order, order_epoch = [], -1
+    order = functools.lru_cache(maxsize=1)(functools.partial(epoch_order, len(train_set), seed))  # per epoch
     valid_batches = [valid_set[i:i + batch] for i in range(0, len(valid_set), batch)]
     stopper = _EarlyStop(config, hp, steps_per_epoch, history)
     while step < total_steps:
-        stop = ranks.agree(cb.should_stop()) if ranks else cb.should_stop()
-        if stop == "cancel":
-            status = "cancelled"
-            cb.on_event("info", f"Training cancelled at step {step}/{total_steps}")
-            break
-        if stop == "pause":
-            status = "paused"
-            save(out_dir / ckpt.RESUME_DIR, step // steps_per_epoch + 1, last_metrics)
-            cb.on_event("info", f"Training paused at step {step}/{total_steps}; resume state in "
-                                f"{out_dir / ckpt.RESUME_DIR}")
+        halted = _halt(cb, ranks, save, out_dir, step, steps_per_epoch, total_steps, last_metrics,
+                       trained_tokens)
+        if halted:
+            status = halted
             break
         epoch, k = divmod(step, steps_per_epoch)
-        if order_epoch != epoch:
-            order, order_epoch = epoch_order(len(train_set), seed, epoch), epoch
-        batch_ex = [train_set[i] for i in order[k * batch:(k + 1) * batch]]
+        batch_ex = [train_set[i] for i in order(epoch)[k * batch:(k + 1) * batch]]
 
-        t0 = time.perf_counter()
         lr = lr_at(step, total_steps, hp["learning_rate"])
-        for g in opt.param_groups:
-            g["lr"] = lr
-        stats = objective.step(model, batch_ex, run)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
+        stats, dt = _optimizer_step(model, opt, objective, batch_ex, run, lr)
         step_tokens = sum(len(e) for e in batch_ex)
         step += 1
         trained_tokens += step_tokens
@@ -825,25 +746,15 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
              "learning_rate": lr, "trained_tokens": trained_tokens,
              "tokens_per_second": session_tokens / session_time if session_time else 0.0}
         epoch_end = step % steps_per_epoch == 0
-        if valid_batches and (step % eval_every == 0 or epoch_end):
-            vb = valid_batches[(step // eval_every) % len(valid_batches)]
-            m.update({f"valid_{k2}": v for k2, v in objective.evaluate(model, vb, run).items()})
-        if epoch_end and valid_set:
-            m.update({f"full_valid_{k2}": v for k2, v in objective.evaluate(model, valid_set, run).items()})
+        m.update(_validation(model, objective, run, step, epoch_end, eval_every, valid_batches, valid_set))
         stopper.check(m, step, total_steps, epoch_end, objective, originals,
                       lambda ok: evaluate(model, originals, max_tokens, device, autocast, ok, ranks))
         last_metrics = m
         history.append({k2: v for k2, v in m.items() if k2 not in ("total_steps",)})
         cb.on_metrics(m)
         if epoch_end and leader:
-            path = ckpt_dir / f"step-{step}"
-            save(path, epoch + 1, _checkpoint_metrics(m, objective))
-            info = CheckpointInfo(step=step, epoch=epoch + 1, path=path, metrics=_checkpoint_metrics(m, objective))
-            checkpoints.append(info)
-            ckpt.prune(ckpt_dir, config.keep_checkpoints)
-            checkpoints = [c for c in checkpoints if c.path.exists()]
-            cb.on_checkpoint(info)
-            cb.on_event("info", f"Checkpoint created at step {step} (epoch {epoch + 1}/{n_epochs})")
+            checkpoints = _epoch_checkpoint(cb, config, save, objective, m, step, epoch, n_epochs,
+                                            trained_tokens, checkpoints)
         if stopper.done(m, step, total_steps):
             stopper.stopped_at = step
             cb.on_event("info", f"Stopping at step {step} of at most {total_steps}: the model reproduces all "
