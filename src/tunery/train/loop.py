@@ -607,11 +607,11 @@ def _explain_labels(cb: TrainCallbacks, config: TrainConfig, hp: dict, data: _Da
 
 
 def _announce(cb: TrainCallbacks, hp: dict, base_model: str, method: str, data: _Data, device: str,
-              precision: str, steps_per_epoch: int, total_steps: int) -> None:
+              precision: str, steps_per_epoch: int, total_steps: int, processes: int = 1) -> None:
     """on_resolved: the hyperparameters and the run's shape, with a time estimate from measured throughput."""
     cb.on_resolved({**hp, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                     "n_train_examples": len(data.train_set), "n_valid_examples": len(data.valid_set),
-                    "device": device, "precision": precision,
+                    "device": device, "precision": precision, "processes": processes,
                     "estimated_seconds": round(_estimated_seconds(hp, data, base_model, method), 1)})
 
 
@@ -627,19 +627,22 @@ def _estimated_seconds(hp: dict, data: _Data, base_model: str, method: str) -> f
     return sum(len(e) for e in data.train_set) * hp["n_epochs"] / throughput
 
 
-def _split_run(config: TrainConfig, cb: TrainCallbacks, hp: dict, data: _Data, base_model: str, device: str):
-    """Start the run's other ranks when it is to be split over several processes (see distributed);
-    returns the Group, or None for a single-process run."""
+def _world(config: TrainConfig, hp: dict, data: _Data, base_model: str, device: str) -> int:
+    """How many processes this run is split over (config.processes; auto: see distributed.auto_processes)."""
     from tunery.train import distributed
 
     if config.objective != "supervised":  # DPO's pairs are trained in one process
-        return None
-    world = config.processes
-    if world == "auto":
-        world = distributed.auto_processes(device, _estimated_seconds(hp, data, base_model, config.method),
-                                           hp["batch_size"])
-    if world < 2:
-        return None
+        return 1
+    if config.processes != "auto":
+        return int(config.processes)
+    return distributed.auto_processes(device, _estimated_seconds(hp, data, base_model, config.method),
+                                      hp["batch_size"])
+
+
+def _split_run(config: TrainConfig, cb: TrainCallbacks, hp: dict, world: int, device: str):
+    """Start the run's other ranks (see distributed) and return the Group this process leads."""
+    from tunery.train import distributed
+
     config.seed = hp["seed"]  # every rank must build the same data, order and adapter
     ranks = distributed.start(config, world, device)
     cb.on_event("info", f"Training in {world} processes (torch.distributed, {'NCCL' if device.startswith('cuda') else 'gloo'}): "
@@ -703,9 +706,10 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     total_steps = steps_per_epoch * hp["n_epochs"]
     precision, autocast = _precision(config, device)
     max_tokens = config.max_tokens_per_micro_batch or (16384 if device.startswith("cuda") else CPU_MICRO_BATCH_TOKENS)
-    _announce(cb, hp, base_model, config.method, data, device, precision, steps_per_epoch, total_steps)
-    if ranks is None:
-        ranks = _split_run(config, cb, hp, data, base_model, device)
+    world = ranks.world if ranks else _world(config, hp, data, base_model, device)
+    _announce(cb, hp, base_model, config.method, data, device, precision, steps_per_epoch, total_steps, world)
+    if ranks is None and world > 1:
+        ranks = _split_run(config, cb, hp, world, device)
     if ranks:
         device = ranks.device
         _rank_threads(config, ranks.world)
