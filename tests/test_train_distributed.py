@@ -144,3 +144,28 @@ def test_a_rank_that_dies_fails_the_run_and_leaves_no_rank_behind(tiny_model_dir
     assert "Connection closed" in str(e.value) or "peer" in str(e.value).lower(), e.value
     assert _my_ranks() == []
     assert not (tmp_path / "k" / "final").exists()
+
+
+def test_a_rank_that_dies_before_joining_fails_the_run_at_once(tiny_model_dir, tmp_path):
+    """A rank lost while it starts (an import error, the OOM killer while it loads the model) must not leave
+    rank 0 waiting for it until the rendezvous times out."""
+    import signal
+    import threading
+    import time
+
+    def kill_the_rank_as_it_starts():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for pid in _my_ranks():
+                os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_the_rank_as_it_starts, daemon=True)
+    killer.start()
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as e:
+        _run(tiny_model_dir, tmp_path, "s", processes=2)
+    assert time.monotonic() - t0 < 60, "rank 0 waited for a dead rank"
+    assert "rank 1" in str(e.value) and "SIGKILL" in str(e.value), e.value
+    assert _my_ranks() == []

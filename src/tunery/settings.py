@@ -348,6 +348,12 @@ def launched_rank(environ: Mapping[str, str] | None = None) -> LaunchedRank | No
                          "with torchrun") from None
 
 
+def rank_master(environ: Mapping[str, str] | None = None) -> tuple[str, int]:
+    """MASTER_ADDR and MASTER_PORT: where rank 0's rendezvous store listens."""
+    env = os.environ if environ is None else environ
+    return env.get("MASTER_ADDR", "127.0.0.1"), int(env["MASTER_PORT"])
+
+
 def rank_env(rank: int, world: int, port: int, parent_pid: int) -> dict[str, str]:
     """The environment of a rank started by tunery's own rank 0 (what torchrun would set, on loopback)."""
     return child_env({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),

@@ -153,6 +153,8 @@ def _free_port() -> int:
 
 def start(config, world: int, device: str) -> Group:
     """Start ranks 1..world-1 of a run of `config` and join them as rank 0."""
+    import torch.distributed as dist
+
     from tunery.settings import rank_env
 
     port = _free_port()
@@ -160,17 +162,45 @@ def start(config, world: int, device: str) -> Group:
     with os.fdopen(fd, "w") as f:
         json.dump(config.to_dict(), f)
     children = []
-    for rank in range(1, world):
-        children.append(subprocess.Popen([sys.executable, "-m", "tunery.train.distributed", path],
-                                         env=rank_env(rank, world, port, os.getpid()), stdin=subprocess.DEVNULL))
     try:
-        return _join(0, world, device, f"tcp://127.0.0.1:{port}", children)
+        # Rank 0 holds the rendezvous store and lets the group form only once every rank has said it is
+        # ready (_ready): init_process_group would wait the whole timeout for a rank that died starting.
+        store = dist.TCPStore("127.0.0.1", port, world, is_master=True, wait_for_workers=False,
+                              timeout=COLLECTIVE_TIMEOUT)
+        for rank in range(1, world):
+            children.append(subprocess.Popen([sys.executable, "-m", "tunery.train.distributed", path],
+                                             env=rank_env(rank, world, port, os.getpid()),
+                                             stdin=subprocess.DEVNULL))
+        _wait_ready(store, children)
+        return _join(0, world, device, store, children)
     except BaseException:
         for p in children:
             p.kill()
+            p.wait()
         raise
     finally:
         Path(path).unlink(missing_ok=True)  # read by the ranks before they can join the group
+
+
+READY_KEY = "tunery/ready/{rank}"
+
+
+def _wait_ready(store, children: list) -> None:
+    """Until every started rank has set its READY_KEY; a rank that exits first fails the run at once."""
+    import signal
+    import time
+
+    keys = [READY_KEY.format(rank=r) for r in range(1, len(children) + 1)]
+    deadline = time.monotonic() + COLLECTIVE_TIMEOUT.total_seconds()
+    while not store.check(keys):
+        for rank, p in enumerate(children, 1):
+            code = p.poll()
+            if code is not None:
+                how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+                raise RuntimeError(f"rank {rank} of the run {how} before joining it")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the ranks did not join the run within {COLLECTIVE_TIMEOUT.total_seconds():.0f} s")
+        time.sleep(0.05)
 
 
 def join(device: str) -> Group:
@@ -180,10 +210,20 @@ def join(device: str) -> Group:
     me = launched_rank()
     if device == "cuda":
         device = f"cuda:{me.local_rank}"
-    return _join(me.rank, me.world, device, "env://", [])
+    if not me.parent_pid:
+        return _join(me.rank, me.world, device, "env://", [])
+    import torch.distributed as dist
+
+    from tunery.settings import rank_master
+
+    host, port = rank_master()
+    store = dist.TCPStore(host, port, me.world, is_master=False, timeout=COLLECTIVE_TIMEOUT)
+    store.set(READY_KEY.format(rank=me.rank), "1")  # started by our rank 0, which waits for this (start)
+    return _join(me.rank, me.world, device, store, [])
 
 
-def _join(rank: int, world: int, device: str, init_method: str, children: list) -> Group:
+def _join(rank: int, world: int, device: str, rendezvous, children: list) -> Group:
+    """Form the group through an init_method URL or a TCPStore."""
     import torch.distributed as dist
 
     backend = "nccl" if device.startswith("cuda") else "gloo"
@@ -191,8 +231,8 @@ def _join(rank: int, world: int, device: str, init_method: str, children: list) 
         import torch
 
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
-                            timeout=COLLECTIVE_TIMEOUT)
+    how = {"init_method": rendezvous} if isinstance(rendezvous, str) else {"store": rendezvous}
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT, **how)
     return Group(rank=rank, world=world, device=device, children=children)
 
 
