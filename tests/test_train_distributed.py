@@ -169,3 +169,37 @@ def test_a_rank_that_dies_before_joining_fails_the_run_at_once(tiny_model_dir, t
     assert time.monotonic() - t0 < 60, "rank 0 waited for a dead rank"
     assert "rank 1" in str(e.value) and "SIGKILL" in str(e.value), e.value
     assert _my_ranks() == []
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_full_fine_tuning_in_two_processes_is_fsdp_and_trains_the_one_process_model(tiny_model_dir, tmp_path):
+    """method=full over 2 ranks shards the weights (FSDP FULL_SHARD). Batches of 3 and one example per
+    micro-batch give the ranks unequal passes (2 against 1, and 1 against none in an epoch's last batch),
+    which they must pad; a pause and resume restores the sharded optimizer state."""
+    kw = dict(method="full", batch_size=3, max_tokens_per_micro_batch=32, learning_rate_multiplier=10.0)
+    one, cb1 = _run(tiny_model_dir, tmp_path, "one", processes=1, **kw)
+    two, cb2 = _run(tiny_model_dir, tmp_path, "two", processes=2, **kw)
+    assert one.status == two.status == "succeeded"
+    assert any("FSDP (FULL_SHARD) over 2 processes" in m for _, m in cb2.events)
+    assert [m["step"] for m in cb2.metrics] == [m["step"] for m in cb1.metrics] == list(range(1, 13))
+    assert cb2.losses() == pytest.approx(cb1.losses(), abs=1e-4)
+    assert cb1.losses()[-1] < cb1.losses()[0] - 0.05  # it trains
+    for key in ("valid_loss", "full_valid_loss", "original_accuracy"):
+        a = [m[key] for m in cb1.metrics if key in m]
+        assert a and [m[key] for m in cb2.metrics if key in m] == pytest.approx(a, abs=1e-4), key
+    w1, w2 = _weights(one.model_dir), _weights(two.model_dir)
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert (w1[k] - w2[k]).abs().max().item() < 1e-4, k
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-12", "step-4", "step-8"]
+
+    paused, cb_p = _run(tiny_model_dir, tmp_path, "p", processes=2, cb=Recorder(stop_at={6: "pause"}), **kw)
+    assert paused.status == "paused"
+    resumed, cb_r = _run(tiny_model_dir, tmp_path, "p", processes=2, resume_from=paused.resume_dir, **kw)
+    assert resumed.status == "succeeded"
+    assert cb_p.losses() + cb_r.losses() == pytest.approx(cb1.losses(), abs=1e-4)

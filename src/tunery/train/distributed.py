@@ -16,6 +16,8 @@ Two ways in, as torch users expect:
   `python -m tunery.train.distributed CONFIG.json` with the same variables torchrun sets.
 
 On CPUs the backend is gloo, each rank with its own cores; on CUDA it is NCCL, one GPU per rank.
+LoRA runs replicate the (small) trainable weights on every rank, as DDP does; full fine-tuning shards the
+model over the ranks with FSDP (Group.shard_model), the same step computed from slices of the weights.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class Group:
     world: int
     device: str
     children: list  # Popen of the ranks this process started (rank 0 of a self-launched run)
+    fsdp: bool = False
+    """The model's weights are sharded over the ranks (shard_model): every forward and backward is a
+    collective, so every rank runs as many as the busiest (micro_batches' padding)."""
 
     @property
     def leader(self) -> bool:
@@ -56,6 +61,57 @@ class Group:
 
     def shard(self, items: list) -> list:
         return items[self.rank::self.world]
+
+    def micro_batches(self, items: list, split) -> tuple[list, int]:
+        """(this rank's micro-batches of its shard, how many empty passes it adds): with FSDP every rank
+        runs as many forward/backward passes as the rank with the most micro-batches (each pass gathers the
+        weights from all ranks), so the others pad with passes that count for nothing."""
+        mine = split(self.shard(items))
+        if not self.fsdp:
+            return mine, 0
+        most = max(len(split(items[r::self.world])) for r in range(self.world))
+        return mine, most - len(mine)
+
+    def shard_model(self, model) -> None:
+        """FSDP (FULL_SHARD, torch's fully_shard): every transformer block, then the whole model, holds
+        1/world of its weights, gradients and optimizer state; gradients are summed (not averaged) over the
+        ranks, as sync_gradients does for replicated weights. Call before creating the optimizer."""
+        from torch.distributed.fsdp import fully_shard
+
+        blocks = set(getattr(model, "_no_split_modules", None) or ())
+        for module in list(model.modules()):
+            if type(module).__name__ in blocks:
+                fully_shard(module)
+        fully_shard(model)
+        # Sums only (gloo has no pre-multiplied sum), no division: the loss is already scaled by the whole
+        # batch's token count.
+        model.set_gradient_divide_factor(1.0)
+        model.set_force_sum_reduction_for_comms(True)
+        self.fsdp = True
+
+    def full_model_state(self, model) -> dict:
+        """The whole model's weights on CPU, on every rank (a collective when sharded)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # A tied weight (the embedding as output head) comes back under each of its names, as separate
+        # copies: keep the one name the model lists, as save_pretrained does for an unsharded model.
+        listed = {n for n, _ in model.named_parameters()}
+        tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - listed
+        return {k: v for k, v in state.items() if k not in tied}
+
+    def full_optimizer_state(self, model, opt) -> dict:
+        """The optimizer's whole state keyed by parameter name (a collective when sharded)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True,
+                                                                               cpu_offload=True))
+
+    def load_optimizer_state(self, model, opt, state: dict) -> None:
+        """Load a whole optimizer state (keyed by parameter name) into this rank's shard of it."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, opt, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum over the ranks."""
@@ -78,10 +134,13 @@ class Group:
         return [v == 2 for v in t.tolist()]
 
     def sync_gradients(self, params: list) -> None:
-        """Sum every trainable parameter's gradient over the ranks (one flat all-reduce)."""
+        """Sum every trainable parameter's gradient over the ranks (one flat all-reduce); FSDP's backward
+        has already summed each shard's."""
         import torch
         import torch.distributed as dist
 
+        if self.fsdp:
+            return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)

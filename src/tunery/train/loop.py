@@ -232,8 +232,11 @@ def evaluate(model, examples: list[Encoded], max_tokens: int, device, autocast,
     total = correct = 0
     loss_sum = 0.0
     mine_flags: list[bool] = []
+    mine, pad = _my_micro_batches(examples, max_tokens, ranks)
     with torch.no_grad():
-        for group in micro_batches(ranks.shard(examples) if ranks else examples, max_tokens):
+        for _ in range(pad):  # sharded weights: as many passes as the busiest rank (Group.micro_batches)
+            forward_logits(model, pack(examples[:1], device), autocast)
+        for group in mine:
             p = pack(group, device)
             logits = forward_logits(model, p, autocast)
             loss_sum += float(F.cross_entropy(logits, p.targets, reduction="sum"))
@@ -251,6 +254,14 @@ def evaluate(model, examples: list[Encoded], max_tokens: int, device, autocast,
     if flags is not None:
         flags.extend(mine_flags)
     return loss_sum / max(1, total), correct / max(1, total)
+
+
+def _my_micro_batches(items: list, max_tokens: int, ranks) -> tuple[list, int]:
+    """This process's micro-batches of items and its empty passes (see distributed.Group.micro_batches)."""
+    def split(xs):
+        return micro_batches(xs, max_tokens)
+
+    return ranks.micro_batches(items, split) if ranks else (split(items), 0)
 
 
 def reproduced(model, examples: list[Encoded], run) -> list[bool]:
@@ -293,7 +304,10 @@ class Supervised:
         loss_sum = 0.0
         correct = 0
         exact: list[bool] = []
-        for group in micro_batches(run.ranks.shard(batch) if run.ranks else batch, run.max_tokens):
+        mine, pad = _my_micro_batches(batch, run.max_tokens, run.ranks)
+        for _ in range(pad):  # sharded weights: as many passes as the busiest rank, these adding nothing
+            (forward_loss(model, pack(batch[:1], run.device), run.autocast)[0] * 0.0).backward()
+        for group in mine:
             p = pack(group, run.device)
             loss, c = forward_loss(model, p, run.autocast, exact, self.labels, self.smoothing)
             (loss / max(1, n_target)).backward()
@@ -651,14 +665,19 @@ def _split_run(config: TrainConfig, cb: TrainCallbacks, hp: dict, world: int, de
 
 
 def _start_state(cb: TrainCallbacks, opt, resume_dir: Path | None, hp: dict, n_examples: int, device: str,
-                 total_steps: int) -> tuple[int, int, dict, list]:
+                 total_steps: int, model=None, ranks=None) -> tuple[int, int, dict, list]:
     """(step, trained_tokens, last metrics, history): a resumed run's saved state (optimizer and random
     generators restored too), or a fresh start seeded from hp["seed"]."""
     import torch
 
     if resume_dir is not None:
         state = ckpt.load_state(resume_dir)
-        opt.load_state_dict(state["optimizer"])
+        # Saved by one process (keyed by index) or by sharded ranks (by name): either loads either way.
+        names = [n for n, p in model.named_parameters() if p.requires_grad] if model is not None else []
+        if ranks is not None and ranks.fsdp:
+            ranks.load_optimizer_state(model, opt, ckpt.optimizer_by_name(state["optimizer"], names))
+        else:
+            opt.load_state_dict(ckpt.optimizer_by_index(state["optimizer"], names))
         ckpt.restore_rng(state)
         cb.on_event("info", f"Resuming from {resume_dir} at step {state['step']}/{total_steps}")
         return state["step"], state["trained_tokens"], state["metrics"], state["history"]
@@ -732,24 +751,32 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
     ckpt_dir = out_dir / ckpt.CHECKPOINTS_DIR
     leader = ranks is None or ranks.leader
     model, _ = _build_model(config, hp, device, resume_dir)
+    if ranks and config.method == "full":
+        ranks.shard_model(model)
+        cb.on_event("info", f"Full fine-tuning sharded with FSDP (FULL_SHARD) over {ranks.world} processes: each "
+                            "holds a slice of the weights, gradients and optimizer state")
     params = [p for p in model.parameters() if p.requires_grad]
     run = RunContext(device, autocast, max_tokens, config.method,
                      Path(config.init_from) if config.init_from else None, ranks, params)
     objective.start(model, hp, train_set, valid_set, resume_dir, run)
     opt = torch.optim.AdamW(params, lr=hp["learning_rate"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     step, trained_tokens, last_metrics, history = _start_state(cb, opt, resume_dir, hp, len(train_set), device,
-                                                               total_steps)
+                                                               total_steps, model, ranks)
     meta_base = {"base_model": base_model, "method": config.method, "hyperparameters": hp,
                  "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
     checkpoints: list[CheckpointInfo] = []
 
     def save(path: Path, epoch: int, metrics: dict) -> None:
-        if not leader:  # rank 0 writes; every rank holds the same weights
+        # Rank 0 writes; every rank holds the same weights, or (FSDP) a slice of them that all gather first.
+        sharded = ranks is not None and ranks.fsdp
+        weights = ranks.full_model_state(model) if sharded else None
+        opt_state = ranks.full_optimizer_state(model, opt) if sharded else None
+        if not leader:
             return
-        save_model_dir(model, tok, path, {**meta_base, "step": step, "epoch": epoch, "metrics": metrics})
+        save_model_dir(model, tok, path, {**meta_base, "step": step, "epoch": epoch, "metrics": metrics}, weights)
         objective.save(path)
         ckpt.save_state(path, optimizer=opt, step=step, trained_tokens=trained_tokens, metrics=metrics,
-                        history=history)
+                        history=history, optimizer_state=opt_state)
 
     session_tokens = 0
     session_time = 0.0
@@ -803,9 +830,10 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
         last_metrics = m
         history.append({k2: v for k2, v in m.items() if k2 not in ("total_steps",)})
         cb.on_metrics(m)
-        if epoch_end and leader:
+        if epoch_end:
             path = ckpt_dir / f"step-{step}"
             save(path, epoch + 1, _checkpoint_metrics(m, objective))
+        if epoch_end and leader:
             info = CheckpointInfo(step=step, epoch=epoch + 1, path=path, metrics=_checkpoint_metrics(m, objective))
             checkpoints.append(info)
             ckpt.prune(ckpt_dir, config.keep_checkpoints)
@@ -827,8 +855,9 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
         trained_tokens += extra_tokens
         session_tokens += extra_tokens
         session_time += extra_time
+    weights = ranks.full_model_state(model) if ranks and ranks.fsdp and status == "succeeded" else None
     return _finish(cb, config, status, model, tok, out_dir, meta_base, objective, hp, step, trained_tokens,
-                   last_metrics, checkpoints, stopper.stopped_at, session_tokens, session_time, leader)
+                   last_metrics, checkpoints, stopper.stopped_at, session_tokens, session_time, leader, weights)
 
 
 class _EarlyStop:
@@ -922,7 +951,8 @@ def _repair(model, opt, objective, originals: list[Encoded], run, cb: TrainCallb
 
 def _finish(cb: TrainCallbacks, config: TrainConfig, status: str, model, tok, out_dir: Path, meta_base: dict,
             objective, hp: dict, step: int, trained_tokens: int, last_metrics: dict, checkpoints: list,
-            stopped_at: int | None, session_tokens: int, session_time: float, leader: bool = True) -> TrainResult:
+            stopped_at: int | None, session_tokens: int, session_time: float, leader: bool = True,
+            weights: dict | None = None) -> TrainResult:
     """After the loop: a succeeded run saves final/ (and drops resume/) and records its throughput."""
     steps_per_epoch, total_steps, n_epochs = meta_base["steps_per_epoch"], meta_base["total_steps"], hp["n_epochs"]
     base_model = meta_base["base_model"]
@@ -938,7 +968,7 @@ def _finish(cb: TrainCallbacks, config: TrainConfig, status: str, model, tok, ou
                             stopped_at_step=stopped_at)
         save_model_dir(model, tok, model_dir, {**meta_base, "hyperparameters": final_hp, "step": step,
                                                "epoch": math.ceil(step / steps_per_epoch),
-                                               "metrics": _checkpoint_metrics(last_metrics, objective)})
+                                               "metrics": _checkpoint_metrics(last_metrics, objective)}, weights)
         if (out_dir / ckpt.RESUME_DIR).is_dir():  # a finished run has nothing left to resume
             import shutil
 
@@ -1003,9 +1033,9 @@ def _checkpoint_metrics(m: dict, objective) -> dict:
     return {k: m[k] for k in keys if k in m}
 
 
-def save_model_dir(model, tok, path: Path, meta: dict) -> None:
+def save_model_dir(model, tok, path: Path, meta: dict, state_dict: dict | None = None) -> None:
     with quiet_hf():
-        ckpt.save_model_dir(model, tok, path, meta)
+        ckpt.save_model_dir(model, tok, path, meta, state_dict)
 
 
 __all__ = ["train", "BASE_LEARNING_RATE"]
