@@ -180,7 +180,7 @@ def _weights(path):
 def test_full_fine_tuning_in_two_processes_is_fsdp_and_trains_the_one_process_model(tiny_model_dir, tmp_path):
     """method=full over 2 ranks shards the weights (FSDP FULL_SHARD). Batches of 3 and one example per
     micro-batch give the ranks unequal passes (2 against 1, and 1 against none in an epoch's last batch),
-    which they must pad; a pause and resume restores the sharded optimizer state."""
+    which they must pad; resume state crosses between sharded and one-process runs."""
     kw = dict(method="full", batch_size=3, max_tokens_per_micro_batch=32, learning_rate_multiplier=10.0)
     one, cb1 = _run(tiny_model_dir, tmp_path, "one", processes=1, **kw)
     two, cb2 = _run(tiny_model_dir, tmp_path, "two", processes=2, **kw)
@@ -198,8 +198,14 @@ def test_full_fine_tuning_in_two_processes_is_fsdp_and_trains_the_one_process_mo
         assert (w1[k] - w2[k]).abs().max().item() < 1e-4, k
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-12", "step-4", "step-8"]
 
+    # Resume state crosses between the two: a sharded run's pause resumes in one process, and one process's
+    # checkpoint in two ranks (the optimizer state is keyed by name when sharded, by index otherwise).
     paused, cb_p = _run(tiny_model_dir, tmp_path, "p", processes=2, cb=Recorder(stop_at={6: "pause"}), **kw)
     assert paused.status == "paused"
-    resumed, cb_r = _run(tiny_model_dir, tmp_path, "p", processes=2, resume_from=paused.resume_dir, **kw)
+    resumed, cb_r = _run(tiny_model_dir, tmp_path, "p", processes=1, resume_from=paused.resume_dir, **kw)
     assert resumed.status == "succeeded"
     assert cb_p.losses() + cb_r.losses() == pytest.approx(cb1.losses(), abs=1e-4)
+    later, cb_l = _run(tiny_model_dir, tmp_path, "l", processes=2, resume_from=tmp_path / "one" / "checkpoints" /
+                       "step-4", **kw)
+    assert later.status == "succeeded" and any("FSDP" in m for _, m in cb_l.events)
+    assert cb_l.losses() == pytest.approx(cb1.losses()[4:], abs=1e-4)

@@ -79,14 +79,15 @@ class Group:
         from torch.distributed.fsdp import fully_shard
 
         blocks = set(getattr(model, "_no_split_modules", None) or ())
-        for module in list(model.modules()):
-            if type(module).__name__ in blocks:
-                fully_shard(module)
-        fully_shard(model)
-        # Sums only (gloo has no pre-multiplied sum), no division: the loss is already scaled by the whole
-        # batch's token count.
-        model.set_gradient_divide_factor(1.0)
-        model.set_force_sum_reduction_for_comms(True)
+        units = [m for m in model.modules() if type(m).__name__ in blocks] + [model]
+        for unit in units:
+            fully_shard(unit)
+        for unit in units:  # each unit reduces its own gradients: set every one
+            # Sums only (gloo has no pre-multiplied sum), no division: the loss is already scaled by the whole
+            # batch's token count. (Averaged, Adam's steps would barely change, but its saved state would not
+            # be the one-process run's.)
+            unit.set_gradient_divide_factor(1.0)
+            unit.set_force_sum_reduction_for_comms(True)
         self.fsdp = True
 
     def full_model_state(self, model) -> dict:
