@@ -144,3 +144,68 @@ def test_a_rank_that_dies_fails_the_run_and_leaves_no_rank_behind(tiny_model_dir
     assert "Connection closed" in str(e.value) or "peer" in str(e.value).lower(), e.value
     assert _my_ranks() == []
     assert not (tmp_path / "k" / "final").exists()
+
+
+def test_a_rank_that_dies_before_joining_fails_the_run_at_once(tiny_model_dir, tmp_path):
+    """A rank lost while it starts (an import error, the OOM killer while it loads the model) must not leave
+    rank 0 waiting for it until the rendezvous times out."""
+    import signal
+    import threading
+    import time
+
+    def kill_the_rank_as_it_starts():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for pid in _my_ranks():
+                os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_the_rank_as_it_starts, daemon=True)
+    killer.start()
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as e:
+        _run(tiny_model_dir, tmp_path, "s", processes=2)
+    assert time.monotonic() - t0 < 60, "rank 0 waited for a dead rank"
+    assert "rank 1" in str(e.value) and "SIGKILL" in str(e.value), e.value
+    assert _my_ranks() == []
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_full_fine_tuning_in_two_processes_is_fsdp_and_trains_the_one_process_model(tiny_model_dir, tmp_path):
+    """method=full over 2 ranks shards the weights (FSDP FULL_SHARD). Batches of 3 and one example per
+    micro-batch give the ranks unequal passes (2 against 1, and 1 against none in an epoch's last batch),
+    which they must pad; resume state crosses between sharded and one-process runs."""
+    kw = dict(method="full", batch_size=3, max_tokens_per_micro_batch=32, learning_rate_multiplier=10.0)
+    one, cb1 = _run(tiny_model_dir, tmp_path, "one", processes=1, **kw)
+    two, cb2 = _run(tiny_model_dir, tmp_path, "two", processes=2, **kw)
+    assert one.status == two.status == "succeeded"
+    assert any("FSDP (FULL_SHARD) over 2 processes" in m for _, m in cb2.events)
+    assert [m["step"] for m in cb2.metrics] == [m["step"] for m in cb1.metrics] == list(range(1, 13))
+    assert cb2.losses() == pytest.approx(cb1.losses(), abs=1e-4)
+    assert cb1.losses()[-1] < cb1.losses()[0] - 0.05  # it trains
+    for key in ("valid_loss", "full_valid_loss", "original_accuracy"):
+        a = [m[key] for m in cb1.metrics if key in m]
+        assert a and [m[key] for m in cb2.metrics if key in m] == pytest.approx(a, abs=1e-4), key
+    w1, w2 = _weights(one.model_dir), _weights(two.model_dir)
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert (w1[k] - w2[k]).abs().max().item() < 1e-4, k
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-12", "step-4", "step-8"]
+
+    # Resume state crosses between the two: a sharded run's pause resumes in one process, and one process's
+    # checkpoint in two ranks (the optimizer state is keyed by name when sharded, by index otherwise).
+    paused, cb_p = _run(tiny_model_dir, tmp_path, "p", processes=2, cb=Recorder(stop_at={6: "pause"}), **kw)
+    assert paused.status == "paused"
+    resumed, cb_r = _run(tiny_model_dir, tmp_path, "p", processes=1, resume_from=paused.resume_dir, **kw)
+    assert resumed.status == "succeeded"
+    assert cb_p.losses() + cb_r.losses() == pytest.approx(cb1.losses(), abs=1e-4)
+    later, cb_l = _run(tiny_model_dir, tmp_path, "l", processes=2, resume_from=tmp_path / "one" / "checkpoints" /
+                       "step-4", **kw)
+    assert later.status == "succeeded" and any("FSDP" in m for _, m in cb_l.events)
+    assert cb_l.losses() == pytest.approx(cb1.losses()[4:], abs=1e-4)

@@ -100,9 +100,10 @@ class WorkerProcs:
         self.tmp_path = tmp_path
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, **env) -> subprocess.Popen:
+    def start(self, *args: str, **env) -> subprocess.Popen:
+        """`tunery worker ARGS` with env on top of this process's environment."""
         log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")
-        p = subprocess.Popen([sys.executable, "-m", "tunery.cli", "worker"], stdout=log,
+        p = subprocess.Popen([sys.executable, "-m", "tunery.cli", "worker", *args], stdout=log,
                              stderr=subprocess.STDOUT, env={**os.environ, **env})
         log.close()
         self.procs.append(p)

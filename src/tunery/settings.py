@@ -110,6 +110,10 @@ class WorkerSettings:
                              "dies) this many times fails", 3)
     prestart: bool = _var("TUNERY_WORKER_PRESTART", "bool", "keep one training child started ahead with torch "
                           "imported, so a claimed job starts at once (0 turns it off)", True)
+    procs_per_job: int | str = _var("TUNERY_WORKER_PROCS_PER_JOB", "str", "processes (torch.distributed ranks) "
+                                    "one job trains in: a count, or `auto`: `TUNERY_TRAIN_PROCESSES` when set, else "
+                                    "the trainer's auto (one per visible GPU on CUDA; on CPU one per core, up to 4, "
+                                    "for runs estimated at over 40 s), and 1 when concurrency is above 1", "auto")
     # Not from the environment: set by code (tests, the embedded worker).
     cancel_grace_seconds: float = 5.0
     """After a cancel, the child gets this long to stop by itself before it is killed."""
@@ -125,10 +129,29 @@ class WorkerSettings:
             raise ValueError("concurrency must be at least 1")
         if self.lease_seconds < 2:
             raise ValueError("TUNERY_WORKER_LEASE_SECONDS must be at least 2")
+        object.__setattr__(self, "procs_per_job", parse_procs(self.procs_per_job))
 
     @property
     def heartbeat_seconds(self) -> float:
         return max(0.5, self.lease_seconds / 3)
+
+
+MAX_PROCS_PER_JOB = 64
+
+
+def parse_procs(value) -> int | str:
+    """A processes-per-job value ("auto", or a count as int or text) as "auto" or an int; ValueError if neither."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if isinstance(value, bool) or not 1 <= n <= MAX_PROCS_PER_JOB:
+        raise ValueError(f"TUNERY_WORKER_PROCS_PER_JOB (--procs-per-job) must be 'auto' or an integer in "
+                         f"[1, {MAX_PROCS_PER_JOB}], got {value!r}")
+    return n
 
 
 @dataclass(frozen=True)
@@ -323,6 +346,12 @@ def launched_rank(environ: Mapping[str, str] | None = None) -> LaunchedRank | No
     except (KeyError, ValueError):
         raise ValueError("WORLD_SIZE is set but RANK/LOCAL_RANK are missing or not integers: start the ranks "
                          "with torchrun") from None
+
+
+def rank_master(environ: Mapping[str, str] | None = None) -> tuple[str, int]:
+    """MASTER_ADDR and MASTER_PORT: where rank 0's rendezvous store listens."""
+    env = os.environ if environ is None else environ
+    return env.get("MASTER_ADDR", "127.0.0.1"), int(env["MASTER_PORT"])
 
 
 def rank_env(rank: int, world: int, port: int, parent_pid: int) -> dict[str, str]:

@@ -17,14 +17,15 @@ META_FILE = "tunery.json"
 FORMAT_VERSION = 1
 
 
-def save_model_dir(model, tokenizer, path: Path, meta: dict) -> None:
-    """Write the servable model and tunery.json into path (atomically: tmp dir then rename)."""
+def save_model_dir(model, tokenizer, path: Path, meta: dict, state_dict: dict | None = None) -> None:
+    """Write the servable model and tunery.json into path (atomically: tmp dir then rename); state_dict: the
+    weights to write when the model's own are sharded over ranks (FSDP)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
     tokenizer.save_pretrained(tmp)
     (tmp / META_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2, default=str))
     if path.exists():
@@ -32,11 +33,14 @@ def save_model_dir(model, tokenizer, path: Path, meta: dict) -> None:
     os.replace(tmp, path)
 
 
-def save_state(path: Path, *, optimizer, step: int, trained_tokens: int, metrics: dict, history: list) -> None:
+def save_state(path: Path, *, optimizer, step: int, trained_tokens: int, metrics: dict, history: list,
+               optimizer_state: dict | None = None) -> None:
+    """The resume state beside a checkpoint's weights; optimizer_state: the optimizer's whole state when it is
+    sharded over ranks (FSDP; keyed by parameter name, see optimizer_by_index)."""
     import torch
 
     state = {
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state or optimizer.state_dict(),
         "step": step,
         "trained_tokens": trained_tokens,
         "torch_rng": torch.get_rng_state(),
@@ -65,6 +69,24 @@ def load_state(path: Path) -> dict:
     v, s, g = json.loads(state.pop("py_rng"))
     state["py_rng"] = (v, tuple(s), g)
     return state
+
+
+def optimizer_by_name(state: dict, names: list[str]) -> dict:
+    """An optimizer state keyed by parameter index (Optimizer.state_dict) keyed by parameter name instead (as
+    FSDP's whole state is); names: the trainable parameters' names in the optimizer's order."""
+    if not any(isinstance(k, int) for k in state["state"]):
+        return state
+    return {"state": {names[k]: v for k, v in state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+
+
+def optimizer_by_index(state: dict, names: list[str]) -> dict:
+    """The inverse of optimizer_by_name: a state saved by a sharded run, loadable by one process."""
+    if not any(isinstance(k, str) for k in state["state"]):
+        return state
+    index = {n: i for i, n in enumerate(names)}
+    return {"state": {index[k]: v for k, v in state["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]}
 
 
 def restore_rng(state: dict) -> None:

@@ -99,7 +99,8 @@ class TrainConfig:
     processes: int | str = "auto"
     """Processes (ranks) the run is split over with torch.distributed, each training a slice of every batch
     (tunery.train.distributed); "auto": one per GPU, or on CPU one per core (at most the batch size and 4)
-    for runs estimated at over 40 s. Supervised runs only; a run under torchrun uses torchrun's ranks."""
+    for runs estimated at over 40 s. Supervised runs only; a run under torchrun uses torchrun's ranks. With
+    method "full" the ranks shard the model (FSDP FULL_SHARD) instead of each holding all of it."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast on CUDA with bf16 support, fp32 on CPU. On an AVX-512-BF16 CPU (quiet, 2 threads,
     LoRA, 135M) CPU autocast trained 1.22x faster (247 vs 202 tok/s) but learned worse: the 25-fact quality

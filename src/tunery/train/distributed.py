@@ -16,6 +16,8 @@ Two ways in, as torch users expect:
   `python -m tunery.train.rank CONFIG.json` with the same variables torchrun sets.
 
 On CPUs the backend is gloo, each rank with its own cores; on CUDA it is NCCL, one GPU per rank.
+LoRA runs replicate the (small) trainable weights on every rank, as DDP does; full fine-tuning shards the
+model over the ranks with FSDP (Group.shard_model), the same step computed from slices of the weights.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class Group:
     world: int
     device: str
     children: list  # Popen of the ranks this process started (rank 0 of a self-launched run)
+    fsdp: bool = False
+    """The model's weights are sharded over the ranks (shard_model): every forward and backward is a
+    collective, so every rank runs as many as the busiest (micro_batches' padding)."""
 
     @property
     def leader(self) -> bool:
@@ -56,6 +61,58 @@ class Group:
 
     def shard(self, items: list) -> list:
         return items[self.rank::self.world]
+
+    def micro_batches(self, items: list, split) -> tuple[list, int]:
+        """(this rank's micro-batches of its shard, how many empty passes it adds): with FSDP every rank
+        runs as many forward/backward passes as the rank with the most micro-batches (each pass gathers the
+        weights from all ranks), so the others pad with passes that count for nothing."""
+        mine = split(self.shard(items))
+        if not self.fsdp:
+            return mine, 0
+        most = max(len(split(items[r::self.world])) for r in range(self.world))
+        return mine, most - len(mine)
+
+    def shard_model(self, model) -> None:
+        """FSDP (FULL_SHARD, torch's fully_shard): every transformer block, then the whole model, holds
+        1/world of its weights, gradients and optimizer state; gradients are summed (not averaged) over the
+        ranks, as sync_gradients does for replicated weights. Call before creating the optimizer."""
+        from torch.distributed.fsdp import fully_shard
+
+        blocks = set(getattr(model, "_no_split_modules", None) or ())
+        units = [m for m in model.modules() if type(m).__name__ in blocks] + [model]
+        for unit in units:
+            fully_shard(unit)
+        for unit in units:  # each unit reduces its own gradients: set every one
+            # Sums only (gloo has no pre-multiplied sum), no division: the loss is already scaled by the whole
+            # batch's token count. (Averaged, Adam's steps would barely change, but its saved state would not
+            # be the one-process run's.)
+            unit.set_gradient_divide_factor(1.0)
+            unit.set_force_sum_reduction_for_comms(True)
+        self.fsdp = True
+
+    def full_model_state(self, model) -> dict:
+        """The whole model's weights on CPU, on every rank (a collective when sharded)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # A tied weight (the embedding as output head) comes back under each of its names, as separate
+        # copies: keep the one name the model lists, as save_pretrained does for an unsharded model.
+        listed = {n for n, _ in model.named_parameters()}
+        tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - listed
+        return {k: v for k, v in state.items() if k not in tied}
+
+    def full_optimizer_state(self, model, opt) -> dict:
+        """The optimizer's whole state keyed by parameter name (a collective when sharded)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True,
+                                                                               cpu_offload=True))
+
+    def load_optimizer_state(self, model, opt, state: dict) -> None:
+        """Load a whole optimizer state (keyed by parameter name) into this rank's shard of it."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, opt, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum over the ranks."""
@@ -78,10 +135,13 @@ class Group:
         return [v == 2 for v in t.tolist()]
 
     def sync_gradients(self, params: list) -> None:
-        """Sum every trainable parameter's gradient over the ranks (one flat all-reduce)."""
+        """Sum every trainable parameter's gradient over the ranks (one flat all-reduce); FSDP's backward
+        has already summed each shard's."""
         import torch
         import torch.distributed as dist
 
+        if self.fsdp:
+            return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
@@ -153,6 +213,8 @@ def _free_port() -> int:
 
 def start(config, world: int, device: str) -> Group:
     """Start ranks 1..world-1 of a run of `config` and join them as rank 0."""
+    import torch.distributed as dist
+
     from tunery.settings import rank_env
 
     port = _free_port()
@@ -160,17 +222,45 @@ def start(config, world: int, device: str) -> Group:
     with os.fdopen(fd, "w") as f:
         json.dump(config.to_dict(), f)
     children = []
-    for rank in range(1, world):
-        children.append(subprocess.Popen([sys.executable, "-m", "tunery.train.rank", path],
-                                         env=rank_env(rank, world, port, os.getpid()), stdin=subprocess.DEVNULL))
     try:
-        return _join(0, world, device, f"tcp://127.0.0.1:{port}", children)
+        # Rank 0 holds the rendezvous store and lets the group form only once every rank has said it is
+        # ready (_ready): init_process_group would wait the whole timeout for a rank that died starting.
+        store = dist.TCPStore("127.0.0.1", port, world, is_master=True, wait_for_workers=False,
+                              timeout=COLLECTIVE_TIMEOUT)
+        for rank in range(1, world):
+            children.append(subprocess.Popen([sys.executable, "-m", "tunery.train.rank", path],
+                                             env=rank_env(rank, world, port, os.getpid()),
+                                             stdin=subprocess.DEVNULL))
+        _wait_ready(store, children)
+        return _join(0, world, device, store, children)
     except BaseException:
         for p in children:
             p.kill()
+            p.wait()
         raise
     finally:
         Path(path).unlink(missing_ok=True)  # read by the ranks before they can join the group
+
+
+READY_KEY = "tunery/ready/{rank}"
+
+
+def _wait_ready(store, children: list) -> None:
+    """Until every started rank has set its READY_KEY; a rank that exits first fails the run at once."""
+    import signal
+    import time
+
+    keys = [READY_KEY.format(rank=r) for r in range(1, len(children) + 1)]
+    deadline = time.monotonic() + COLLECTIVE_TIMEOUT.total_seconds()
+    while not store.check(keys):
+        for rank, p in enumerate(children, 1):
+            code = p.poll()
+            if code is not None:
+                how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+                raise RuntimeError(f"rank {rank} of the run {how} before joining it")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the ranks did not join the run within {COLLECTIVE_TIMEOUT.total_seconds():.0f} s")
+        time.sleep(0.05)
 
 
 def join(device: str) -> Group:
@@ -180,10 +270,20 @@ def join(device: str) -> Group:
     me = launched_rank()
     if device == "cuda":
         device = f"cuda:{me.local_rank}"
-    return _join(me.rank, me.world, device, "env://", [])
+    if not me.parent_pid:
+        return _join(me.rank, me.world, device, "env://", [])
+    import torch.distributed as dist
+
+    from tunery.settings import rank_master
+
+    host, port = rank_master()
+    store = dist.TCPStore(host, port, me.world, is_master=False, timeout=COLLECTIVE_TIMEOUT)
+    store.set(READY_KEY.format(rank=me.rank), "1")  # started by our rank 0, which waits for this (start)
+    return _join(me.rank, me.world, device, store, [])
 
 
-def _join(rank: int, world: int, device: str, init_method: str, children: list) -> Group:
+def _join(rank: int, world: int, device: str, rendezvous, children: list) -> Group:
+    """Form the group through an init_method URL or a TCPStore."""
     import torch.distributed as dist
 
     backend = "nccl" if device.startswith("cuda") else "gloo"
@@ -191,6 +291,6 @@ def _join(rank: int, world: int, device: str, init_method: str, children: list) 
         import torch
 
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
-                            timeout=COLLECTIVE_TIMEOUT)
+    how = {"init_method": rendezvous} if isinstance(rendezvous, str) else {"store": rendezvous}
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT, **how)
     return Group(rank=rank, world=world, device=device, children=children)

@@ -88,8 +88,11 @@ def evaluate(model, examples: list[Encoded], max_tokens: int, device, autocast,
     total = correct = 0
     loss_sum = 0.0
     mine_flags: list[bool] = []
+    mine, pad = _my_micro_batches(examples, max_tokens, ranks)
     with torch.no_grad():
-        for group in micro_batches(ranks.shard(examples) if ranks else examples, max_tokens):
+        for _ in range(pad):  # sharded weights: as many passes as the busiest rank (Group.micro_batches)
+            forward_logits(model, pack(examples[:1], device), autocast)
+        for group in mine:
             p = pack(group, device)
             logits = forward_logits(model, p, autocast)
             loss_sum += float(F.cross_entropy(logits, p.targets, reduction="sum"))
@@ -107,6 +110,14 @@ def evaluate(model, examples: list[Encoded], max_tokens: int, device, autocast,
     if flags is not None:
         flags.extend(mine_flags)
     return loss_sum / max(1, total), correct / max(1, total)
+
+
+def _my_micro_batches(items: list, max_tokens: int, ranks) -> tuple[list, int]:
+    """This process's micro-batches of items and its empty passes (see distributed.Group.micro_batches)."""
+    def split(xs):
+        return micro_batches(xs, max_tokens)
+
+    return ranks.micro_batches(items, split) if ranks else (split(items), 0)
 
 
 def reproduced(model, examples: list[Encoded], run) -> list[bool]:
@@ -149,7 +160,10 @@ class Supervised:
         loss_sum = 0.0
         correct = 0
         exact: list[bool] = []
-        for group in micro_batches(run.ranks.shard(batch) if run.ranks else batch, run.max_tokens):
+        mine, pad = _my_micro_batches(batch, run.max_tokens, run.ranks)
+        for _ in range(pad):  # sharded weights: as many passes as the busiest rank, these adding nothing
+            (forward_loss(model, pack(batch[:1], run.device), run.autocast)[0] * 0.0).backward()
+        for group in mine:
             p = pack(group, run.device)
             loss, c = forward_loss(model, p, run.autocast, exact, self.labels, self.smoothing)
             (loss / max(1, n_target)).backward()
@@ -498,11 +512,11 @@ def _explain_labels(cb: TrainCallbacks, config: TrainConfig, hp: dict, data: _Da
 
 
 def _announce(cb: TrainCallbacks, hp: dict, base_model: str, method: str, data: _Data, device: str,
-              precision: str, steps_per_epoch: int, total_steps: int) -> None:
+              precision: str, steps_per_epoch: int, total_steps: int, processes: int = 1) -> None:
     """on_resolved: the hyperparameters and the run's shape, with a time estimate from measured throughput."""
     cb.on_resolved({**hp, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                     "n_train_examples": len(data.train_set), "n_valid_examples": len(data.valid_set),
-                    "device": device, "precision": precision,
+                    "device": device, "precision": precision, "processes": processes,
                     "estimated_seconds": round(_estimated_seconds(hp, data, base_model, method), 1)})
 
 
@@ -518,19 +532,22 @@ def _estimated_seconds(hp: dict, data: _Data, base_model: str, method: str) -> f
     return sum(len(e) for e in data.train_set) * hp["n_epochs"] / throughput
 
 
-def _split_run(config: TrainConfig, cb: TrainCallbacks, hp: dict, data: _Data, base_model: str, device: str):
-    """Start the run's other ranks when it is to be split over several processes (see distributed);
-    returns the Group, or None for a single-process run."""
+def _world(config: TrainConfig, hp: dict, data: _Data, base_model: str, device: str) -> int:
+    """How many processes this run is split over (config.processes; auto: see distributed.auto_processes)."""
     from tunery.train import distributed
 
     if config.objective != "supervised":  # DPO's pairs are trained in one process
-        return None
-    world = config.processes
-    if world == "auto":
-        world = distributed.auto_processes(device, _estimated_seconds(hp, data, base_model, config.method),
-                                           hp["batch_size"])
-    if world < 2:
-        return None
+        return 1
+    if config.processes != "auto":
+        return int(config.processes)
+    return distributed.auto_processes(device, _estimated_seconds(hp, data, base_model, config.method),
+                                      hp["batch_size"])
+
+
+def _split_run(config: TrainConfig, cb: TrainCallbacks, hp: dict, data: _Data, world: int, device: str):
+    """Start the run's other ranks (see distributed) and return the Group this process leads."""
+    from tunery.train import distributed
+
     config.seed = hp["seed"]  # every rank must build the same data, order and adapter
     config.replay_pairs = data.replay
     ranks = distributed.start(config, world, device)
@@ -540,14 +557,19 @@ def _split_run(config: TrainConfig, cb: TrainCallbacks, hp: dict, data: _Data, b
 
 
 def _start_state(cb: TrainCallbacks, opt, resume_dir: Path | None, hp: dict, n_examples: int, device: str,
-                 total_steps: int) -> tuple[int, int, dict, list]:
+                 total_steps: int, model=None, ranks=None) -> tuple[int, int, dict, list]:
     """(step, trained_tokens, last metrics, history): a resumed run's saved state (optimizer and random
     generators restored too), or a fresh start seeded from hp["seed"]."""
     import torch
 
     if resume_dir is not None:
         state = ckpt.load_state(resume_dir)
-        opt.load_state_dict(state["optimizer"])
+        # Saved by one process (keyed by index) or by sharded ranks (by name): either loads either way.
+        names = [n for n, p in model.named_parameters() if p.requires_grad] if model is not None else []
+        if ranks is not None and ranks.fsdp:
+            ranks.load_optimizer_state(model, opt, ckpt.optimizer_by_name(state["optimizer"], names))
+        else:
+            opt.load_state_dict(ckpt.optimizer_by_index(state["optimizer"], names))
         ckpt.restore_rng(state)
         cb.on_event("info", f"Resuming from {resume_dir} at step {state['step']}/{total_steps}")
         return state["step"], state["trained_tokens"], state["metrics"], state["history"]
@@ -561,12 +583,17 @@ def _start_state(cb: TrainCallbacks, opt, resume_dir: Path | None, hp: dict, n_e
 # --- the loop's helpers: model and optimizer, checkpoints, stop requests, one step, validation --
 
 def _build_run(config: TrainConfig, objective, hp: dict, data: _Data, device: str, autocast, max_tokens: int,
-               ranks, resume_dir: Path | None):
-    """(model, optimizer, RunContext): the model built (from a checkpoint when resuming), the objective
-    started on it, and AdamW over its trainable parameters."""
+               ranks, resume_dir: Path | None, cb: TrainCallbacks):
+    """(model, optimizer, RunContext): the model built (from a checkpoint when resuming; sharded with FSDP for
+    a full fine-tune over several ranks), the objective started on it, and AdamW over its trainable
+    parameters."""
     import torch
 
     model, _ = _build_model(config, hp, device, resume_dir)
+    if ranks and config.method == "full":
+        ranks.shard_model(model)
+        cb.on_event("info", f"Full fine-tuning sharded with FSDP (FULL_SHARD) over {ranks.world} processes: each "
+                            "holds a slice of the weights, gradients and optimizer state")
     params = [p for p in model.parameters() if p.requires_grad]
     run = RunContext(device, autocast, max_tokens, config.method,
                      Path(config.init_from) if config.init_from else None, ranks, params)
@@ -578,7 +605,8 @@ def _build_run(config: TrainConfig, objective, hp: dict, data: _Data, device: st
 @dataclass
 class _Saver:
     """Writes a checkpoint folder: the model, the objective's state, the optimizer, random generators and
-    history. Only rank 0 writes; every rank holds the same weights."""
+    history. Called on every rank; rank 0 writes. Every rank holds the same weights, or (FSDP) a slice of
+    them that all ranks gather first."""
 
     model: object
     tok: object
@@ -587,15 +615,19 @@ class _Saver:
     meta_base: dict
     history: list
     leader: bool
+    ranks: object = None
 
     def __call__(self, path: Path, epoch: int, metrics: dict, step: int, trained_tokens: int) -> None:
+        sharded = self.ranks is not None and self.ranks.fsdp
+        weights = self.ranks.full_model_state(self.model) if sharded else None
+        opt_state = self.ranks.full_optimizer_state(self.model, self.opt) if sharded else None
         if not self.leader:
             return
         save_model_dir(self.model, self.tok, path,
-                       {**self.meta_base, "step": step, "epoch": epoch, "metrics": metrics})
+                       {**self.meta_base, "step": step, "epoch": epoch, "metrics": metrics}, weights)
         self.objective.save(path)
         ckpt.save_state(path, optimizer=self.opt, step=step, trained_tokens=trained_tokens, metrics=metrics,
-                        history=self.history)
+                        history=self.history, optimizer_state=opt_state)
 
 
 def _halt(cb: TrainCallbacks, ranks, save: _Saver, out_dir: Path, step: int, steps_per_epoch: int,
@@ -644,6 +676,8 @@ def _epoch_checkpoint(cb: TrainCallbacks, config: TrainConfig, save: _Saver, obj
     ckpt_dir = Path(config.output_dir) / ckpt.CHECKPOINTS_DIR
     path = ckpt_dir / f"step-{step}"
     save(path, epoch + 1, _checkpoint_metrics(m, objective), step, trained_tokens)
+    if not save.leader:
+        return checkpoints
     info = CheckpointInfo(step=step, epoch=epoch + 1, path=path, metrics=_checkpoint_metrics(m, objective))
     checkpoints.append(info)
     ckpt.prune(ckpt_dir, config.keep_checkpoints)
@@ -690,9 +724,10 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     total_steps = steps_per_epoch * hp["n_epochs"]
     precision, autocast = _precision(config, device)
     max_tokens = config.max_tokens_per_micro_batch or (16384 if device.startswith("cuda") else CPU_MICRO_BATCH_TOKENS)
-    _announce(cb, hp, base_model, config.method, data, device, precision, steps_per_epoch, total_steps)
-    if ranks is None:
-        ranks = _split_run(config, cb, hp, data, base_model, device)
+    world = ranks.world if ranks else _world(config, hp, data, base_model, device)
+    _announce(cb, hp, base_model, config.method, data, device, precision, steps_per_epoch, total_steps, world)
+    if ranks is None and world > 1:
+        ranks = _split_run(config, cb, hp, data, world, device)
     if ranks:
         device = ranks.device
         _rank_threads(config, ranks.world)
@@ -711,12 +746,13 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
     eval_every = config.eval_every or max(1, total_steps // 20)
     out_dir = Path(config.output_dir)
     leader = ranks is None or ranks.leader
-    model, opt, run = _build_run(config, objective, hp, data, device, autocast, max_tokens, ranks, resume_dir)
+    model, opt, run = _build_run(config, objective, hp, data, device, autocast, max_tokens, ranks, resume_dir,
+                                 cb)
     step, trained_tokens, last_metrics, history = _start_state(cb, opt, resume_dir, hp, len(train_set), device,
-                                                               total_steps)
+                                                               total_steps, model, ranks)
     meta_base = {"base_model": base_model, "method": config.method, "hyperparameters": hp,
                  "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "replay": data.replay}
-    save = _Saver(model, tok, objective, opt, meta_base, history, leader)
+    save = _Saver(model, tok, objective, opt, meta_base, history, leader, ranks)
     checkpoints: list[CheckpointInfo] = []
     session_tokens = 0
     session_time = 0.0
@@ -752,7 +788,7 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
         last_metrics = m
         history.append({k2: v for k2, v in m.items() if k2 not in ("total_steps",)})
         cb.on_metrics(m)
-        if epoch_end and leader:
+        if epoch_end:  # every rank: a sharded model's weights are gathered from all of them
             checkpoints = _epoch_checkpoint(cb, config, save, objective, m, step, epoch, n_epochs,
                                             trained_tokens, checkpoints)
         if stopper.done(m, step, total_steps):
@@ -770,8 +806,9 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
         trained_tokens += extra_tokens
         session_tokens += extra_tokens
         session_time += extra_time
+    weights = ranks.full_model_state(model) if ranks and ranks.fsdp and status == "succeeded" else None
     return _finish(cb, config, status, model, tok, out_dir, meta_base, objective, hp, step, trained_tokens,
-                   last_metrics, checkpoints, stopper.stopped_at, session_tokens, session_time, leader)
+                   last_metrics, checkpoints, stopper.stopped_at, session_tokens, session_time, leader, weights)
 
 
 class _EarlyStop:
@@ -865,7 +902,8 @@ def _repair(model, opt, objective, originals: list[Encoded], run, cb: TrainCallb
 
 def _finish(cb: TrainCallbacks, config: TrainConfig, status: str, model, tok, out_dir: Path, meta_base: dict,
             objective, hp: dict, step: int, trained_tokens: int, last_metrics: dict, checkpoints: list,
-            stopped_at: int | None, session_tokens: int, session_time: float, leader: bool = True) -> TrainResult:
+            stopped_at: int | None, session_tokens: int, session_time: float, leader: bool = True,
+            weights: dict | None = None) -> TrainResult:
     """After the loop: a succeeded run saves final/ (and drops resume/) and records its throughput."""
     steps_per_epoch, total_steps, n_epochs = meta_base["steps_per_epoch"], meta_base["total_steps"], hp["n_epochs"]
     base_model = meta_base["base_model"]
@@ -881,7 +919,7 @@ def _finish(cb: TrainCallbacks, config: TrainConfig, status: str, model, tok, ou
                             stopped_at_step=stopped_at)
         save_model_dir(model, tok, model_dir, {**meta_base, "hyperparameters": final_hp, "step": step,
                                                "epoch": math.ceil(step / steps_per_epoch),
-                                               "metrics": _checkpoint_metrics(last_metrics, objective)})
+                                               "metrics": _checkpoint_metrics(last_metrics, objective)}, weights)
         if (out_dir / ckpt.RESUME_DIR).is_dir():  # a finished run has nothing left to resume
             import shutil
 
@@ -946,9 +984,9 @@ def _checkpoint_metrics(m: dict, objective) -> dict:
     return {k: m[k] for k in keys if k in m}
 
 
-def save_model_dir(model, tok, path: Path, meta: dict) -> None:
+def save_model_dir(model, tok, path: Path, meta: dict, state_dict: dict | None = None) -> None:
     with quiet_hf():
-        ckpt.save_model_dir(model, tok, path, meta)
+        ckpt.save_model_dir(model, tok, path, meta, state_dict)
 
 
 __all__ = ["train", "BASE_LEARNING_RATE"]

@@ -229,7 +229,7 @@ class JobRun:
             "seed": job.seed,
             "resume_from": str(resume_from) if resume_from else None,
             "device": self.settings.compute.device, "num_threads": self._threads(),
-            "processes": self._processes(),
+            "processes": self._processes()[0],
         }
         if job.model.startswith("ft:"):  # start from the fine-tuned model's weights
             from tunery.store.models import find_servable_model
@@ -246,11 +246,17 @@ class JobRun:
             threads = max(1, cores // self.cfg.concurrency)
         return threads
 
-    def _processes(self) -> int | str:
-        """The trainer's processes: the setting, else auto (one job at a time) or 1 (jobs share the cores)."""
+    def _processes(self) -> tuple[int | str, str]:
+        """(TrainConfig.processes, where it comes from): procs-per-job when a count, else
+        TUNERY_TRAIN_PROCESSES when set, else the trainer's auto (one job at a time) or 1 (jobs share the cores)."""
+        procs = self.cfg.procs_per_job
+        if procs != "auto":
+            return procs, f"procs-per-job {procs}"
         if self.settings.compute.train_processes:
-            return self.settings.compute.train_processes
-        return 1 if self.cfg.concurrency > 1 else "auto"
+            return self.settings.compute.train_processes, "procs-per-job auto: TUNERY_TRAIN_PROCESSES"
+        if self.cfg.concurrency > 1:
+            return 1, f"procs-per-job auto: concurrency {self.cfg.concurrency} shares the cores"
+        return "auto", "procs-per-job auto"
 
     def _child_env(self) -> dict:
         """The settings the child runs with (Settings.to_env()), with the trainer's thread count."""
@@ -390,6 +396,10 @@ class JobRun:
                 values["estimated_finish"] = int(time.time() + float(hp["estimated_seconds"]))
             queue.update_running(self.store, self.job.id, self.owner, **values)
             out.resolved = resolved
+            if hp.get("processes"):
+                n = int(hp["processes"])
+                self.event("info", f"Training attempt {self.job.attempts} runs in {n} process{'es' if n > 1 else ''} "
+                                   f"({self._processes()[1]})", statuses=("running", "paused"))
         elif kind == "checkpoint":
             info = msg[1]
             from tunery import ids
