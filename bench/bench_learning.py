@@ -172,6 +172,11 @@ def train_seconds(events) -> float | None:
     return None if start is None or end is None else float(end - start)
 
 
+def job_seconds(events) -> float | None:
+    """From the job's first event (created) to its last (succeeded): start-up, replay, training, conversion."""
+    return float(events[-1].created_at - events[0].created_at) if events else None
+
+
 def run_dataset(ds: dict, model: str, verbose: bool) -> dict:
     from openai import OpenAI
 
@@ -200,11 +205,12 @@ def run_dataset(ds: dict, model: str, verbose: bool) -> dict:
         server.stop()
     hp = job.hyperparameters
     return {"dataset": ds["name"], "model": model, "language": ds["language"], "tuned": tuned, "base": base,
-            "train_seconds": train_seconds(events), "trained_tokens": job.trained_tokens,
+            "train_seconds": train_seconds(events), "job_seconds": job_seconds(events),
+            "trained_tokens": job.trained_tokens,
             "hyperparameters": {"n_epochs": hp.n_epochs, "batch_size": hp.batch_size,
                                 "learning_rate_multiplier": hp.learning_rate_multiplier},
             "decisions": [e.message for e in events if e.type != "metrics" and e.level == "info"
-                          and any(w in e.message for w in ("Augmenting", "Stopping", "Fine-tuning started",
+                          and any(w in e.message for w in ("Augmenting", "Replaying", "Stopping", "Fine-tuning started",
                                                            "Training finished"))],
             "load_before": load_before, "load_after": load_after, "home": str(home)}
 
@@ -219,7 +225,8 @@ def report(r: dict, verbose: bool) -> None:
     print(f"  off-topic         {t['off_topic_ok']}/{t['off_topic_keyed']} answered right (base "
           f"{b['off_topic_ok']}/{b['off_topic_keyed']}), {t['off_topic_bleed']}/{t['n_off_topic']} with a trained fact")
     print(f"  stop leaks        {t['leaks']}/{t['n_answers']} answers")
-    print(f"  training          {secs}, {r['trained_tokens']:,} tokens, hyperparameters {r['hyperparameters']}")
+    job = f" (whole job {r['job_seconds']:.0f}s)" if r.get("job_seconds") is not None else ""
+    print(f"  training          {secs}{job}, {r['trained_tokens']:,} tokens, hyperparameters {r['hyperparameters']}")
     for d in r["decisions"]:
         print(f"    · {d}")
     print(f"  load before: {r['load_before']}\n  load after:  {r['load_after']}")
