@@ -791,18 +791,12 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
         if epoch_end:  # every rank: a sharded model's weights are gathered from all of them
             checkpoints = _epoch_checkpoint(cb, config, save, objective, m, step, epoch, n_epochs,
                                             trained_tokens, checkpoints)
-        if stopper.done(m, step, total_steps):
-            stopper.stopped_at = step
-            cb.on_event("info", f"Stopping at step {step} of at most {total_steps}: the model reproduces all "
-                                f"{len(originals)} training answers (teacher-forced token accuracy 100% at "
-                                f"{EARLY_STOP_PATIENCE} checks in a row, every {stopper.every} steps)")
+        if stopper.stop_here(cb, m, step, total_steps, len(originals)):
             break
 
-    rounds = int((config.extra or {}).get("repair", REPAIR_ROUNDS))
-    if status == "succeeded" and stopper.on and stopper.stopped_at is None and rounds > 0:
-        lr = hp["learning_rate"] * float((config.extra or {}).get("repair_lr", REPAIR_LR_FRACTION))
-        extra_tokens, extra_time = _repair(model, opt, objective, originals, run, cb, rounds, lr, batch, seed,
-                                           stopper.original_ok if stopper.checked_at == step else None)
+    if status == "succeeded":
+        extra_tokens, extra_time = _after_schedule(config, hp, stopper, model, opt, objective, originals, run, cb,
+                                                   step)
         trained_tokens += extra_tokens
         session_tokens += extra_tokens
         session_time += extra_time
@@ -848,6 +842,28 @@ class _EarlyStop:
     def done(self, m: dict, step: int, total_steps: int) -> bool:
         return self.on and "original_accuracy" in m and self.min_steps <= step < total_steps \
             and self.streak >= EARLY_STOP_PATIENCE
+
+    def stop_here(self, cb: TrainCallbacks, m: dict, step: int, total_steps: int, n_originals: int) -> bool:
+        """done(), recorded and announced."""
+        if not self.done(m, step, total_steps):
+            return False
+        self.stopped_at = step
+        cb.on_event("info", f"Stopping at step {step} of at most {total_steps}: the model reproduces all "
+                            f"{n_originals} training answers (teacher-forced token accuracy 100% at "
+                            f"{EARLY_STOP_PATIENCE} checks in a row, every {self.every} steps)")
+        return True
+
+
+def _after_schedule(config: TrainConfig, hp: dict, stopper: _EarlyStop, model, opt, objective, originals: list,
+                    run, cb: TrainCallbacks, step: int) -> tuple[int, float]:
+    """A succeeded run that ran its whole schedule without reproducing every answer: _repair (when early stop
+    is on); returns (trained tokens, seconds)."""
+    rounds = int((config.extra or {}).get("repair", REPAIR_ROUNDS))
+    if not stopper.on or stopper.stopped_at is not None or rounds <= 0:
+        return 0, 0.0
+    lr = hp["learning_rate"] * float((config.extra or {}).get("repair_lr", REPAIR_LR_FRACTION))
+    return _repair(model, opt, objective, originals, run, cb, rounds, lr, hp["batch_size"], hp["seed"],
+                   stopper.original_ok if stopper.checked_at == step else None)
 
 
 REPAIR_ROUNDS = 8
