@@ -33,11 +33,11 @@ def workers(tmp_path):
 
 
 def ranks_of(pid: int) -> list[int]:
-    """The self-launched ranks (python -m tunery.train.distributed) among pid's descendants."""
+    """The self-launched ranks (python -m tunery.train.rank) among pid's descendants."""
     out = []
     for p in descendants(pid):
         try:
-            if b"tunery.train.distributed" in Path(f"/proc/{p}/cmdline").read_bytes():
+            if b"tunery.train.rank" in Path(f"/proc/{p}/cmdline").read_bytes():
                 out.append(p)
         except OSError:
             pass
