@@ -127,28 +127,3 @@ def template_kind(tokenizer) -> TemplateKind | None:
     found = default_template(tokenizer)
     return found[0] if found and found[1] == current else "own"
 
-
-# How many chat examples job creation renders to prove the template can build every loss mask; the
-# trainer renders them all and fails the job (once, with the line) on a later one.
-CHECK_EXAMPLES = 2000
-
-
-def chat_training_problem(tokenizer, name: str, training_file) -> str | None:
-    """Why chat fine-tuning `name` on this file cannot run (None when it can): no template could be given,
-    or its template cannot render these conversations incrementally (so no assistant-only mask)."""
-    from tunery.data.reading import read_examples
-    from tunery.errors import InvalidRequest
-    from tunery.train.tokenize import chat_spans
-
-    if not getattr(tokenizer, "chat_template", None):
-        return (f"Model {name[:200]} has no chat template, and tunery cannot give it one: its tokenizer has no "
-                "end-of-sequence token, so a chat turn could never end. Fine-tune it on prompt/completion data "
-                "instead, or add a chat_template to its tokenizer_config.json.")
-    for n, ex in enumerate(read_examples(training_file, "chat")):
-        if n >= CHECK_EXAMPLES:
-            break
-        try:
-            chat_spans(tokenizer, ex.messages, ex.line, getattr(ex, "tools", None))
-        except InvalidRequest as exc:
-            return f"Model {name[:200]} cannot be chat fine-tuned on this file: {exc.message}"
-    return None

@@ -173,7 +173,7 @@ def _check_chat_model(base_model: str, settings: Settings, training_file: Path) 
     takes minutes); a local or Hugging Face model's tokenizer is loaded once per process and rendered.
     """
     from tunery.models import resolve
-    from tunery.models.templates import chat_training_problem
+    from tunery.train.tokenize import chat_training_problem
 
     if resolve(base_model, settings).spec.kind == "gguf_package":
         return
