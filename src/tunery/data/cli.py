@@ -97,8 +97,8 @@ def validate(
             console.print(f"    e.g. {escape(detail)}", highlight=False)
         console.print(f"    fix: {escape(p.hint)}", highlight=False)
     if report.ok:
-        console.print(f"[green]✓ no errors[/green]" + (f" ({len(report.warnings)} kind(s) of warning)"
-                                                          if report.warnings else ""))
+        console.print("[green]✓ no errors[/green]" + (f" ({len(report.warnings)} kind(s) of warning)"
+                                                         if report.warnings else ""))
     else:
         n = sum(p.count for p in report.errors)
         console.print(f"[red]✗ {n:,} error(s) in {len(report.errors)} kind(s): "
