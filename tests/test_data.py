@@ -1,4 +1,4 @@
-"""tunery.data: formats, read_examples, the validator (every kind, with its line), auto_epochs, throughput."""
+"""tunery.data: formats, read_examples, the validator (every kind, with its line), throughput."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tunery.data import (
-    KINDS, ValidationReport, auto_epochs, measured_throughput, read_examples, record_throughput, validate_file,
+    KINDS, ValidationReport, measured_throughput, read_examples, record_throughput, validate_file,
 )
 from tunery.data.estimate import BUILTIN_THROUGHPUT, billed_tokens
 
@@ -253,13 +253,7 @@ def test_template_error_and_no_template(tmp_path, tiny_model_dir):
     assert r.ok, r.summary()
 
 
-# --- epochs and throughput -------------------------------------------------------------------------
-
-@pytest.mark.parametrize("n,epochs", [(1, 25), (3, 25), (10, 10), (20, 5), (33, 3), (34, 3), (100, 3),
-                                      (8333, 3), (8334, 2), (12500, 2), (25000, 1), (100000, 1)])
-def test_auto_epochs(n, epochs):
-    assert auto_epochs(n) == epochs
-
+# --- throughput ------------------------------------------------------------------------------------
 
 def test_billed_tokens():
     assert billed_tokens([10, 5000, 20], 1024, 3) == (10 + 1024 + 20) * 3

@@ -199,6 +199,14 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_model_dir, tok):
 
 # --- hyperparameters --------------------------------------------------------------------------
 
+@pytest.mark.parametrize("n,epochs", [(1, 25), (3, 25), (10, 10), (20, 5), (33, 3), (34, 3), (100, 3),
+                                      (8333, 3), (8334, 2), (12500, 2), (25000, 1), (100000, 1)])
+def test_auto_epochs(n, epochs):
+    from tunery.train.config import auto_epochs
+
+    assert auto_epochs(n) == epochs
+
+
 def test_auto_hyperparameters_and_validation(tmp_path):
     cfg = TrainConfig(model="m", training_file="f", output_dir=tmp_path)
     hp = resolve_hyperparameters(cfg, 25)

@@ -7,9 +7,8 @@ from tunery.data.estimate import billed_tokens, measured_throughput, record_thro
 from tunery.data.formats import KINDS, Example, Format, detect_object_format
 from tunery.data.reading import detect_format, read_examples
 from tunery.data.validation import Problem, ValidationReport, validate_file
-from tunery.train.config import auto_epochs  # a hyperparameter rule: train/config.py owns them all
 
 __all__ = [
-    "KINDS", "Example", "Format", "Problem", "ValidationReport", "auto_epochs", "billed_tokens",
-    "detect_format", "detect_object_format", "measured_throughput", "read_examples", "record_throughput", "validate_file",
+    "KINDS", "Example", "Format", "Problem", "ValidationReport", "billed_tokens", "detect_format",
+    "detect_object_format", "measured_throughput", "read_examples", "record_throughput", "validate_file",
 ]

@@ -138,10 +138,11 @@ def stats(
 ) -> None:
     """Examples, tokens (per example, assistant), auto epochs, trained tokens and estimated training time."""
     from tunery.data.stats import file_stats
+    from tunery.train.config import auto_epochs
 
     name = _model(model)
     with _progress([file], quiet=as_json) as progress:
-        st = file_stats(file, name, method=method, n_epochs=n_epochs, progress=progress)
+        st = file_stats(file, name, auto_epochs=auto_epochs, method=method, n_epochs=n_epochs, progress=progress)
     if as_json:
         typer.echo(json.dumps(st, indent=2))
         return

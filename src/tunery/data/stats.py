@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Callable
 from os import PathLike
 
 from tunery.data.estimate import billed_tokens, measured_throughput
-from tunery.train.config import auto_epochs
 from tunery.data.validation import validate_file
 
 HIST_BINS = 10
@@ -37,9 +37,12 @@ def histogram(values, bins: int = HIST_BINS) -> dict:
     return {"edges": [lo + i * width for i in range(len(counts) + 1)], "counts": counts}
 
 
-def file_stats(path: str | PathLike, model: str, *, method: str = "lora", n_epochs: int | None = None,
-               progress=None) -> dict:
-    """Everything `tunery data stats` shows, as a JSON-able dict (one streaming pass)."""
+def file_stats(path: str | PathLike, model: str, *, auto_epochs: Callable[[int], int], method: str = "lora",
+               n_epochs: int | None = None, progress=None) -> dict:
+    """Everything `tunery data stats` shows, as a JSON-able dict (one streaming pass).
+
+    auto_epochs is the trainer's rule for "auto" n_epochs (tunery.train.config.auto_epochs), handed in by the
+    command: train/ reads data/, so data/ does not import train/."""
     from tunery.data.tokens import get_counter
 
     counter = get_counter(model)

@@ -1,8 +1,8 @@
 """Training configuration and the job's hyperparameters: their names, ranges, "auto" rules and resolution.
 
 The one owner of these facts (torch-free): the API's checks (store/jobs.py), the wire shape
-(store/wire.py), the worker (worker/runner.py), the data estimates (data/estimate.py) and the trainer
-all read them from here.
+(store/wire.py), the worker (worker/runner.py), `tunery data stats` (data/cli.py hands auto_epochs to
+data/stats.py) and the trainer all read them from here.
 
 Learning rate = BASE_LEARNING_RATE[method] × learning_rate_multiplier, so the multiplier means the same
 thing for every model: 1.0 is a sound default for that method, 2.0 twice as aggressive.
