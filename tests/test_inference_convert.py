@@ -74,3 +74,25 @@ def test_tiny_model_lora_matches_peft(tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_bundled_model_lora_matches_peft(bundled_model_dir, tmp_path):
     _agree(bundled_model_dir, tmp_path, std=0.05, n_tokens=24, must_agree=16)
+
+
+def test_export_gguf_through_the_cli(tiny_model_dir, tmp_path, capsys):
+    """`tunery export --ollama` on full weights writes model.gguf and a Modelfile; a LoRA whose base has no
+    GGUF to pair it with is refused with the way out (--merge)."""
+    import shutil
+
+    from tunery.cli import main
+    from tunery.inference.convert import read_gguf_header
+
+    full = tmp_path / "full"
+    shutil.copytree(tiny_model_dir, full)
+    (full / "tunery.json").write_text(json.dumps({"base_model": str(tiny_model_dir), "method": "full"}))
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(full), "--ollama", "--output", str(tmp_path / "full-ollama")])
+    assert exc.value.code == 0
+    assert (tmp_path / "full-ollama" / "Modelfile").read_text() == "FROM ./model.gguf\n"
+    assert read_gguf_header(tmp_path / "full-ollama" / "model.gguf")[1]
+    _random_lora(tiny_model_dir, tmp_path / "lora", std=0.1)
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(tmp_path / "lora"), "--gguf", "--output", str(tmp_path / "lora-gguf")])
+    assert exc.value.code == 1 and "export with --merge" in capsys.readouterr().err.replace("\n", " ")

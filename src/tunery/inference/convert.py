@@ -8,7 +8,8 @@ What llama.cpp needs (facts from its own converters):
   * Llama-architecture GGUFs store q_proj/k_proj with their rows permuted for llama.cpp's rotary
     layout (transformers undoes that when it loads a GGUF), so the output rows of q/k — B's rows for a
     LoRA, A stays as it is — get the same permutation. Gemma 3 (NeoX rotary) is not permuted.
-Files are written beside their source, atomically (a temporary name, then a rename).
+Files are written beside their source, atomically (a temporary name, then a rename); export_gguf writes
+them into a folder of their own for use outside tunery (`tunery export --gguf`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import os
 import re
 from pathlib import Path
 
-from tunery.errors import ModelUnavailable
-from tunery.train.checkpoint import is_adapter_dir
+from tunery.errors import InvalidRequest, ModelUnavailable
+from tunery.train.checkpoint import META_FILE, is_adapter_dir
 
 LORA_GGUF = "adapter.gguf"
 MODEL_GGUF = "model.gguf"
@@ -320,3 +321,33 @@ def convert_for_llamacpp(model_dir: Path | str, base_model: str, settings=None) 
     if cfg.get("model_type") != "llama":
         return None
     return model_to_gguf(model_dir, base=base_gguf(base_model, settings))
+
+
+# --- export for use outside tunery (`tunery export --gguf`) ------------------------------
+
+def export_gguf(src: Path | str, out: Path | str, *, ollama: bool = False) -> Path:
+    """GGUF for llama.cpp with the same conversion the server uses: a LoRA → out/adapter.gguf (the base
+    stays the base model's own GGUF), full weights → out/model.gguf. With ollama=True also a Modelfile:
+    `FROM <base GGUF>` + `ADAPTER ./adapter.gguf`, or `FROM ./model.gguf` (Ollama's Modelfile syntax)."""
+    src, out = Path(src), Path(out)
+    meta_path = src / META_FILE
+    if not meta_path.exists():
+        raise InvalidRequest(f"{src} is not a tunery model directory (no {META_FILE}); pass a run's final/ "
+                             "or checkpoints/step-N folder", param="dir")
+    if out.exists() and any(out.iterdir()):
+        raise InvalidRequest(f"{out} already exists and is not empty", param="output")
+    base_model = json.loads(meta_path.read_text())["base_model"]
+    base = base_gguf(base_model)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_adapter_dir(src):
+        if base is None:
+            raise InvalidRequest(f"the base model {base_model!r} has no GGUF file to pair a GGUF LoRA with; "
+                                 "export with --merge and convert the merged model instead", param="dir")
+        lora_to_gguf(src, base, out / LORA_GGUF)
+        modelfile = f"FROM {base}\nADAPTER ./{LORA_GGUF}\n"
+    else:
+        model_to_gguf(src, out / MODEL_GGUF, base=base)
+        modelfile = f"FROM ./{MODEL_GGUF}\n"
+    if ollama:
+        (out / "Modelfile").write_text(modelfile)
+    return out

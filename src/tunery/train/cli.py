@@ -108,7 +108,8 @@ def export_command(
 ) -> None:
     """Export a trained model as a standalone Hugging Face directory (--merge), a clean adapter copy,
     or GGUF for llama.cpp / Ollama (--gguf, --ollama)."""
-    from tunery.train.export import export_gguf, export_model
+    from tunery.inference.convert import export_gguf
+    from tunery.train.export import export_model
 
     directory = directory.resolve()
     if gguf or ollama:

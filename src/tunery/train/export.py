@@ -1,4 +1,5 @@
-"""Export a trained model dir (final/ or checkpoints/step-N) for use outside tunery."""
+"""Export a trained model dir (final/ or checkpoints/step-N) for use outside tunery as a Hugging Face
+directory (GGUF for llama.cpp and Ollama: inference/convert.py's export_gguf)."""
 
 from __future__ import annotations
 
@@ -37,34 +38,4 @@ def export_model(src: Path | str, out: Path | str, *, merge: bool = True) -> Pat
     tok.save_pretrained(out)
     (out / META_FILE).write_text(json.dumps({**meta, "method": "full", "merged_from": str(src.resolve()),
                                              "merged_method": meta.get("method")}, indent=2, default=str))
-    return out
-
-
-def export_gguf(src: Path | str, out: Path | str, *, ollama: bool = False) -> Path:
-    """GGUF for llama.cpp with the same conversion the server uses: a LoRA → out/adapter.gguf (the base
-    stays the base model's own GGUF), full weights → out/model.gguf. With ollama=True also a Modelfile:
-    `FROM <base GGUF>` + `ADAPTER ./adapter.gguf`, or `FROM ./model.gguf` (Ollama's Modelfile syntax)."""
-    from tunery.inference import convert
-
-    src, out = Path(src), Path(out)
-    meta_path = src / META_FILE
-    if not meta_path.exists():
-        raise InvalidRequest(f"{src} is not a tunery model directory (no {META_FILE}); pass a run's final/ "
-                             "or checkpoints/step-N folder", param="dir")
-    if out.exists() and any(out.iterdir()):
-        raise InvalidRequest(f"{out} already exists and is not empty", param="output")
-    base_model = json.loads(meta_path.read_text())["base_model"]
-    base = convert.base_gguf(base_model)
-    out.mkdir(parents=True, exist_ok=True)
-    if is_adapter_dir(src):
-        if base is None:
-            raise InvalidRequest(f"the base model {base_model!r} has no GGUF file to pair a GGUF LoRA with; "
-                                 "export with --merge and convert the merged model instead", param="dir")
-        convert.lora_to_gguf(src, base, out / convert.LORA_GGUF)
-        modelfile = f"FROM {base}\nADAPTER ./{convert.LORA_GGUF}\n"
-    else:
-        convert.model_to_gguf(src, out / convert.MODEL_GGUF, base=base)
-        modelfile = f"FROM ./{convert.MODEL_GGUF}\n"
-    if ollama:
-        (out / "Modelfile").write_text(modelfile)
     return out
