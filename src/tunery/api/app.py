@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, *, exposed: bool = False, publi
     for name in ROUTE_MODULES:
         module = importlib.import_module(name)
         app.include_router(module.router, prefix="/v1")
-    from tunery.dashboard import mount_dashboard
+    from tunery.api.dashboard import mount_dashboard
 
     mount_dashboard(app)  # the web pages at / and their read-only /tunery/v1 routes
 
