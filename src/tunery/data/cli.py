@@ -142,7 +142,8 @@ def stats(
 
     name = _model(model)
     with _progress([file], quiet=as_json) as progress:
-        st = file_stats(file, name, auto_epochs=auto_epochs, method=method, n_epochs=n_epochs, progress=progress)
+        st = file_stats(file, name, auto_epochs=auto_epochs, method=method, n_epochs=n_epochs,
+                        progress=progress)
     if as_json:
         typer.echo(json.dumps(st, indent=2))
         return
