@@ -449,3 +449,35 @@ def test_concurrency_limits_how_many_jobs_one_worker_trains_at_once(make_server,
     finally:
         worker.stop()
     assert statuses() == ["queued", "queued", "queued"]  # stopped workers hand their jobs back
+
+
+def test_one_worker_shares_its_time_between_organizations(make_server, tiny_model_dir, tmp_path):
+    """Fair share through the real API and worker: an organization that queued three jobs first does not
+    make a later organization's job wait behind all three; the worker alternates between them."""
+    from tunery.models.registry import set_alias
+    from tunery.store import create_api_key
+    from tunery.worker import start_background_worker
+
+    srv = make_server()
+    set_alias("tiny-test", str(tiny_model_dir), srv.settings)  # callers with keys may not name paths
+    _, busy_key = create_api_key(srv.store, "busy")
+    _, late_key = create_api_key(srv.store, "late")
+    busy, late = srv.client(api_key=busy_key), srv.client(api_key=late_key)
+    busy_jobs = [create_job(busy, "tiny-test", upload(busy, tmp_path, name="b.jsonl")) for _ in range(3)]
+    late_job = create_job(late, "tiny-test", upload(late, tmp_path, name="l.jsonl"))
+    worker = start_background_worker(srv.settings, concurrency=1)
+    try:
+        wait_for(lambda: late.fine_tuning.jobs.retrieve(late_job.id).status == "succeeded", 180,
+                 "the later organization's job to succeed")
+    finally:
+        worker.stop()
+    from sqlalchemy import select
+
+    from tunery.store.tables import FineTuningJob
+
+    with srv.store.session() as s:  # the claim order (pk breaks ties within started_at's one second)
+        rows = s.execute(select(FineTuningJob.id, FineTuningJob.started_at, FineTuningJob.pk)
+                         .where(FineTuningJob.started_at.is_not(None))).all()
+    order = [r.id for r in sorted(rows, key=lambda r: (r.started_at, r.pk))]
+    assert order[:2] == [busy_jobs[0].id, late_job.id], order
+    assert busy.fine_tuning.jobs.retrieve(busy_jobs[2].id).status == "queued"

@@ -87,14 +87,43 @@ def test_concurrent_workers_claim_each_job_exactly_once(store, store_settings, t
     assert all(r[2] in {f"w{i}" for i in range(4)} for r in rows)
 
 
-def test_claims_follow_creation_order_per_organization(store):
+def test_claims_follow_creation_order_within_an_organization(store):
     t = now()
     older = _queued_jobs(store, 2, "acme", created_at=t - 10)
     newer = _queued_jobs(store, 2, "acme", created_at=t)
-    other = _queued_jobs(store, 1, "zeta", created_at=t - 5)
-    order = [queue.claim_next(store, "w", 60).id for _ in range(5)]
-    assert order == older + other + newer
+    order = [queue.claim_next(store, "w", 60).id for _ in range(4)]
+    assert order == older + newer
     assert queue.claim_next(store, "w", 60) is None
+
+
+def test_claims_share_between_organizations_by_running_jobs(store):
+    """Claims that stay running: the organization with fewer running jobs goes first, whatever its backlog."""
+    t = now()
+    acme = _queued_jobs(store, 4, "acme", created_at=t - 10)
+    zeta = _queued_jobs(store, 2, "zeta", created_at=t - 5)
+    order = [queue.claim_next(store, "w", 60).id for _ in range(6)]
+    assert order == [acme[0], zeta[0], acme[1], zeta[1], acme[2], acme[3]]
+
+
+def _finish(store, job_id: str, started_at: int) -> None:
+    with store.session() as s:
+        s.execute(update(FineTuningJob).where(FineTuningJob.id == job_id)
+                  .values(status="succeeded", lease_owner=None, started_at=started_at, finished_at=started_at + 1))
+
+
+def test_one_worker_takes_organizations_in_turn_so_a_backlog_cannot_starve_anyone(store):
+    """One worker, one job at a time (each finishes before the next claim): a busy organization's ten
+    queued jobs do not hold back a later organization's two; the organizations alternate."""
+    t = now() - 1000
+    busy = _queued_jobs(store, 10, "busy", created_at=t)
+    late = _queued_jobs(store, 2, "late", created_at=t + 100)
+    order = []
+    for i in range(12):
+        job = queue.claim_next(store, "w", 60)
+        order.append(job.id)
+        _finish(store, job.id, started_at=t + 200 + 10 * i)  # each job runs 10 s after the one before
+    assert queue.claim_next(store, "w", 60) is None
+    assert order == [busy[0], late[0], busy[1], late[1]] + busy[2:]
 
 
 def test_writes_need_the_lease_and_running_status(store):

@@ -8,8 +8,9 @@ These are the lease-holding variants of the store's writes: events, files and mo
 built only by store/jobs.py, store/files.py and store/models.py, inside this module's transactions.
 
 Claiming is atomic: PostgreSQL locks the chosen row with FOR UPDATE SKIP LOCKED (concurrent workers
-skip each other's rows instead of waiting); SQLite, which has one writer at a time, flips the oldest
-queued row with a single UPDATE ... WHERE id=(SELECT ...) AND status='queued' RETURNING.
+skip each other's rows instead of waiting); SQLite, which has one writer at a time, flips the next
+queued row with a single UPDATE ... WHERE id=(SELECT ...) AND status='queued' RETURNING. Which row is
+next is fair between organizations (fair_share_order).
 """
 
 from __future__ import annotations
@@ -95,27 +96,44 @@ def _is_zombie(pid: int) -> bool:
 
 # --- claiming ---------------------------------------------------------------------------------
 
+def fair_share_order() -> tuple:
+    """The order queued jobs are claimed in: fair share between organizations, creation order within one.
+
+    First the organization with the fewest running jobs, then the one whose latest job started longest ago
+    (never: first), then the oldest job (pk breaks ties within one second). So one organization's backlog
+    cannot hold back another's job for longer than the jobs already running: with one worker the
+    organizations take turns. With a single organization this is plain creation order."""
+    from sqlalchemy import func
+
+    j = FineTuningJob.__table__.alias("org_jobs")
+    running = (select(func.count()).select_from(j)
+               .where(j.c.org_id == FineTuningJob.org_id, j.c.status == RUNNING).scalar_subquery())
+    last_start = (select(func.coalesce(func.max(j.c.started_at), 0)).select_from(j)
+                  .where(j.c.org_id == FineTuningJob.org_id).scalar_subquery())
+    return running, last_start, FineTuningJob.created_at, FineTuningJob.pk
+
+
 def claim_next(store: Store, owner: str, lease_seconds: int) -> ClaimedJob | None:
-    """Atomically move the oldest queued job to running under owner's lease; None when none is queued."""
+    """Atomically move the next queued job (fair_share_order) to running under owner's lease; None when
+    none is queued."""
     t = now()
     values = dict(status=RUNNING, lease_owner=owner, lease_expires_at=t + lease_seconds,
                   attempts=FineTuningJob.attempts + 1, updated_at=t)
-    # Creation order (pk breaks ties within one second), which is also creation order per organization.
     # A queued job may still carry the lease of a worker that is saving its paused state (pause then
     # resume in quick succession): it becomes claimable when that worker lets go or its lease expires.
     free = or_(FineTuningJob.lease_owner.is_(None), FineTuningJob.lease_expires_at < t)
-    oldest = (select(FineTuningJob.id).where(FineTuningJob.status == QUEUED, free)
-              .order_by(FineTuningJob.created_at, FineTuningJob.pk).limit(1))
+    next_job = (select(FineTuningJob.id).where(FineTuningJob.status == QUEUED, free)
+              .order_by(*fair_share_order()).limit(1))
     with store.session() as s:
         if store.dialect == "postgresql":
-            job_id = s.execute(oldest.with_for_update(skip_locked=True)).scalar()
+            job_id = s.execute(next_job.with_for_update(of=FineTuningJob, skip_locked=True)).scalar()
             if job_id is None:
                 return None
             s.execute(update(FineTuningJob).where(FineTuningJob.id == job_id).values(**values))
         else:
             job_id = s.execute(
                 update(FineTuningJob)
-                .where(FineTuningJob.id == oldest.scalar_subquery(), FineTuningJob.status == QUEUED)
+                .where(FineTuningJob.id == next_job.scalar_subquery(), FineTuningJob.status == QUEUED)
                 .values(**values).returning(FineTuningJob.id)).scalar()
             if job_id is None:
                 return None
