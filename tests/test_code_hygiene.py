@@ -106,7 +106,8 @@ def describe(cycle: list[str], graph) -> str:
 # registers its commands, so a command may ask a layer above its package and nothing reaches back up to it.
 ALLOWED_LAYER_EDGES = {
     # (importing module, layer it imports): why
-    ("tunery.data.cli", "tunery.train"): "`tunery data stats` shows the trainer's auto epochs",
+    ("tunery.data.cli", "tunery.train"):
+        "`tunery data stats` shows the run the trainer would make (train/plan.py)",
     ("tunery.train.cli", "tunery.inference"): "`tunery export --gguf` converts as the llama.cpp server does",
     ("tunery.models.cli", "tunery.inference"): "`tunery models list` shows the backend that would serve each",
 }

@@ -68,10 +68,11 @@ def test_stats_shows_tokens_epochs_and_estimate_source(tmp_path, tiny_model_dir)
     r = run("stats", f, "--model", tiny_model_dir, "--json")
     assert r.exit_code == 0, r.output
     st = json.loads(r.output)
-    assert st["n_examples"] == 20 and st["n_epochs"] == 5 and st["n_epochs_source"] == "auto"
+    assert st["n_examples"] == 20 and st["n_epochs_source"] == "auto"
     tok = st["tokens_per_example"]
     assert tok["min"] <= tok["mean"] <= tok["p95"] <= tok["max"]
-    assert st["trained_tokens"] == tok["total"] * 5 == st["trained_tokens_per_epoch"] * 5
+    assert st["file_tokens"] == tok["total"]
+    assert st["trained_tokens"] == st["trained_tokens_per_epoch"] * st["n_epochs"]
     assert 0 < st["assistant_tokens_per_example"]["max"] < tok["min"]
     assert st["messages_per_example"]["mean"] == 3
     assert sum(st["histogram"]["counts"]) == 20
@@ -82,7 +83,7 @@ def test_stats_shows_tokens_epochs_and_estimate_source(tmp_path, tiny_model_dir)
     r = run("stats", f, "--model", tiny_model_dir)
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
-    assert "epochs: 5 (auto)" in out and "1,000.0 tokens/s" in out and "measured" in out
+    assert f"epochs: {st['n_epochs']} (auto" in out and "1,000.0 tokens/s" in out and "measured" in out
     assert "│" in out  # the histogram
 
 
@@ -170,3 +171,49 @@ def test_data_help_for_every_command():
     for cmd in ("validate", "stats", "split", "convert"):
         r = run(cmd, "--help")
         assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_stats_plans_the_run_the_trainer_makes(tmp_path, tiny_model_dir):
+    """`data stats` shows what a job with auto hyperparameters will do with the file (rewrites, replay,
+    epochs, batch size, trained tokens), because it asks the trainer's own rules: compared here with the
+    trainer's start on the same file and with the rewritten set's real tokens. Explicit epochs mean the
+    file as given."""
+    from tunery.data.reading import read_examples
+    from tunery.models.registry import load_tokenizer
+    from tunery.train import TrainCallbacks, TrainConfig, train
+    from tunery.train.augment import augment
+    from tunery.train.tokenize import encode_example
+
+    f = write(tmp_path / "train.jsonl", [chat(i) for i in range(20)])
+    st = json.loads(run("stats", f, "--model", tiny_model_dir, "--json").output)
+    assert st["augment"] > 0 and st["replay"] > 0 and st["early_stop"]  # a small English chat set
+
+    class Seen(TrainCallbacks):
+        events: list[str] = []
+
+        def on_event(self, level, message):
+            self.events.append(message)
+
+        def should_stop(self):
+            return "cancel"  # the plan is made before the first step
+
+    seen = Seen()
+    res = train(TrainConfig(model=str(tiny_model_dir), training_file=f, output_dir=tmp_path / "out", seed=0,
+                            processes=1), seen)
+    hp = res.hyperparameters
+    assert (st["n_epochs"], st["batch_size"], st["augment"]) == (hp["n_epochs"], hp["batch_size"], hp["augment"])
+    # Replay keeps only the base model's answers that end in a whole sentence: at most the planned number
+    # (the tiny test model finishes none of them).
+    assert f"to {st['replay']} general question(s)" in " ".join(seen.events)
+    started = next(m for m in seen.events if m.startswith("Fine-tuning started"))
+    assert f"{st['examples_per_epoch'] - st['replay'] + hp['replay']} examples" in started, started
+    tok = load_tokenizer(str(tiny_model_dir))
+    rewritten = augment(list(read_examples(f)), hp["augment"], seed=0)
+    real = sum(len(encode_example(tok, ex)) for ex in rewritten)
+    planned = st["trained_tokens_per_epoch"] - st["replay"] * (
+        round((st["file_tokens"] - st["assistant_tokens_per_example"]["total"]) / 20) + 48)
+    assert abs(real - planned) <= 0.1 * real, (real, planned)
+
+    given = json.loads(run("stats", f, "--model", tiny_model_dir, "--json", "--epochs", "3").output)
+    assert (given["n_epochs"], given["augment"], given["replay"], given["n_epochs_source"]) == (3, 0, 0, "given")
+    assert given["trained_tokens"] == 3 * given["file_tokens"]

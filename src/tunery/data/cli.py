@@ -136,14 +136,15 @@ def stats(
     n_epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs to assume (default: auto)."),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
 ) -> None:
-    """Examples, tokens (per example, assistant), auto epochs, trained tokens and estimated training time."""
+    """Examples, tokens (per example, assistant), the run the trainer would make of the file (epochs, question
+    rewrites, replay; the same rules as a job with auto hyperparameters), trained tokens and the training
+    time that takes."""
     from tunery.data.stats import file_stats
-    from tunery.train.config import auto_epochs
+    from tunery.train.plan import RunPlanner
 
     name = _model(model)
     with _progress([file], quiet=as_json) as progress:
-        st = file_stats(file, name, auto_epochs=auto_epochs, method=method, n_epochs=n_epochs,
-                        progress=progress)
+        st = file_stats(file, name, planner=RunPlanner(n_epochs), method=method, progress=progress)
     if as_json:
         typer.echo(json.dumps(st, indent=2))
         return
@@ -169,9 +170,7 @@ def stats(
     if st["n_over_context"]:
         console.print(f"[yellow]{st['n_over_context']:,} example(s) exceed the context "
                       "and will be truncated[/yellow]")
-    console.print(f"epochs: [bold]{st['n_epochs']}[/bold] ({st['n_epochs_source']})   trained tokens: "
-                  f"[bold]{st['trained_tokens']:,}[/bold] (Σ min(context, tokens) × epochs; "
-                  f"{st['trained_tokens_per_epoch']:,} per epoch)")
+    console.print(_plan_line(st), highlight=False)
     if st["estimated_seconds"] is not None:
         console.print(f"estimated training time ({st['method']}): [bold]{_duration(st['estimated_seconds'])}"
                       f"[/bold] at {st['tokens_per_second']:,} tokens/s — "
@@ -179,6 +178,20 @@ def stats(
     if not st["validation"]["ok"]:
         console.print(f"[yellow]the file has {st['validation']['n_errors']:,} error(s); "
                       f"run `tunery data validate {escape(str(file))}`[/yellow]")
+
+
+def _plan_line(st: dict) -> str:
+    """The run the trainer would make of the file, in one or two lines."""
+    parts = [f"{st['n_examples']:,} example(s)"]
+    if st["augment"]:
+        parts.append(f"{st['augment']} question rewrite(s) of each chat")
+    if st["replay"]:
+        parts.append(f"~{st['replay']} replayed base-model answers")
+    epochs = f"epochs: [bold]{st['n_epochs']}[/bold] ({st['n_epochs_source']}"
+    epochs += ", at most: it stops early once every answer is reproduced)" if st["early_stop"] else ")"
+    return (f"{epochs}, batch size {st['batch_size']}, {st['examples_per_epoch']:,} examples an epoch ("
+            + " + ".join(parts) + f")   trained tokens: [bold]{st['trained_tokens']:,}[/bold] "
+            f"({st['trained_tokens_per_epoch']:,} an epoch; the file itself has {st['file_tokens']:,})")
 
 
 @app.command()

@@ -1,16 +1,28 @@
-"""Token statistics, auto epochs, trained tokens and a training-time estimate for one file."""
+"""Token statistics, the planned run (epochs, rewrites, replay), trained tokens and a training-time estimate
+for one file."""
 
 from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Callable
+from typing import Protocol
 from os import PathLike
 
 from tunery.data.estimate import billed_tokens, measured_throughput
 from tunery.data.validation import validate_file
 
 HIST_BINS = 10
+
+
+class Planner(Protocol):
+    """What the trainer would do with the file (tunery.train.plan.RunPlanner), fed example by example.
+    The command hands it in: train/ reads data/, so data/ does not import train/."""
+
+    n_epochs: int | None
+
+    def add(self, example, tokens: int, assistant_tokens: int) -> None: ...
+
+    def result(self) -> dict: ...
 
 
 def describe(values) -> dict | None:
@@ -37,12 +49,9 @@ def histogram(values, bins: int = HIST_BINS) -> dict:
     return {"edges": [lo + i * width for i in range(len(counts) + 1)], "counts": counts}
 
 
-def file_stats(path: str | PathLike, model: str, *, auto_epochs: Callable[[int], int], method: str = "lora",
-               n_epochs: int | None = None, progress=None) -> dict:
-    """Everything `tunery data stats` shows, as a JSON-able dict (one streaming pass).
-
-    auto_epochs is the trainer's rule for "auto" n_epochs (tunery.train.config.auto_epochs), handed in by the
-    command: train/ reads data/, so data/ does not import train/."""
+def file_stats(path: str | PathLike, model: str, *, planner: Planner, method: str = "lora",
+               progress=None) -> dict:
+    """Everything `tunery data stats` shows, as a JSON-able dict (one streaming pass)."""
     from tunery.data.tokens import get_counter
 
     counter = get_counter(model)
@@ -57,13 +66,14 @@ def file_stats(path: str | PathLike, model: str, *, auto_epochs: Callable[[int],
                 continue
             tokens.append(c)
             asst.append(a)
+            planner.add(ex, c, a)
             n_msgs.append(len(ex.messages) + (1 if ex.kind == "preference" else 0) if ex.messages else 2)
 
     report = validate_file(path, model=model, _on_batch=on_batch, progress=progress)
     ctx = report.context_length
     n = report.n_examples
-    epochs = n_epochs or (auto_epochs(n) if n else 0)
-    trained = billed_tokens(tokens, ctx, epochs)
+    plan = planner.result()
+    trained = plan["trained_tokens"]
     tps, source = measured_throughput(model, method)
     try:
         from tunery.models import resolve
@@ -83,9 +93,15 @@ def file_stats(path: str | PathLike, model: str, *, auto_epochs: Callable[[int],
         "assistant_tokens_per_example": describe(asst),
         "histogram": histogram(tokens),
         "n_over_context": sum(1 for t in tokens if ctx and t > ctx),
-        "n_epochs": epochs,
-        "n_epochs_source": "given" if n_epochs else "auto",
-        "trained_tokens_per_epoch": billed_tokens(tokens, ctx, 1),
+        "n_epochs": plan["n_epochs"],
+        "n_epochs_source": "given" if planner.n_epochs else "auto",
+        "batch_size": plan["batch_size"],
+        "augment": plan["augment"],
+        "replay": plan["replay"],
+        "examples_per_epoch": plan["examples_per_epoch"],
+        "early_stop": plan["early_stop"],
+        "file_tokens": billed_tokens(tokens, ctx, 1),
+        "trained_tokens_per_epoch": plan["trained_tokens_per_epoch"],
         "trained_tokens": trained,
         "method": method,
         "tokens_per_second": round(tps, 1),
