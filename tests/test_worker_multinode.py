@@ -75,6 +75,46 @@ def test_the_worker_cli_checks_the_node_options(tmp_path):
     assert out.returncode == 2 and "--until-idle" in out.stderr
 
 
+def test_a_node_that_cannot_take_part_tells_rank_0_which_fails_the_run_at_once(tmp_path):
+    """The rendezvous protocol without training: a run posted as rank 0 posts it (distributed.RUN_KEY), a node
+    worker that cannot see its files, or counts another number of nodes, reports it (FAILED_KEY), and rank 0's
+    wait for the ranks ends at once with the node's words."""
+    import json
+    import threading
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from tunery.train import distributed
+    from tunery.worker.node import NodeWorker
+
+    port = free_port()
+    store = dist.TCPStore("127.0.0.1", port, 2, is_master=True, wait_for_workers=False,
+                          timeout=timedelta(seconds=10))
+    config = {"training_file": str(tmp_path / "elsewhere.jsonl"), "output_dir": str(tmp_path)}
+    settings = Settings.from_env({"TUNERY_HOME": str(tmp_path), "TUNERY_WORKER_POLL_SECONDS": "0.1"},
+                                 worker={"nnodes": 2, "node_rank": 1, "rdzv_endpoint": f"127.0.0.1:{port}"})
+    w = NodeWorker(settings)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        for run, said in (({"id": "a", "nnodes": 2, "config": config}, "elsewhere.jsonl does not exist on this "
+                                                                         "machine: every node must see TUNERY_HOME"),
+                          ({"id": "b", "nnodes": 3, "config": config}, "started with --nnodes 2, node 0's run "
+                                                                         "spans 3 nodes")):
+            store.set(distributed.RUN_KEY, json.dumps({**run, "world": 2 * run["nnodes"], "procs": 2}))
+            t0 = time.monotonic()
+            with pytest.raises(RuntimeError, match="another node's worker reported: node 1: ") as err:
+                distributed._wait_ready(store, [], run["nnodes"] * 2, f"127.0.0.1:{port}")
+            assert said in str(err.value) and time.monotonic() - t0 < 10
+            store.delete_key(distributed.FAILED_KEY)
+        assert w.runs == 0  # it started no rank
+    finally:
+        w.stop()
+        t.join(timeout=10)
+    assert not t.is_alive()
+
+
 # --- two nodes on loopback --------------------------------------------------------------------------
 
 def test_two_nodes_train_a_job_paused_and_resumed_with_the_one_process_losses(make_server, workers,
