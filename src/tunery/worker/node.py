@@ -175,28 +175,25 @@ class NodeWorker:
     def _wait(self, store, ranks: list, first: int) -> None:
         """Until every rank here has exited. One that fails takes the others with it (their run is lost: rank
         0's next collective fails) and is reported to rank 0 in case the group has not formed yet."""
+        ending = False
         while True:
             codes = [p.poll() for p in ranks]
+            failed = [(first + i, c) for i, c in enumerate(codes) if c]
             if all(c is not None for c in codes):
-                failed = [(first + i, c) for i, c in enumerate(codes) if c]
                 if failed:
                     log.warning("node %d: run ended with %s", self.node_rank,
                                 "; ".join(f"rank {r} {_describe_exit(c)}" for r, c in failed))
                 else:
                     log.info("node %d: run ended; waiting for the next one", self.node_rank)
                 return
-            failed = [(first + i, c) for i, c in enumerate(codes) if c]
-            if failed:
-                rank, code = failed[0]
-                self._report(store, f"rank {rank} (node {self.node_rank}) {_describe_exit(code)}")
+            if not ending and (failed or self.stopping.is_set()):
+                ending = True
+                if failed:
+                    rank, code = failed[0]
+                    self._report(store, f"rank {rank} (node {self.node_rank}) {_describe_exit(code)}")
+                else:
+                    log.info("node %d: stopping; this node's ranks leave the run", self.node_rank)
                 for p in ranks:
                     if p.poll() is None:
                         p.kill()
-                continue
-            if self.stopping.is_set():
-                log.info("node %d: stopping; this node's ranks leave the run", self.node_rank)
-                for p in ranks:
-                    if p.poll() is None:
-                        p.kill()
-                continue
             time.sleep(0.2)
