@@ -78,7 +78,8 @@ def test_the_worker_cli_checks_the_node_options(tmp_path):
 def test_a_node_that_cannot_take_part_tells_rank_0_which_fails_the_run_at_once(tmp_path):
     """The rendezvous protocol without training: a run posted as rank 0 posts it (distributed.RUN_KEY), a node
     worker that cannot see its files, or counts another number of nodes, reports it (FAILED_KEY), and rank 0's
-    wait for the ranks ends at once with the node's words."""
+    wait for the ranks ends at once with the node's words; a second worker started with the same node rank
+    stays out of a run."""
     import json
     import threading
     from datetime import timedelta
@@ -114,12 +115,21 @@ def test_a_node_that_cannot_take_part_tells_rank_0_which_fails_the_run_at_once(t
         t.join(timeout=10)
     assert not t.is_alive()
 
+    # two workers started as node 1 by mistake: the first takes the place, the other stays out
+    config["training_file"] = str(tmp_path / "train.jsonl")
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    store.set(distributed.RUN_KEY, json.dumps({"id": "c", "nnodes": 2, "world": 2, "procs": 1, "config": config}))
+    first, second = NodeWorker(settings)._next_run(), NodeWorker(settings)._next_run()
+    assert first is not None and first[1]["id"] == "c" and second is None
+    assert not store.check([distributed.FAILED_KEY])  # node 1's place is taken: the run goes on
+
 
 # --- two nodes on loopback --------------------------------------------------------------------------
 
-def test_two_nodes_train_a_job_paused_and_resumed_with_the_one_process_losses(make_server, workers,
+def test_two_nodes_train_a_job_paused_and_resumed_with_the_one_process_losses(pg_url, make_server, workers,
                                                                              tiny_model_dir, tmp_path,
-                                                                             pg_url, monkeypatch):
+                                                                             monkeypatch):
+    # pg_url first: its database is dropped after the workers have stopped
     monkeypatch.setenv("TUNERY_DATABASE_URL", pg_url)  # workers on several hosts share PostgreSQL
     srv = make_server()
     client = srv.client()

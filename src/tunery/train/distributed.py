@@ -281,6 +281,9 @@ READY_KEY = "tunery/ready/{rank}"
 RUN_KEY = "tunery/run"
 """Set by rank 0 of a multi-node run in its store until every rank is ready: JSON {id, world, nnodes, procs,
 config (TrainConfig.to_dict())}. The worker of node K starts global ranks K*procs .. K*procs+procs-1 of it."""
+NODE_KEY = "tunery/node/{node}"
+"""Counted up by each worker that takes node K's place in the run: the first one joins, any other (started with
+the same --node-rank by mistake) stays out instead of doubling node K's ranks."""
 FAILED_KEY = "tunery/failed"
 """Set by the worker of another node when one of its ranks exits with an error: what happened."""
 HOST_RETRY_SECONDS = 10.0

@@ -98,7 +98,7 @@ class NodeWorker:
             return None
         import torch.distributed as dist
 
-        from tunery.train.distributed import RUN_KEY
+        from tunery.train.distributed import NODE_KEY, RUN_KEY
 
         try:
             store = dist.TCPStore(self.host, self.port, is_master=False, timeout=timedelta(seconds=10))
@@ -115,6 +115,14 @@ class NodeWorker:
         if problem:
             log.error("node %d: cannot join run %s: %s", self.node_rank, run.get("id"), problem)
             self._report(store, f"node {self.node_rank}: {problem}")
+            return None
+        try:
+            first = store.add(NODE_KEY.format(node=self.node_rank), 1) == 1
+        except RuntimeError:
+            return None
+        if not first:
+            log.error("node %d: another worker has joined run %s as node %d: check each machine's --node-rank",
+                      self.node_rank, run["id"][:8], self.node_rank)
             return None
         return store, run
 
