@@ -107,13 +107,12 @@ def test_torchrun_over_two_nodes_joins_through_the_c10d_rendezvous(tiny_model_di
     tunery = os.path.join(os.path.dirname(sys.executable), "tunery")
     endpoint = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "TUNERY_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
-                                "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "job",
-                                tunery, "train", "--model", str(tiny_model_dir), "--training-file", str(data),
-                                "--output", str(tmp_path / "o"), "--n-epochs", "2", "--batch-size", "4",
-                                "--seed", "3"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, stdin=subprocess.DEVNULL)
-              for _ in range(2)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "job",
+           tunery, "train", "--model", str(tiny_model_dir), "--training-file", str(data),
+           "--output", str(tmp_path / "o"), "--n-epochs", "2", "--batch-size", "4", "--seed", "3"]
+    agents = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               stdin=subprocess.DEVNULL) for _ in range(2)]
     outs = [a.communicate(timeout=300)[0] for a in agents]
     assert [a.returncode for a in agents] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     assert all("succeeded: " in out for out in outs)  # each node's rank trained the run to its end

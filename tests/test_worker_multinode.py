@@ -99,10 +99,10 @@ def test_a_node_that_cannot_take_part_tells_rank_0_which_fails_the_run_at_once(t
     t = threading.Thread(target=w.run, daemon=True)
     t.start()
     try:
-        for run, said in (({"id": "a", "nnodes": 2, "config": config}, "elsewhere.jsonl does not exist on this "
-                                                                         "machine: every node must see TUNERY_HOME"),
-                          ({"id": "b", "nnodes": 3, "config": config}, "started with --nnodes 2, node 0's run "
-                                                                         "spans 3 nodes")):
+        for run, said in (({"id": "a", "nnodes": 2, "config": config},
+                           "elsewhere.jsonl does not exist on this machine: every node must see TUNERY_HOME"),
+                          ({"id": "b", "nnodes": 3, "config": config},
+                           "started with --nnodes 2, node 0's run spans 3 nodes")):
             store.set(distributed.RUN_KEY, json.dumps({**run, "world": 2 * run["nnodes"], "procs": 2}))
             t0 = time.monotonic()
             with pytest.raises(RuntimeError, match="another node's worker reported: node 1: ") as err:
@@ -118,7 +118,8 @@ def test_a_node_that_cannot_take_part_tells_rank_0_which_fails_the_run_at_once(t
     # two workers started as node 1 by mistake: the first takes the place, the other stays out
     config["training_file"] = str(tmp_path / "train.jsonl")
     (tmp_path / "train.jsonl").write_text("{}\n")
-    store.set(distributed.RUN_KEY, json.dumps({"id": "c", "nnodes": 2, "world": 2, "procs": 1, "config": config}))
+    run = {"id": "c", "nnodes": 2, "world": 2, "procs": 1, "config": config}
+    store.set(distributed.RUN_KEY, json.dumps(run))
     first, second = NodeWorker(settings)._next_run(), NodeWorker(settings)._next_run()
     assert first is not None and first[1]["id"] == "c" and second is None
     assert not store.check([distributed.FAILED_KEY])  # node 1's place is taken: the run goes on
@@ -155,7 +156,8 @@ def test_two_nodes_train_a_job_paused_and_resumed_with_the_one_process_losses(pg
     assert done.status == "succeeded", done.error
     texts = messages(client, job.id)
     assert sum("runs in 2 processes on 2 nodes (procs-per-job 1)" in m for m in texts) == 2  # both attempts
-    assert sum(m.startswith("Training in 2 processes on 2 nodes (torch.distributed, gloo)") for m in texts) == 2
+    started = "Training in 2 processes on 2 nodes (torch.distributed, gloo)"
+    assert sum(m.startswith(started) for m in texts) == 2
     assert any(f"Training paused at step {at}/32" in m for m in texts)
     assert any("Resuming training from its paused state" in m for m in texts)
     # rank 0 alone reports: one metrics event per step, one checkpoint row; the curve of one process
@@ -189,7 +191,8 @@ def test_a_node_killed_mid_run_fails_the_attempt_and_the_retry_resumes_on_both(m
              "the attempt to fail")
     assert time.monotonic() - t0 < 30  # noticed at the next collective, not after its timeout
     assert not alive(rank1)
-    wait_for(lambda: sum("Waiting for the workers of nodes 1-1" in m for m in messages(client, job.id)) == 2, 30,
+    waiting = "Waiting for the workers of nodes 1-1"
+    wait_for(lambda: sum(waiting in m for m in messages(client, job.id)) == 2, 30,
              "attempt 2 to wait for node 1")
 
     node1 = node(workers, 1, endpoint)  # the machine is back

@@ -114,13 +114,13 @@ class WorkerSettings:
                                     "one job trains in: a count, or `auto`: `TUNERY_TRAIN_PROCESSES` when set, else "
                                     "the trainer's auto (one per visible GPU on CUDA; on CPU one per core, up to 4, "
                                     "for runs estimated at over 40 s), and 1 when concurrency is above 1", "auto")
-    nnodes: int = _var("TUNERY_WORKER_NNODES", "int", "machines (nodes) one job trains on: node 0's worker claims "
-                       "jobs, the workers of node ranks 1.. join its runs (see Several machines)", 1)
-    node_rank: int = _var("TUNERY_WORKER_NODE_RANK", "int", "this worker's node: 0 claims jobs and holds their "
-                          "lease; 1 to nnodes − 1 train ranks of node 0's runs and claim nothing", 0)
+    nnodes: int = _var("TUNERY_WORKER_NNODES", "int", "machines (nodes) one job trains on: node 0's worker "
+                       "claims jobs, the workers of node ranks 1.. join its runs (see Several machines)", 1)
+    node_rank: int = _var("TUNERY_WORKER_NODE_RANK", "int", "this worker's node: 0 claims jobs and holds "
+                          "their lease; 1 to nnodes − 1 train ranks of node 0's runs and claim nothing", 0)
     rdzv_endpoint: str | None = _var("TUNERY_WORKER_RDZV_ENDPOINT", "str", "HOST:PORT of node 0 where a "
-                                     "multi-node run's rendezvous store listens (torchrun's --rdzv-endpoint; the "
-                                     "port defaults to 29400); required when nnodes is above 1", None,
+                                     "multi-node run's rendezvous store listens (torchrun's --rdzv-endpoint; "
+                                     "the port defaults to 29400); required when nnodes is above 1", None,
                                      shown="none")
     # Not from the environment: set by code (tests, the embedded worker).
     cancel_grace_seconds: float = 5.0
@@ -146,13 +146,13 @@ class WorkerSettings:
                              f"{self.nnodes - 1}], got {self.node_rank!r}")
         if self.nnodes > 1:
             if not self.rdzv_endpoint:
-                raise ValueError("TUNERY_WORKER_RDZV_ENDPOINT (--rdzv-endpoint) is required when nnodes is above "
-                                 "1: node 0's HOST:PORT, the same on every node")
+                raise ValueError("TUNERY_WORKER_RDZV_ENDPOINT (--rdzv-endpoint) is required when nnodes is "
+                                 "above 1: node 0's HOST:PORT, the same on every node")
             host, port = parse_endpoint(self.rdzv_endpoint)
             object.__setattr__(self, "rdzv_endpoint", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
             if self.concurrency != 1:
-                raise ValueError("a multi-node worker (nnodes above 1) trains one job at a time: its runs share "
-                                 "one rendezvous port; set concurrency 1")
+                raise ValueError("a multi-node worker (nnodes above 1) trains one job at a time: its runs "
+                                 "share one rendezvous port; set concurrency 1")
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -407,8 +407,8 @@ def rank_master(environ: Mapping[str, str] | None = None) -> tuple[str, int]:
 
 def rank_env(rank: int, world: int, port: int, parent_pid: int, *, addr: str = "127.0.0.1",
              local_rank: int | None = None, local_world: int | None = None) -> dict[str, str]:
-    """The environment of a rank started by tunery's own rank 0, or by the worker of another node (what torchrun
-    would set): the rendezvous store at addr:port, this rank's place in the run and on its node."""
+    """The environment of a rank started by tunery's own rank 0, or by the worker of another node (what
+    torchrun would set): the rendezvous store at addr:port, this rank's place in the run and on its node."""
     return child_env({"RANK": str(rank), "LOCAL_RANK": str(rank if local_rank is None else local_rank),
                       "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(local_world or world),
                       "MASTER_ADDR": addr, "MASTER_PORT": str(port), "TUNERY_PARENT_PID": str(parent_pid)})

@@ -282,8 +282,8 @@ RUN_KEY = "tunery/run"
 """Set by rank 0 of a multi-node run in its store until every rank is ready: JSON {id, world, nnodes, procs,
 config (TrainConfig.to_dict())}. The worker of node K starts global ranks K*procs .. K*procs+procs-1 of it."""
 NODE_KEY = "tunery/node/{node}"
-"""Counted up by each worker that takes node K's place in the run: the first one joins, any other (started with
-the same --node-rank by mistake) stays out instead of doubling node K's ranks."""
+"""Counted up by each worker that takes node K's place in the run: the first one joins, any other (started
+with the same --node-rank by mistake) stays out instead of doubling node K's ranks."""
 FAILED_KEY = "tunery/failed"
 """Set by the worker of another node when one of its ranks exits with an error: what happened."""
 HOST_RETRY_SECONDS = 10.0
@@ -326,15 +326,18 @@ def _wait_ready(store, children: list, world: int, endpoint: str | None = None) 
                 how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
                 raise RuntimeError(f"rank {rank} of the run {how} before joining it")
         if endpoint and store.check([FAILED_KEY]):
-            raise RuntimeError(f"another node's worker reported: {store.get(FAILED_KEY).decode(errors='replace')}")
+            said = store.get(FAILED_KEY).decode(errors="replace")
+            raise RuntimeError(f"another node's worker reported: {said}")
         if time.monotonic() > deadline:
+            limit = f"{COLLECTIVE_TIMEOUT.total_seconds():.0f} s"
             if not endpoint:
-                raise RuntimeError(f"the ranks did not join the run within {COLLECTIVE_TIMEOUT.total_seconds():.0f} s")
-            per_node = (len(children) + 1)
-            missing = sorted({r // per_node for r in range(1, world) if not store.check([READY_KEY.format(rank=r)])})
-            raise RuntimeError(f"node(s) {', '.join(map(str, missing))} did not join the run at {endpoint} within "
-                               f"{COLLECTIVE_TIMEOUT.total_seconds():.0f} s: start `tunery worker --nnodes "
-                               f"{world // per_node} --node-rank K --rdzv-endpoint {endpoint}` there")
+                raise RuntimeError(f"the ranks did not join the run within {limit}")
+            per_node = len(children) + 1
+            missing = sorted({r // per_node for r in range(1, world)
+                              if not store.check([READY_KEY.format(rank=r)])})
+            raise RuntimeError(f"node(s) {', '.join(map(str, missing))} did not join the run at {endpoint} "
+                               f"within {limit}: start `tunery worker --nnodes {world // per_node} "
+                               f"--node-rank K --rdzv-endpoint {endpoint}` there")
         time.sleep(0.05)
 
 

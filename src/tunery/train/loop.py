@@ -555,8 +555,9 @@ def _split_run(config: TrainConfig, cb: TrainCallbacks, hp: dict, data: _Data, w
     config.replay_pairs = data.replay
     backend = "NCCL" if device.startswith("cuda") else "gloo"
     if config.nnodes > 1:
-        cb.on_event("info", f"Waiting for the workers of nodes 1-{config.nnodes - 1} at {config.rdzv_endpoint} "
-                            f"to start their {world - world // config.nnodes} of the run's {world} ranks")
+        cb.on_event("info", f"Waiting for the workers of nodes 1-{config.nnodes - 1} at "
+                            f"{config.rdzv_endpoint} to start their {world - world // config.nnodes} of the "
+                            f"run's {world} ranks")
     ranks = distributed.start(config, world, device)
     where = f" on {config.nnodes} nodes" if config.nnodes > 1 else ""
     cb.on_event("info", f"Training in {world} processes{where} (torch.distributed, {backend}): "

@@ -24,8 +24,9 @@ def worker(
     nnodes: int = typer.Option(None, "--nnodes", min=1, help="Machines one job trains on (default 1, or "
                                "TUNERY_WORKER_NNODES); each runs a worker with its own --node-rank."),
     node_rank: int = typer.Option(None, "--node-rank", min=0,
-                                  help="This machine's node (default 0, or TUNERY_WORKER_NODE_RANK): 0 claims "
-                                       "jobs and holds their lease, 1.. join node 0's runs with their ranks."),
+                                  help="This machine's node (default 0, or TUNERY_WORKER_NODE_RANK): 0 "
+                                       "claims jobs and holds their lease, 1.. join node 0's runs with their "
+                                       "ranks."),
     rdzv_endpoint: str = typer.Option(None, "--rdzv-endpoint", metavar="HOST:PORT",
                                       help="Where node 0 listens for the other nodes (as torchrun's; or "
                                            "TUNERY_WORKER_RDZV_ENDPOINT); the same on every node."),
@@ -50,12 +51,13 @@ def worker(
                         handlers=[RichHandler(console=console, show_path=False)])
     try:
         settings = Settings.from_env(home=home, worker={
-            "concurrency": concurrency, "procs_per_job": procs_per_job, "nnodes": nnodes, "node_rank": node_rank,
-            "rdzv_endpoint": rdzv_endpoint})
+            "concurrency": concurrency, "procs_per_job": procs_per_job, "nnodes": nnodes,
+            "node_rank": node_rank, "rdzv_endpoint": rdzv_endpoint})
         config = settings.worker
     except ValueError as exc:
         flags = ("--procs-per-job", "--nnodes", "--node-rank", "--rdzv-endpoint")
-        raise typer.BadParameter(str(exc), param_hint=next((f for f in flags if f in str(exc)), None)) from None
+        hint = next((f for f in flags if f in str(exc)), None)
+        raise typer.BadParameter(str(exc), param_hint=hint) from None
     if config.node_rank > 0:
         if until_idle:
             raise typer.BadParameter("a node rank above 0 waits for node 0's runs until stopped (SIGTERM)",
@@ -81,8 +83,8 @@ def _run_node(settings, config) -> None:
     from tunery.worker.node import NodeWorker
 
     w = NodeWorker(settings, config)
-    console.print(f"[bold]tunery worker[/bold] node {config.node_rank} of {config.nnodes}: joins node 0's runs at "
-                  f"{config.rdzv_endpoint}, home {settings.home}")
+    console.print(f"[bold]tunery worker[/bold] node {config.node_rank} of {config.nnodes}: joins node 0's "
+                  f"runs at {config.rdzv_endpoint}, home {settings.home}")
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     try:
         w.run()

@@ -70,7 +70,8 @@ class NodeWorker:
         """Runs this worker's ranks took part in (finished, however they ended)."""
 
     def stop(self) -> None:
-        """Stop looking for runs; a run in progress loses this node's ranks (its attempt fails and is retried)."""
+        """Stop looking for runs; a run in progress loses this node's ranks (its attempt fails, and is
+        retried)."""
         self.stopping.set()
 
     def run(self) -> None:
@@ -86,7 +87,8 @@ class NodeWorker:
                 self._train(store, run)
             except Exception:  # a failure here must not end the worker: the next run may go well
                 log.exception("node %d: run %s failed to start here", self.node_rank, run.get("id"))
-                self._report(store, f"the worker of node {self.node_rank} could not start its ranks (see its log)")
+                self._report(store, f"the worker of node {self.node_rank} could not start its ranks "
+                                    "(see its log)")
             finally:
                 self.runs += 1
                 found = store = None  # closes this client's connection to rank 0's store
@@ -121,8 +123,8 @@ class NodeWorker:
         except RuntimeError:
             return None
         if not first:
-            log.error("node %d: another worker has joined run %s as node %d: check each machine's --node-rank",
-                      self.node_rank, run["id"][:8], self.node_rank)
+            log.error("node %d: another worker has joined run %s as node %d: check each machine's "
+                      "--node-rank", self.node_rank, run["id"][:8], self.node_rank)
             return None
         return store, run
 
@@ -150,7 +152,8 @@ class NodeWorker:
 
     # --- one run ------------------------------------------------------------------------------------
     def _train(self, store, run: dict) -> None:
-        """Start this node's ranks of the run and wait for them to end (or stop them when this worker stops)."""
+        """Start this node's ranks of the run and wait for them to end (or stop them when this worker
+        stops)."""
         procs, world = int(run["procs"]), int(run["world"])
         first = self.node_rank * procs
         out_dir = Path(run["config"]["output_dir"])

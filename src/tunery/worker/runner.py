@@ -231,7 +231,7 @@ class JobRun:
             "device": self.settings.compute.device, "num_threads": self._threads(),
             "processes": self._processes()[0],
         }
-        if self.cfg.nnodes > 1:  # rank 0 of a run the workers of the other nodes join (README: Several machines)
+        if self.cfg.nnodes > 1:  # rank 0 of a run the other nodes' workers join (README: Several machines)
             cfg.update(nnodes=self.cfg.nnodes, rdzv_endpoint=self.cfg.rdzv_endpoint)
         if job.model.startswith("ft:"):  # start from the fine-tuned model's weights
             from tunery.store.models import find_servable_model
@@ -401,8 +401,9 @@ class JobRun:
             if hp.get("processes"):
                 n = int(hp["processes"])
                 nodes = f" on {self.cfg.nnodes} nodes" if self.cfg.nnodes > 1 and n > 1 else ""
-                self.event("info", f"Training attempt {self.job.attempts} runs in {n} process{'es' if n > 1 else ''}"
-                                   f"{nodes} ({self._processes()[1]})", statuses=("running", "paused"))
+                self.event("info", f"Training attempt {self.job.attempts} runs in {n} "
+                                   f"process{'es' if n > 1 else ''}{nodes} ({self._processes()[1]})",
+                           statuses=("running", "paused"))
         elif kind == "checkpoint":
             info = msg[1]
             from tunery import ids
