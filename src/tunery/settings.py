@@ -285,6 +285,8 @@ class Settings:
         given on a command line (None: not given), which win over the environment before the section's
         fields are checked together (e.g. --rdzv-endpoint with TUNERY_WORKER_NNODES=2)."""
         env = os.environ if environ is None else environ
+        if isinstance(worker, WorkerSettings):  # a whole section: an override like any other
+            overrides["worker"], worker = worker, None
         top = _read(cls, env)
         home = Path(overrides.pop("home", None) or top.get("home") or Path.home() / ".tunery").expanduser().resolve()
         top.update(home=home, database_url=top.get("database_url") or cls.default_database_url(home),
