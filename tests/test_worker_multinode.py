@@ -125,6 +125,23 @@ def test_a_node_that_cannot_take_part_tells_rank_0_which_fails_the_run_at_once(t
     assert not store.check([distributed.FAILED_KEY])  # node 1's place is taken: the run goes on
 
 
+def test_rank_0_names_the_nodes_that_never_came(monkeypatch):
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from tunery.train import distributed
+
+    monkeypatch.setattr(distributed, "COLLECTIVE_TIMEOUT", timedelta(seconds=1))
+    port = free_port()
+    store = dist.TCPStore("127.0.0.1", port, 3, is_master=True, wait_for_workers=False,
+                          timeout=timedelta(seconds=10))
+    store.set(distributed.READY_KEY.format(rank=1), "1")  # node 1 came, node 2 did not
+    with pytest.raises(RuntimeError, match=r"node\(s\) 2 did not join the run at h:1 within 1 s: start `tunery "
+                                           r"worker --nnodes 3 --node-rank K --rdzv-endpoint h:1` there"):
+        distributed._wait_ready(store, [], 3, "h:1")
+
+
 # --- two nodes on loopback --------------------------------------------------------------------------
 
 def test_two_nodes_train_a_job_paused_and_resumed_with_the_one_process_losses(pg_url, make_server, workers,
