@@ -98,6 +98,29 @@ def test_torchrun_launches_the_trainer_cli(tiny_model_dir, tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_torchrun_over_two_nodes_joins_through_the_c10d_rendezvous(tiny_model_dir, tmp_path):
+    """Two "machines" on loopback, by hand (outside the queue): one torchrun agent per node (--nnodes 2, one
+    rank each, --rdzv-backend c10d); the ranks meet at the shared endpoint, global rank 0 alone writes."""
+    from test_api_support import free_port
+
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(8))
+    tunery = os.path.join(os.path.dirname(sys.executable), "tunery")
+    endpoint = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "TUNERY_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "job",
+           tunery, "train", "--model", str(tiny_model_dir), "--training-file", str(data),
+           "--output", str(tmp_path / "o"), "--n-epochs", "2", "--batch-size", "4", "--seed", "3"]
+    agents = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               stdin=subprocess.DEVNULL) for _ in range(2)]
+    outs = [a.communicate(timeout=300)[0] for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    assert all("succeeded: " in out for out in outs)  # each node's rank trained the run to its end
+    assert sum("Training finished" in out for out in outs) == 1  # only rank 0 reports
+    assert sorted(p.name for p in (tmp_path / "o" / "checkpoints").iterdir()) == ["step-2", "step-4"]
+    assert (tmp_path / "o" / "final" / "adapter_model.safetensors").exists()
+
+
 def test_tunery_train_in_two_processes_keeps_the_terminal_quiet(tiny_model_dir, tmp_path):
     """`tunery train` starts the second rank itself; its output is the user's terminal too."""
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(8))

@@ -114,6 +114,14 @@ class WorkerSettings:
                                     "one job trains in: a count, or `auto`: `TUNERY_TRAIN_PROCESSES` when set, else "
                                     "the trainer's auto (one per visible GPU on CUDA; on CPU one per core, up to 4, "
                                     "for runs estimated at over 40 s), and 1 when concurrency is above 1", "auto")
+    nnodes: int = _var("TUNERY_WORKER_NNODES", "int", "machines (nodes) one job trains on: node 0's worker "
+                       "claims jobs, the workers of node ranks 1.. join its runs (see Several machines)", 1)
+    node_rank: int = _var("TUNERY_WORKER_NODE_RANK", "int", "this worker's node: 0 claims jobs and holds "
+                          "their lease; 1 to nnodes − 1 train ranks of node 0's runs and claim nothing", 0)
+    rdzv_endpoint: str | None = _var("TUNERY_WORKER_RDZV_ENDPOINT", "str", "HOST:PORT of node 0 where a "
+                                     "multi-node run's rendezvous store listens (torchrun's --rdzv-endpoint; "
+                                     "the port defaults to 29400); required when nnodes is above 1", None,
+                                     shown="none")
     # Not from the environment: set by code (tests, the embedded worker).
     cancel_grace_seconds: float = 5.0
     """After a cancel, the child gets this long to stop by itself before it is killed."""
@@ -130,6 +138,21 @@ class WorkerSettings:
         if self.lease_seconds < 2:
             raise ValueError("TUNERY_WORKER_LEASE_SECONDS must be at least 2")
         object.__setattr__(self, "procs_per_job", parse_procs(self.procs_per_job))
+        if not 1 <= self.nnodes <= MAX_NODES:
+            raise ValueError(f"TUNERY_WORKER_NNODES (--nnodes) must be an integer in [1, {MAX_NODES}], "
+                             f"got {self.nnodes!r}")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"TUNERY_WORKER_NODE_RANK (--node-rank) must be in [0, nnodes − 1 = "
+                             f"{self.nnodes - 1}], got {self.node_rank!r}")
+        if self.nnodes > 1:
+            if not self.rdzv_endpoint:
+                raise ValueError("TUNERY_WORKER_RDZV_ENDPOINT (--rdzv-endpoint) is required when nnodes is "
+                                 "above 1: node 0's HOST:PORT, the same on every node")
+            host, port = parse_endpoint(self.rdzv_endpoint)
+            object.__setattr__(self, "rdzv_endpoint", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            if self.concurrency != 1:
+                raise ValueError("a multi-node worker (nnodes above 1) trains one job at a time: its runs "
+                                 "share one rendezvous port; set concurrency 1")
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -137,6 +160,25 @@ class WorkerSettings:
 
 
 MAX_PROCS_PER_JOB = 64
+MAX_NODES = 64
+DEFAULT_RDZV_PORT = 29400
+"""torchrun's default --rdzv-endpoint port."""
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """HOST:PORT (or HOST, port 29400; [v6-address]:PORT) as (host, port); ValueError naming the setting."""
+    raw = str(text).strip()
+    host, sep, port = raw.rpartition(":") if not raw.endswith("]") else (raw, "", "")
+    if not sep or ("]" not in host and ":" in host):  # no port, or a bare IPv6 address
+        host, port = raw, str(DEFAULT_RDZV_PORT)
+    host = host.strip("[]")
+    try:
+        number = int(port)
+    except ValueError:
+        number = 0
+    if not host or not 1 <= number <= 65535:
+        raise ValueError(f"TUNERY_WORKER_RDZV_ENDPOINT (--rdzv-endpoint) must be HOST:PORT, got {text!r}")
+    return host, number
 
 
 def parse_procs(value) -> int | str:
@@ -236,16 +278,22 @@ class Settings:
         return f"sqlite:///{home / 'tunery.db'}"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, worker: Mapping | None = None,
+                 **overrides) -> "Settings":
         """Settings from the environment (os.environ unless given); overrides win, and an overridden home
-        also moves the defaults derived from it (database, model cache)."""
+        also moves the defaults derived from it (database, model cache). `worker`: WorkerSettings fields
+        given on a command line (None: not given), which win over the environment before the section's
+        fields are checked together (e.g. --rdzv-endpoint with TUNERY_WORKER_NNODES=2)."""
         env = os.environ if environ is None else environ
+        if isinstance(worker, WorkerSettings):  # a whole section: an override like any other
+            overrides["worker"], worker = worker, None
         top = _read(cls, env)
         home = Path(overrides.pop("home", None) or top.get("home") or Path.home() / ".tunery").expanduser().resolve()
         top.update(home=home, database_url=top.get("database_url") or cls.default_database_url(home),
                    model_cache=top.get("model_cache") or home / "models")
         s = cls(**top, compute=ComputeSettings(**_read(ComputeSettings, env)),
-                worker=WorkerSettings(**_read(WorkerSettings, env)),
+                worker=WorkerSettings(**{**_read(WorkerSettings, env),
+                                         **{k: v for k, v in (worker or {}).items() if v is not None}}),
                 inference=InferenceSettings(**_read(InferenceSettings, env)),
                 client=ClientSettings(**_read(ClientSettings, env)))
         return replace(s, **overrides) if overrides else s
@@ -330,7 +378,10 @@ class LaunchedRank:
     world: int
     local_rank: int
     parent_pid: int = 0
-    """Set (TUNERY_PARENT_PID) when tunery's own rank 0 started this rank: it dies with that parent."""
+    """Set (TUNERY_PARENT_PID) when tunery's own rank 0 (or a worker of another node) started this rank: it
+    dies with that parent."""
+    local_world: int = 0
+    """The ranks on this machine (LOCAL_WORLD_SIZE; the whole world when unset)."""
 
 
 def launched_rank(environ: Mapping[str, str] | None = None) -> LaunchedRank | None:
@@ -341,8 +392,10 @@ def launched_rank(environ: Mapping[str, str] | None = None) -> LaunchedRank | No
         if world < 2:
             return None
         rank = int(env["RANK"])
-        return LaunchedRank(rank=rank, world=world, local_rank=int(env.get("LOCAL_RANK", rank) or rank),
-                            parent_pid=int(env.get("TUNERY_PARENT_PID", "0") or 0))
+        local_rank = env.get("LOCAL_RANK", "").strip()
+        return LaunchedRank(rank=rank, world=world, local_rank=int(local_rank) if local_rank else rank,
+                            parent_pid=int(env.get("TUNERY_PARENT_PID", "0") or 0),
+                            local_world=int(env.get("LOCAL_WORLD_SIZE", "0") or 0) or world)
     except (KeyError, ValueError):
         raise ValueError("WORLD_SIZE is set but RANK/LOCAL_RANK are missing or not integers: start the ranks "
                          "with torchrun") from None
@@ -354,8 +407,10 @@ def rank_master(environ: Mapping[str, str] | None = None) -> tuple[str, int]:
     return env.get("MASTER_ADDR", "127.0.0.1"), int(env["MASTER_PORT"])
 
 
-def rank_env(rank: int, world: int, port: int, parent_pid: int) -> dict[str, str]:
-    """The environment of a rank started by tunery's own rank 0 (what torchrun would set, on loopback)."""
-    return child_env({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                      "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                      "TUNERY_PARENT_PID": str(parent_pid)})
+def rank_env(rank: int, world: int, port: int, parent_pid: int, *, addr: str = "127.0.0.1",
+             local_rank: int | None = None, local_world: int | None = None) -> dict[str, str]:
+    """The environment of a rank started by tunery's own rank 0, or by the worker of another node (what
+    torchrun would set): the rendezvous store at addr:port, this rank's place in the run and on its node."""
+    return child_env({"RANK": str(rank), "LOCAL_RANK": str(rank if local_rank is None else local_rank),
+                      "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(local_world or world),
+                      "MASTER_ADDR": addr, "MASTER_PORT": str(port), "TUNERY_PARENT_PID": str(parent_pid)})

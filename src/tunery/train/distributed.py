@@ -15,6 +15,13 @@ Two ways in, as torch users expect:
   the run gets (TrainConfig.processes; auto: see auto_processes) and starts the other ranks itself, as
   `python -m tunery.train.rank CONFIG.json` with the same variables torchrun sets.
 
+- over several machines (TrainConfig.nnodes, from `tunery worker --nnodes N --node-rank K --rdzv-endpoint
+  HOST:PORT`): rank 0, in the training child of node 0's worker (the one that claimed the job and holds its
+  lease), hosts the rendezvous store at HOST:PORT for the run's lifetime and posts the run there (RUN_KEY);
+  the worker of node K (tunery.worker.node) sees it, starts global ranks K*procs .. K*procs+procs-1 with the
+  variables torchrun sets, and they join the same group. Rank 0 still alone reports and writes files (to
+  the shared TUNERY_HOME), so a lost node is a failed attempt that the retry resumes from its checkpoint.
+
 On CPUs the backend is gloo, each rank with its own cores; on CUDA it is NCCL, one GPU per rank.
 LoRA runs replicate the (small) trainable weights on every rank, as DDP does; full fine-tuning shards the
 model over the ranks with FSDP (Group.shard_model), the same step computed from slices of the weights.
@@ -28,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -51,9 +59,14 @@ class Group:
     world: int
     device: str
     children: list  # Popen of the ranks this process started (rank 0 of a self-launched run)
+    local_world: int = 0
+    """The ranks on this machine (the whole world when 0)."""
     fsdp: bool = False
     """The model's weights are sharded over the ranks (shard_model): every forward and backward is a
     collective, so every rank runs as many as the busiest (micro_batches' padding)."""
+
+    def __post_init__(self):
+        self.local_world = self.local_world or self.world
 
     @property
     def leader(self) -> bool:
@@ -211,28 +224,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def node_processes(device: str) -> int:
+    """The ranks per node of a multi-node run whose processes are "auto": one per visible GPU, 1 on CPU (a
+    machine's cores are better spent in one rank than in ranks that wait on the network at every step)."""
+    import torch
+
+    if device == "cuda":
+        return max(1, torch.cuda.device_count())
+    return 1
+
+
 def start(config, world: int, device: str) -> Group:
-    """Start ranks 1..world-1 of a run of `config` and join them as rank 0."""
-    import torch.distributed as dist
+    """Start this node's ranks 1..(world / nnodes)-1 of a run of `config` and join them as rank 0.
 
-    from tunery.settings import rank_env
+    Rank 0 holds the rendezvous store (a TCPStore: on loopback, or with config.nnodes above 1 at
+    config.rdzv_endpoint, where the workers of the other nodes find the run: see RUN_KEY) and lets the group
+    form only once every rank has said it is ready (_wait_ready): init_process_group would wait the whole
+    timeout for a rank that died starting. The store lives as long as this process: a run whose rank 0 is
+    gone leaves nothing behind for a node to join."""
+    from tunery.settings import parse_endpoint, rank_env
 
-    port = _free_port()
+    nnodes = max(1, int(getattr(config, "nnodes", 1) or 1))
+    per_node = world // nnodes
+    if nnodes > 1:
+        addr, port = parse_endpoint(config.rdzv_endpoint)
+    else:
+        addr, port = "127.0.0.1", _free_port()
     fd, path = tempfile.mkstemp(prefix="tunery-rank-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(config.to_dict(), f)
     children = []
     try:
-        # Rank 0 holds the rendezvous store and lets the group form only once every rank has said it is
-        # ready (_ready): init_process_group would wait the whole timeout for a rank that died starting.
-        store = dist.TCPStore("127.0.0.1", port, world, is_master=True, wait_for_workers=False,
-                              timeout=COLLECTIVE_TIMEOUT)
-        for rank in range(1, world):
+        store = _host_store(port, world, nnodes > 1)
+        for rank in range(1, per_node):
             children.append(subprocess.Popen([sys.executable, "-m", "tunery.train.rank", path],
-                                             env=rank_env(rank, world, port, os.getpid()),
+                                             env=rank_env(rank, world, port, os.getpid(), addr=addr,
+                                                          local_world=per_node),
                                              stdin=subprocess.DEVNULL))
-        _wait_ready(store, children)
-        return _join(0, world, device, store, children)
+        if nnodes > 1:
+            store.set(RUN_KEY, json.dumps({"id": uuid.uuid4().hex, "world": world, "nnodes": nnodes,
+                                           "procs": per_node, "config": config.to_dict()}))
+        _wait_ready(store, children, world, config.rdzv_endpoint if nnodes > 1 else None)
+        if nnodes > 1:
+            store.delete_key(RUN_KEY)  # formed: a node that connects from now on waits for the next run
+        return _join(0, world, device, store, children, per_node)
     except BaseException:
         for p in children:
             p.kill()
@@ -243,14 +278,46 @@ def start(config, world: int, device: str) -> Group:
 
 
 READY_KEY = "tunery/ready/{rank}"
+RUN_KEY = "tunery/run"
+"""Set by rank 0 of a multi-node run in its store until every rank is ready: JSON {id, world, nnodes, procs,
+config (TrainConfig.to_dict())}. The worker of node K starts global ranks K*procs .. K*procs+procs-1 of it."""
+NODE_KEY = "tunery/node/{node}"
+"""Counted up by each worker that takes node K's place in the run: the first one joins, any other (started
+with the same --node-rank by mistake) stays out instead of doubling node K's ranks."""
+FAILED_KEY = "tunery/failed"
+"""Set by the worker of another node when one of its ranks exits with an error: what happened."""
+HOST_RETRY_SECONDS = 10.0
+"""How long rank 0 retries binding the rendezvous port (the previous attempt's store may still be closing)."""
 
 
-def _wait_ready(store, children: list) -> None:
-    """Until every started rank has set its READY_KEY; a rank that exits first fails the run at once."""
+def _host_store(port: int, world: int, shared: bool):
+    import time
+
+    import torch.distributed as dist
+
+    deadline = time.monotonic() + (HOST_RETRY_SECONDS if shared else 0)
+    while True:
+        try:
+            # The server listens on every interface; the host is where this process itself connects.
+            return dist.TCPStore("127.0.0.1", port, world, is_master=True,
+                                 wait_for_workers=False, timeout=COLLECTIVE_TIMEOUT)
+        except (RuntimeError, OSError) as exc:  # DistNetworkError is a RuntimeError
+            if time.monotonic() > deadline:
+                if not shared:
+                    raise
+                raise RuntimeError(f"cannot listen on the rendezvous port {port} "
+                                   f"(TUNERY_WORKER_RDZV_ENDPOINT): {str(exc).splitlines()[0]}") from None
+            time.sleep(0.5)
+
+
+def _wait_ready(store, children: list, world: int, endpoint: str | None = None) -> None:
+    """Until every rank has set its READY_KEY; a rank of this node that exits first, or one another node's
+    worker reports (FAILED_KEY), fails the run at once; other nodes that never come fail it after the
+    timeout, naming them."""
     import signal
     import time
 
-    keys = [READY_KEY.format(rank=r) for r in range(1, len(children) + 1)]
+    keys = [READY_KEY.format(rank=r) for r in range(1, world)]
     deadline = time.monotonic() + COLLECTIVE_TIMEOUT.total_seconds()
     while not store.check(keys):
         for rank, p in enumerate(children, 1):
@@ -258,8 +325,19 @@ def _wait_ready(store, children: list) -> None:
             if code is not None:
                 how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
                 raise RuntimeError(f"rank {rank} of the run {how} before joining it")
+        if endpoint and store.check([FAILED_KEY]):
+            said = store.get(FAILED_KEY).decode(errors="replace")
+            raise RuntimeError(f"another node's worker reported: {said}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the ranks did not join the run within {COLLECTIVE_TIMEOUT.total_seconds():.0f} s")
+            limit = f"{COLLECTIVE_TIMEOUT.total_seconds():.0f} s"
+            if not endpoint:
+                raise RuntimeError(f"the ranks did not join the run within {limit}")
+            per_node = len(children) + 1
+            missing = sorted({r // per_node for r in range(1, world)
+                              if not store.check([READY_KEY.format(rank=r)])})
+            raise RuntimeError(f"node(s) {', '.join(map(str, missing))} did not join the run at {endpoint} "
+                               f"within {limit}: start `tunery worker --nnodes {world // per_node} "
+                               f"--node-rank K --rdzv-endpoint {endpoint}` there")
         time.sleep(0.05)
 
 
@@ -271,7 +349,7 @@ def join(device: str) -> Group:
     if device == "cuda":
         device = f"cuda:{me.local_rank}"
     if not me.parent_pid:
-        return _join(me.rank, me.world, device, "env://", [])
+        return _join(me.rank, me.world, device, "env://", [], me.local_world)
     import torch.distributed as dist
 
     from tunery.settings import rank_master
@@ -279,10 +357,10 @@ def join(device: str) -> Group:
     host, port = rank_master()
     store = dist.TCPStore(host, port, me.world, is_master=False, timeout=COLLECTIVE_TIMEOUT)
     store.set(READY_KEY.format(rank=me.rank), "1")  # started by our rank 0, which waits for this (start)
-    return _join(me.rank, me.world, device, store, [])
+    return _join(me.rank, me.world, device, store, [], me.local_world)
 
 
-def _join(rank: int, world: int, device: str, rendezvous, children: list) -> Group:
+def _join(rank: int, world: int, device: str, rendezvous, children: list, local_world: int = 0) -> Group:
     """Form the group through an init_method URL or a TCPStore."""
     import torch.distributed as dist
 
@@ -293,4 +371,4 @@ def _join(rank: int, world: int, device: str, rendezvous, children: list) -> Gro
         torch.cuda.set_device(device)
     how = {"init_method": rendezvous} if isinstance(rendezvous, str) else {"store": rendezvous}
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT, **how)
-    return Group(rank=rank, world=world, device=device, children=children)
+    return Group(rank=rank, world=world, device=device, children=children, local_world=local_world)

@@ -538,6 +538,9 @@ def _world(config: TrainConfig, hp: dict, data: _Data, base_model: str, device: 
 
     if config.objective != "supervised":  # DPO's pairs are trained in one process
         return 1
+    if config.nnodes > 1:  # processes per node
+        per_node = distributed.node_processes(device) if config.processes == "auto" else int(config.processes)
+        return per_node * config.nnodes
     if config.processes != "auto":
         return int(config.processes)
     return distributed.auto_processes(device, _estimated_seconds(hp, data, base_model, config.method),
@@ -550,8 +553,14 @@ def _split_run(config: TrainConfig, cb: TrainCallbacks, hp: dict, data: _Data, w
 
     config.seed = hp["seed"]  # every rank must build the same data, order and adapter
     config.replay_pairs = data.replay
+    backend = "NCCL" if device.startswith("cuda") else "gloo"
+    if config.nnodes > 1:
+        cb.on_event("info", f"Waiting for the workers of nodes 1-{config.nnodes - 1} at "
+                            f"{config.rdzv_endpoint} to start their {world - world // config.nnodes} of the "
+                            f"run's {world} ranks")
     ranks = distributed.start(config, world, device)
-    cb.on_event("info", f"Training in {world} processes (torch.distributed, {'NCCL' if device.startswith('cuda') else 'gloo'}): "
+    where = f" on {config.nnodes} nodes" if config.nnodes > 1 else ""
+    cb.on_event("info", f"Training in {world} processes{where} (torch.distributed, {backend}): "
                         "each takes a slice of every batch and the gradients are summed")
     return ranks
 
@@ -725,12 +734,14 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     precision, autocast = _precision(config, device)
     max_tokens = config.max_tokens_per_micro_batch or (16384 if device.startswith("cuda") else CPU_MICRO_BATCH_TOKENS)
     world = ranks.world if ranks else _world(config, hp, data, base_model, device)
+    if config.nnodes > 1 and world == 1:
+        cb.on_event("info", f"DPO trains in one process: the other {config.nnodes - 1} node(s) stay idle")
     _announce(cb, hp, base_model, config.method, data, device, precision, steps_per_epoch, total_steps, world)
     if ranks is None and world > 1:
         ranks = _split_run(config, cb, hp, data, world, device)
     if ranks:
         device = ranks.device
-        _rank_threads(config, ranks.world)
+        _rank_threads(config, ranks.local_world)
     with _closing(ranks):
         return _run(config, cb, objective, tok, data, hp, ranks, base_model, device, precision, autocast,
                     max_tokens, resume_dir)
@@ -972,7 +983,8 @@ def _join_launcher(config: TrainConfig, device: str):
 
 
 def _rank_threads(config: TrainConfig, world: int) -> None:
-    """On CPU the ranks share the run's threads (TrainConfig.num_threads; 0: the cores) equally."""
+    """On CPU the ranks of one machine share the run's threads (TrainConfig.num_threads; 0: the cores)
+    equally."""
     import os
 
     import torch

@@ -231,6 +231,8 @@ class JobRun:
             "device": self.settings.compute.device, "num_threads": self._threads(),
             "processes": self._processes()[0],
         }
+        if self.cfg.nnodes > 1:  # rank 0 of a run the other nodes' workers join (README: Several machines)
+            cfg.update(nnodes=self.cfg.nnodes, rdzv_endpoint=self.cfg.rdzv_endpoint)
         if job.model.startswith("ft:"):  # start from the fine-tuned model's weights
             from tunery.store.models import find_servable_model
 
@@ -398,8 +400,10 @@ class JobRun:
             out.resolved = resolved
             if hp.get("processes"):
                 n = int(hp["processes"])
-                self.event("info", f"Training attempt {self.job.attempts} runs in {n} process{'es' if n > 1 else ''} "
-                                   f"({self._processes()[1]})", statuses=("running", "paused"))
+                nodes = f" on {self.cfg.nnodes} nodes" if self.cfg.nnodes > 1 and n > 1 else ""
+                self.event("info", f"Training attempt {self.job.attempts} runs in {n} "
+                                   f"process{'es' if n > 1 else ''}{nodes} ({self._processes()[1]})",
+                           statuses=("running", "paused"))
         elif kind == "checkpoint":
             info = msg[1]
             from tunery import ids
@@ -577,6 +581,9 @@ class Worker:
 
         self.settings = (settings or get_settings()).ensure_dirs()
         self.config = config or self.settings.worker
+        if self.config.node_rank > 0:
+            raise ValueError(f"node rank {self.config.node_rank} claims no jobs: it joins node 0's runs "
+                             "(tunery.worker.node.NodeWorker, `tunery worker --node-rank K`)")
         self.owner = self.config.owner or queue.new_owner_id()
         self.store = open_store(self.settings)
         self.stopping = threading.Event()
