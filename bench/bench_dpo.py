@@ -1,17 +1,30 @@
 """DPO on the bundled model: does preference tuning teach a visible house style, and how fast is it vs TRL?
 
 The house style: every answer ends with the sign-off "Cheers, Tuna!". Pairs are on-policy: the base model's
-own greedy answers to 32 training prompts (8 topics; --topics 12 for 48), with the sign-off appended (preferred)
-or not (non-preferred).
-Sixteen other prompts (different topics, never trained on) are held out. Reported, held-out first:
-  * held-out reward accuracy (chosen reward > rejected) of the final model — goal >= 90%;
-  * share of held-out greedy answers ending with the sign-off, after vs before — goal >= 80% vs <= 20%;
-  * trained tokens/s (prompt + both outputs per pair) of tunery's first epoch — including building the model and
-    computing the reference log-probs — against TRL's DPOTrainer on the same pairs, β, LoRA, batch, 1 epoch.
+own greedy answers to the training prompts (8 topics × 4 questions; --topics 12 for 48), with the sign-off
+appended (preferred) or not (non-preferred). A base answer that does not end within MAX_NEW_TOKENS (the small
+model loops on a few prompts) makes no pair: its cut-off text would teach a sign-off in mid-sentence.
+The job is trained with "auto" hyperparameters, what a user gets who sets none (--epochs/--batch/--multiplier/
+--beta override them).
 
-Usage: python bench/bench_dpo.py [--epochs 3] [--batch 4] [--topics 8] [--threads 2] [--no-trl]
-On a machine that other jobs keep busy, use --threads 1: two torch threads that the scheduler keeps waiting
-for each other made 8 greedy answers take 200 s (one thread: 48 answers in 87 s).
+Sixteen other prompts (4 topics never trained on) are held out. Reported, held-out first:
+  * held-out reward accuracy (chosen reward > rejected) of the final model — goal >= 90%;
+  * share of held-out greedy answers with the style, after vs before — goal >= 80% vs <= 20%. An answer has
+    it when it ends (end-of-turn within MAX_NEW_TOKENS) with the sign-off, written once. Answers are
+    generated to MAX_NEW_TOKENS, long enough for the base model's longest finished answer plus the sign-off:
+    with a shorter cap a long answer is cut before it could end, with or without the style;
+  * speed against TRL's DPOTrainer on one small job both finish: the first 16 training pairs, 1 epoch,
+    batch 4, β 0.1, learning rate 2e-4, the same LoRA (r=16, alpha 32, every linear layer), fp32, in this
+    process with the same threads; trained tokens (prompt + both outputs per pair) per second of the
+    training call (tunery's includes building the model and its reference pass; TRL's model is loaded and
+    its data tokenized before the clock starts).
+
+--dev measures on the development split instead: trained on the first 8 training topics, judged on the other
+4 (candles, chess, volcanoes, honey), never on the held-out prompts. Settings are chosen there.
+
+Usage: python bench/bench_dpo.py [--topics 8] [--threads 1] [--dev] [--no-trl] [--epochs N ...]
+On a machine that other jobs keep busy, use --threads 1 (the default): two torch threads that the scheduler
+keeps waiting for each other made 8 greedy answers take 200 s (one thread: 48 answers in 87 s).
 """
 
 from __future__ import annotations
@@ -31,34 +44,41 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SIGN_OFF = "Cheers, Tuna!"
 TRAIN_TOPICS = ("tea", "bicycles", "rain", "maps", "bread", "owls", "clocks", "rivers", "candles", "chess",
                 "volcanoes", "honey")
+DEV_TOPICS = TRAIN_TOPICS[8:]  # --dev: trained on TRAIN_TOPICS[:8], judged on these
 HELD_OUT_TOPICS = ("lighthouses", "penguins", "umbrellas", "glaciers")
 QUESTIONS = ("What is {t}? Answer in one sentence.", "Give me one fun fact about {t}.",
              "Why do people like {t}? One sentence, please.", "Describe {t} briefly.")
 MODEL = "smollm2-135m-instruct"
+MAX_NEW_TOKENS = 160
+"""The base model's longest finished answer to these 64 prompts is 123 tokens (2026-12-06); the sign-off adds 7."""
+SPEED_PAIRS, SPEED_BATCH = 16, 4
 
 
 def prompts(topics) -> list[str]:
     return [q.format(t=t) for t in topics for q in QUESTIONS]
 
 
-def has_style(text: str) -> bool:
-    return text.strip().endswith(SIGN_OFF)
+def has_style(answer: tuple[str, bool]) -> bool:
+    text, finished = answer
+    return finished and text.strip().endswith(SIGN_OFF) and text.count(SIGN_OFF) == 1
 
 
-def generate(model, tok, questions: list[str], max_new_tokens: int = 40) -> list[str]:
-    """Greedy answers, batched with left padding."""
+def generate(model, tok, questions: list[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[tuple[str, bool]]:
+    """Greedy answers, batched with left padding: (text, whether it ended before max_new_tokens)."""
     import torch
 
     tok.padding_side = "left"
     texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
              for q in questions]
-    out: list[str] = []
+    out: list[tuple[str, bool]] = []
     for i in range(0, len(texts), 16):
         enc = tok(texts[i:i + 16], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        out += [tok.decode(g[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for g in gen]
+        for g in gen:
+            ids = g[enc["input_ids"].shape[1]:].tolist()
+            out.append((tok.decode(ids, skip_special_tokens=True).strip(), tok.eos_token_id in ids))
     return out
 
 
@@ -68,15 +88,34 @@ def pair(question: str, answer: str) -> dict:
             "non_preferred_output": [{"role": "assistant", "content": answer}]}
 
 
+def write_pairs(path: Path, questions: list[str], answers: list[tuple[str, bool]]) -> int:
+    rows = [pair(q, text) for q, (text, finished) in zip(questions, answers) if finished]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return len(rows)
+
+
+def auto_or(kind):
+    return lambda s: s if s == "auto" else kind(s)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--multiplier", type=float, default=2.0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--topics", type=int, default=8, help="training topics (4 prompts each); at most 12")
+    p.add_argument("--epochs", type=auto_or(int), default="auto")  # hyperparameters: "auto" unless given
+    p.add_argument("--batch", type=auto_or(int), default="auto")
+    p.add_argument("--multiplier", type=auto_or(float), default="auto")
+    p.add_argument("--beta", type=auto_or(float), default="auto")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--topics", type=int, default=8, help="training topics (4 prompts each); at most 12, 8 with --dev")
+    p.add_argument("--dev", action="store_true", help="judge on the development topics, not the held-out ones")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-trl", action="store_true")
+    p.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
+    p.add_argument("--nll-weight", type=auto_or(float), default="auto")
+    p.add_argument("--answers", type=Path, help="JSON file of base answers: reused if present, else written "
+                                                "(saves the base generation when comparing settings)")
     args = p.parse_args()
+    if args.dev and args.topics > 8:
+        p.error("--dev trains on at most the first 8 training topics (the other 4 are the development split)")
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(), flush=True)
 
     import torch
@@ -90,70 +129,117 @@ def main() -> int:
     with quiet_hf():
         base, tok = load_model(MODEL, device="cpu")
     base.eval()
-    train_q, held_q = prompts(TRAIN_TOPICS[:args.topics]), prompts(HELD_OUT_TOPICS)
+    eval_name = "development" if args.dev else "held-out"
+    eval_topics = DEV_TOPICS if args.dev else HELD_OUT_TOPICS
+    train_q, eval_q = prompts(TRAIN_TOPICS[:args.topics]), prompts(eval_topics)
     t = time.perf_counter()
-    with quiet_hf():
-        answers = generate(base, tok, train_q + held_q)
-    print(f"base answers for {len(answers)} prompts in {time.perf_counter() - t:.0f}s", flush=True)
-    train_a, held_before = answers[:len(train_q)], answers[len(train_q):]
+    saved = json.loads(args.answers.read_text()) if args.answers and args.answers.exists() else {}
+    missing = [q for q in train_q + eval_q if q not in saved]
+    if missing:
+        with quiet_hf():
+            saved.update(zip(missing, map(tuple, generate(base, tok, missing))))
+        if args.answers:
+            args.answers.write_text(json.dumps(saved, indent=1))
+    answers = [tuple(saved[q]) for q in train_q + eval_q]
+    print(f"base answers for {len(answers)} prompts in {time.perf_counter() - t:.0f}s "
+          f"({sum(not f for _, f in answers)} unfinished within {MAX_NEW_TOKENS} tokens)", flush=True)
+    train_a, eval_before = answers[:len(train_q)], answers[len(train_q):]
 
     work = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
     train_file, valid_file = work / "pref.jsonl", work / "pref-valid.jsonl"
-    train_file.write_text("".join(json.dumps(pair(q, a)) + "\n" for q, a in zip(train_q, train_a)))
-    valid_file.write_text("".join(json.dumps(pair(q, a)) + "\n" for q, a in zip(held_q, held_before)))
+    n_train = write_pairs(train_file, train_q, train_a)
+    n_valid = write_pairs(valid_file, eval_q, eval_before)
 
     marks: dict = {}
 
     class CB(TrainCallbacks):
         def on_resolved(self, hp):
-            marks["start"] = time.perf_counter()
-            marks["steps_per_epoch"] = hp["steps_per_epoch"]
+            marks["hp"] = hp
+
+        def on_event(self, level, message):
+            if message.startswith("Auto"):
+                print(f"  event: {message}", flush=True)
 
         def on_metrics(self, d):
             marks["last"] = d
-            if d["step"] == marks["steps_per_epoch"]:
-                marks["epoch1"] = (time.perf_counter() - marks["start"], d["trained_tokens"])
+            marks.setdefault("curve", []).append(d)
 
+    t = time.perf_counter()
     res = train(TrainConfig(model=MODEL, training_file=train_file, validation_file=valid_file,
                             output_dir=work / "out", objective="dpo", n_epochs=args.epochs, batch_size=args.batch,
-                            learning_rate_multiplier=args.multiplier, seed=0, eval_every=10_000), CB())
-    last = marks["last"]
+                            learning_rate_multiplier=args.multiplier, beta=args.beta, seed=args.seed,
+                            nll_weight=args.nll_weight, eval_every=10_000), CB())
+    train_secs = time.perf_counter() - t
+    last, hp = marks["last"], marks["hp"]
 
     from peft import PeftModel
 
     with quiet_hf():
         tuned = PeftModel.from_pretrained(base, str(res.model_dir)).eval()
-        held_after = generate(tuned, tok, held_q, max_new_tokens=64)
-    before = sum(map(has_style, held_before)) / len(held_q)
-    after = sum(map(has_style, held_after)) / len(held_q)
+        eval_after = generate(tuned, tok, eval_q)
+    before = sum(map(has_style, eval_before)) / len(eval_q)
+    after = sum(map(has_style, eval_after)) / len(eval_q)
     acc = last["full_valid_reward_accuracy"]
-    print("\nheld-out (16 prompts on 4 topics never trained on):")
+    print(f"\n{eval_name} ({len(eval_q)} prompts on {len(eval_topics)} topics never trained on; "
+          f"{n_valid} pairs from the base answers that finished):")
     print(f"  reward accuracy          {acc:.0%}   (goal >= 90%)   margin {last['full_valid_reward_margin']:.2f}")
     print(f"  sign-off in greedy reply {after:.0%} after vs {before:.0%} before   (goal >= 80% vs <= 20%)")
-    for q, a in list(zip(held_q, held_after))[:3]:
-        print(f"    {q!r} -> {a[-70:]!r}")
-    print(f"training: {len(train_q)} pairs, {args.epochs} epochs, batch {args.batch}, beta {res.hyperparameters['beta']}, "
-          f"lr {res.hyperparameters['learning_rate']:.1e}; final train loss {last['train_loss']:.3f}, "
-          f"train reward accuracy {last['train_reward_accuracy']:.0%}")
-
-    secs, toks = marks["epoch1"]
-    ours = toks / secs
-    print(f"\ntunery DPO, epoch 1 (incl. model build + reference pass): {toks} tokens in {secs:.1f}s = {ours:.0f} tok/s")
+    for q, (text, finished) in zip(eval_q, eval_after):
+        mark = "ok " if has_style((text, finished)) else ("cut" if not finished else "no ")
+        print(f"    {mark} {q!r} -> {text[-70:]!r}")
+    print(f"training: {n_train} pairs, {hp['n_epochs']} epochs, batch {hp['batch_size']} ({hp['total_steps']} steps), "
+          f"beta {hp['beta']}, lr {hp['learning_rate']:.1e}, nll weight {hp['nll_weight']} (requested: epochs "
+          f"{args.epochs}, batch {args.batch}, multiplier {args.multiplier}, beta {args.beta}, nll weight "
+          f"{args.nll_weight}); {train_secs:.0f}s; final train loss "
+          f"{last['train_loss']:.3f}, train reward accuracy {last['train_reward_accuracy']:.0%}", flush=True)
+    curve = marks["curve"]
+    print("  train loss / reward margin by step: " + ", ".join(
+        f"{d['step']}: {d['train_loss']:.2f}/{d['train_reward_margin']:.1f}"
+        for d in curve[::max(1, len(curve) // 8)] + curve[-1:]))
     ok = acc >= 0.9 and after >= 0.8 and before <= 0.2
-    if not args.no_trl:
-        try:
-            theirs = trl_tokens_per_second(train_file, args, toks)
-        except ImportError:
-            print("TRL is not installed (pip install -c constraints.txt -e '.[bench]'): no baseline")
-        else:
-            print(f"TRL DPOTrainer, 1 epoch: {theirs:.0f} tok/s  ->  tunery {ours / theirs:.2f}x   (goal >= 1.5x)")
+    if not args.no_speed:
+        speed(train_file, work, args)
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     return 0 if ok else 1
 
 
-def trl_tokens_per_second(train_file: Path, args, tokens: int) -> float:
-    """The same pairs, β, LoRA (r=16, alpha=32, all linear layers), batch and rate, 1 epoch, fp32, no padding-free
-    (TRL's padding_free is disabled in this version); tokens counted as ours (prompt + both outputs)."""
+def speed(train_file: Path, work: Path, args) -> None:
+    """tunery vs TRL's DPOTrainer on the same small job (see the module docstring); prints both and the ratio."""
+    from tunery.train import TrainCallbacks, TrainConfig, train
+
+    job = work / "speed.jsonl"
+    job.write_text("".join(train_file.read_text().splitlines(keepends=True)[:SPEED_PAIRS]))
+    marks: dict = {}
+
+    class CB(TrainCallbacks):
+        def on_resolved(self, hp):
+            marks["start"] = time.perf_counter()
+
+        def on_metrics(self, d):
+            marks["end"], marks["tokens"] = time.perf_counter(), d["trained_tokens"]
+
+    train(TrainConfig(model=MODEL, training_file=job, output_dir=work / "speed", objective="dpo", n_epochs=1,
+                      batch_size=SPEED_BATCH, learning_rate_multiplier=1.0, beta=0.1, seed=0, lora_layers="all",
+                      eval_every=10_000), CB())
+    tokens, secs = marks["tokens"], marks["end"] - marks["start"]
+    ours = tokens / secs
+    print(f"\nspeed job: {SPEED_PAIRS} pairs, 1 epoch, batch {SPEED_BATCH}, {args.threads} thread(s), {tokens} tokens")
+    print(f"  tunery DPO (incl. model build + reference pass): {secs:.1f}s = {ours:.1f} tok/s", flush=True)
+    if args.no_trl:
+        return
+    try:
+        theirs_secs = trl_seconds(job, args)
+    except ImportError:
+        print("  TRL is not installed (pip install -c constraints.txt -e '.[bench]'): no baseline")
+        return
+    theirs = tokens / theirs_secs
+    print(f"  TRL DPOTrainer:                                  {theirs_secs:.1f}s = {theirs:.1f} tok/s")
+    print(f"  -> tunery {ours / theirs:.2f}x   (goal >= 1.5x)")
+
+
+def trl_seconds(job: Path, args) -> float:
+    """TRL's DPOTrainer.train() on the speed job: same pairs, β, LoRA, batch, rate, 1 epoch, fp32, its defaults
+    otherwise (reference log-probs computed each step with the adapter disabled; no padding-free)."""
     from datasets import Dataset
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
@@ -161,21 +247,20 @@ def trl_tokens_per_second(train_file: Path, args, tokens: int) -> float:
     from tunery.models import load_model
     from tunery.train.loop import quiet_hf
 
-    rows = [json.loads(line) for line in train_file.read_text().splitlines()]
+    rows = [json.loads(line) for line in job.read_text().splitlines()]
     data = Dataset.from_list([{"prompt": r["input"]["messages"], "chosen": r["preferred_output"],
                                "rejected": r["non_preferred_output"]} for r in rows])
     with quiet_hf():
         model, tok = load_model(MODEL, device="cpu")
     lcfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     with tempfile.TemporaryDirectory() as out, quiet_hf():
-        cfg = DPOConfig(output_dir=out, beta=0.1, per_device_train_batch_size=args.batch, num_train_epochs=1,
-                        learning_rate=2e-4 * args.multiplier, use_cpu=True, report_to=[], save_strategy="no",
-                        logging_steps=1000, seed=0, max_length=None, disable_tqdm=True, dataloader_num_workers=0)
+        cfg = DPOConfig(output_dir=out, beta=0.1, per_device_train_batch_size=SPEED_BATCH, num_train_epochs=1,
+                        learning_rate=2e-4, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1000,
+                        seed=0, max_length=None, disable_tqdm=True, dataloader_num_workers=0)
         trainer = DPOTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, peft_config=lcfg)
         t = time.perf_counter()
         trainer.train()
-        secs = time.perf_counter() - t
-    return tokens / secs
+        return time.perf_counter() - t
 
 
 if __name__ == "__main__":

@@ -70,6 +70,9 @@ def test_dpo_run_metrics_checkpoints_and_reference(tiny_model_dir, tmp_path, pre
     cb = Recorder()
     res = train(dpo_config(tiny_model_dir, tmp_path, "run", validation_file=tmp_path / "valid.jsonl"), cb)
     assert res.status == "succeeded" and res.hyperparameters["beta"] == 0.1  # "auto"
+    assert res.hyperparameters["nll_weight"] == 1.0  # "auto": the preferred outputs' likelihood is trained too
+    said = [m for _, m in cb.events if m.startswith("Auto settings for preference pairs")]
+    assert len(said) == 1 and "beta 0.1" in said[0] and "weight 1" in said[0] and "epochs" not in said[0]
     assert res.hyperparameters["objective"] == "dpo" and res.hyperparameters["total_steps"] == 6
     first = cb.metrics[0]
     # The policy starts equal to the reference: every implicit reward is 0 and the loss is log 2.
@@ -79,6 +82,7 @@ def test_dpo_run_metrics_checkpoints_and_reference(tiny_model_dir, tmp_path, pre
     assert last["train_loss"] < first["train_loss"] - 0.02
     assert last["train_reward_accuracy"] == 1.0 and last["train_reward_margin"] > 0
     assert last["train_chosen_logps"] < 0 and last["train_rejected_logps"] < 0
+    assert last["train_chosen_nll"] < first["train_chosen_nll"] - 0.05  # the likelihood term trains
     assert {"valid_loss", "valid_reward_accuracy", "full_valid_loss", "full_valid_reward_margin"} <= set(last)
     assert last["full_valid_reward_accuracy"] >= 0.75  # held-out prompts: the sign-off is what is preferred
     assert len(res.checkpoints) == 2

@@ -4,11 +4,13 @@ LoRA initialisation, optimizer and schedule → the same loss at every step (wit
 TRL tokenizes with the chat template as we do, but also scores the newline the template writes after the
 end-of-turn token (a token a model never generates); the test checks that this is the only difference and
 then hands TRL our token ids, so what is compared is the training maths: log-probs over the output tokens,
-the frozen reference, the sigmoid loss, batching and the update.
+the frozen reference, the sigmoid loss, batching and the update. With tunery's likelihood term on (nll_weight,
+"auto" 1) the same holds against TRL's loss_type ["sigmoid", "sft"] with weights [1, nll_weight].
 """
 
 from __future__ import annotations
 
+import pytest
 from test_dpo import Recorder, pref_rows, write_jsonl
 
 from tunery.train import TrainConfig, train
@@ -23,7 +25,8 @@ def _ids(enc):
     return enc.input_ids[:trained[0]], enc.input_ids[trained[0]:trained[-1] + 1]
 
 
-def test_per_step_losses_equal_trl_dpo_trainer(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("nll_weight", [0.0, "auto"])
+def test_per_step_losses_equal_trl_dpo_trainer(tiny_model_dir, tmp_path, nll_weight):
     import torch
     from datasets import Dataset
     from torch.utils.data import SequentialSampler
@@ -41,8 +44,10 @@ def test_per_step_losses_equal_trl_dpo_trainer(tiny_model_dir, tmp_path):
     ours = Recorder()
     res = train(TrainConfig(model=str(tiny_model_dir), training_file=data, output_dir=tmp_path / "ours",
                             objective="dpo", beta=BETA, n_epochs=1, batch_size=BATCH,
-                            learning_rate_multiplier=MULT, seed=SEED), ours)
+                            learning_rate_multiplier=MULT, seed=SEED, nll_weight=nll_weight), ours)
     steps = res.hyperparameters["total_steps"]
+    weight = res.hyperparameters["nll_weight"]
+    assert weight == (1.0 if nll_weight == "auto" else 0.0)
     assert steps == N // BATCH
 
     tok = load_tokenizer(str(tiny_model_dir))
@@ -87,7 +92,8 @@ def test_per_step_losses_equal_trl_dpo_trainer(tiny_model_dir, tmp_path):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=peak, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps, peak) / peak)
-    args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=BETA, per_device_train_batch_size=BATCH,
+    loss = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, weight]} if weight else {}
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=BETA, **loss, per_device_train_batch_size=BATCH,
                      gradient_accumulation_steps=1, num_train_epochs=1, max_grad_norm=0.0, use_cpu=True,
                      report_to=[], save_strategy="no", logging_steps=1, seed=SEED, max_length=None,
                      dataloader_num_workers=0, disable_tqdm=True)
@@ -95,6 +101,10 @@ def test_per_step_losses_equal_trl_dpo_trainer(tiny_model_dir, tmp_path):
             optimizers=(opt, sched)).train()
 
     assert len(losses) == steps
-    diffs = [abs(a - b) for a, b in zip(ours.losses(), losses)]
-    assert max(diffs) < 1e-4, list(zip(ours.losses(), losses))
+    mine = [m["train_loss"] + weight * m["train_chosen_nll"] for m in ours.metrics]  # the objective minimised
+    # The likelihood term is ~10.8 nats a token on this random model, so float32 rounding alone moves the sum by
+    # ~1e-5 of it (ours matches an unpacked float64 computation within 1e-6; TRL's fused head differs from ours
+    # by 6e-5 at step 1, before any update): the plain DPO loss is held to 1e-4, the sum to 2e-5 of itself.
+    tolerance = [max(1e-4, 2e-5 * abs(b)) for b in losses]
+    assert all(abs(a - b) < t for a, b, t in zip(mine, losses, tolerance)), list(zip(mine, losses))
     assert losses[-1] < losses[0] - 0.01  # the comparison covers real updates, not only the log 2 start

@@ -3,6 +3,11 @@
 Loss per pair (Rafailov et al. 2023, the "sigmoid" loss): -log σ(β·[(log π(y_w|x) - log π_ref(y_w|x)) -
 (log π(y_l|x) - log π_ref(y_l|x))]), averaged over the pairs of a step; log π(y|x) is the sum of the token
 log-probs of the output's tokens only (the same assistant-token masks as SFT, end-of-turn token included).
+The step minimises that plus nll_weight × the preferred outputs' negative log-likelihood per token (mean over
+the step's preferred-output tokens: TRL's "sft" loss; RPO, Pang et al. 2024; Llama 3's DPO used 0.2). The DPO
+term alone only asks that the preferred output gain on the other; when the two share all but an ending, the
+cheapest way there is to make the shared end-of-turn unlikely, so the model stops ending its answers (see
+config.AUTO_NLL_WEIGHT). The likelihood term keeps the preferred outputs, their ends included, likely.
 The chosen and rejected sequences of a micro-batch are packed into one padding-free row with batching.pack and
 run through batching.forward_logits, so only output positions reach the vocabulary head.
 
@@ -70,8 +75,9 @@ def truncate_pair(pair: Pair, max_length: int) -> Pair:
 
 
 def sequence_logps(model, pairs: list[Pair], run):
-    """(chosen, rejected) summed output-token log-probs [n] of one packed micro-batch, plus the number of
-    chosen-output tokens predicted exactly (argmax) and their count."""
+    """(chosen, rejected) summed output-token log-probs [n] of one packed micro-batch, the chosen outputs'
+    summed negative log-likelihood (a tensor, for the likelihood term), and the number of chosen-output tokens
+    predicted exactly (argmax) and their count."""
     import torch
     import torch.nn.functional as F
 
@@ -81,11 +87,17 @@ def sequence_logps(model, pairs: list[Pair], run):
     token_logps = -F.cross_entropy(logits, pk.targets, reduction="none")
     per_seq = torch.zeros(len(seqs), device=token_logps.device, dtype=token_logps.dtype)
     per_seq = per_seq.index_add(0, pk.seq, token_logps)
+    chosen = per_seq[0::2]
     with torch.no_grad():
         on_chosen = pk.seq % 2 == 0
         correct = int(((logits.argmax(-1) == pk.targets) & on_chosen).sum())
         n_chosen = int(on_chosen.sum())
-    return per_seq[0::2], per_seq[1::2], correct, n_chosen
+    return chosen, per_seq[1::2], -chosen.sum(), correct, n_chosen
+
+
+def n_chosen_targets(pairs: list[Pair]) -> int:
+    """The preferred outputs' trained tokens (what the likelihood term averages over)."""
+    return sum(sum(p.chosen.loss_mask[1:]) for p in pairs)
 
 
 class Dpo:
@@ -95,6 +107,7 @@ class Dpo:
 
     def __init__(self):
         self.beta = 0.1
+        self.nll_weight = 0.0
         self.train_set: list[Pair] = []
         self.valid_set: list[Pair] = []
 
@@ -103,6 +116,7 @@ class Dpo:
 
     def start(self, model, hp: dict, train_set: list[Pair], valid_set: list[Pair], resume_dir, run) -> None:
         self.beta = float(hp["beta"])
+        self.nll_weight = float(hp.get("nll_weight") or 0.0)  # checkpoints from before it: plain DPO
         self.train_set, self.valid_set = train_set, valid_set
         if resume_dir is not None and (Path(resume_dir) / REFERENCE_FILE).exists():
             self._load_reference(Path(resume_dir) / REFERENCE_FILE)
@@ -123,7 +137,7 @@ class Dpo:
         ctx = model.disable_adapter() if adapter_disabled else contextlib.nullcontext()
         with torch.no_grad(), ctx:
             for group in micro_batches(pairs, run.max_tokens):
-                c, r, _, _ = sequence_logps(model, group, run)
+                c, r, _, _, _ = sequence_logps(model, group, run)
                 for p, lc, lr in zip(group, c.tolist(), r.tolist()):
                     p.ref_chosen, p.ref_rejected = lc, lr
         if was_training:
@@ -151,19 +165,22 @@ class Dpo:
         import torch.nn.functional as F
 
         n = len(batch)
+        n_targets = max(1, n_chosen_targets(batch))
         tot = dict.fromkeys(("loss",) + DPO_METRICS, 0.0)
+        nll_sum = 0.0
         correct = n_chosen = 0
         for group in micro_batches(batch, run.max_tokens):
-            pol_c, pol_r, c, k = sequence_logps(model, group, run)
+            pol_c, pol_r, nll, c, k = sequence_logps(model, group, run)
             ref_c = torch.tensor([p.ref_chosen for p in group], dtype=pol_c.dtype, device=pol_c.device)
             ref_r = torch.tensor([p.ref_rejected for p in group], dtype=pol_r.dtype, device=pol_r.device)
             chosen_rewards = self.beta * (pol_c - ref_c)
             rejected_rewards = self.beta * (pol_r - ref_r)
             losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
             if backward:
-                (losses.sum() / n).backward()
+                (losses.sum() / n + self.nll_weight * nll / n_targets).backward()
             with torch.no_grad():
                 tot["loss"] += float(losses.sum())
+                nll_sum += float(nll)
                 tot["reward_accuracy"] += float((chosen_rewards > rejected_rewards).sum())
                 tot["reward_margin"] += float((chosen_rewards - rejected_rewards).sum())
                 tot["chosen_rewards"] += float(chosen_rewards.sum())
@@ -173,6 +190,7 @@ class Dpo:
             correct += c
             n_chosen += k
         out = {k: v / max(1, n) for k, v in tot.items()}
+        out["chosen_nll"] = nll_sum / n_targets
         out["mean_token_accuracy"] = correct / max(1, n_chosen)  # on the preferred outputs, as TRL reports it
         return out
 

@@ -500,6 +500,27 @@ def _explain_auto(cb: TrainCallbacks, config: TrainConfig, hp: dict) -> None:
                             + ", ".join(parts))
 
 
+def _explain_dpo(cb: TrainCallbacks, config: TrainConfig, hp: dict) -> None:
+    """One event naming what "auto" decided for a DPO run."""
+    if hp.get("objective") != "dpo":
+        return
+    parts = []
+    if config.beta == "auto":
+        parts.append(f"beta {hp['beta']:g}")
+    if config.nll_weight == "auto" and hp.get("nll_weight"):
+        parts.append(f"the preferred outputs' likelihood trained beside the DPO loss (weight {hp['nll_weight']:g}: "
+                     "plain DPO on pairs that share all but an ending learns never to end rather than to write "
+                     "the ending)")
+    counted = [f"{k.replace('_', ' ')} {hp[k]:g}" for k in ("n_epochs", "batch_size", "learning_rate_multiplier")
+               if getattr(config, k) == "auto"]
+    if config.learning_rate_multiplier == "auto":
+        counted[-1] += f" ({hp['learning_rate']:.2e})"
+    if counted:
+        parts.append(", ".join(counted) + " (the supervised rules, counting pairs as examples)")
+    if parts:
+        cb.on_event("info", "Auto settings for preference pairs (DPO): " + "; ".join(parts))
+
+
 def _explain_labels(cb: TrainCallbacks, config: TrainConfig, hp: dict, data: _Data, tok) -> None:
     """One event when auto treats the file as classifier data (label smoothing among its labels)."""
     if config.label_smoothing != "auto" or not hp.get("label_smoothing"):
@@ -728,6 +749,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     hp = _hyperparameters(config, data, resume_meta, seed, max_length)
     if not resume_meta:
         _explain_auto(cb, config, hp)
+        _explain_dpo(cb, config, hp)
         _explain_labels(cb, config, hp, data, tok)
     steps_per_epoch = math.ceil(len(data.train_set) / hp["batch_size"])
     total_steps = steps_per_epoch * hp["n_epochs"]

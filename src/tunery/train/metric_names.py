@@ -12,7 +12,8 @@ SPLITS = ("train_", "valid_", "full_valid_")
 """train_: the step's batch; valid_: a validation batch; full_valid_: the whole validation file (epoch ends)."""
 SFT_METRICS = ("loss", "mean_token_accuracy")
 DPO_METRICS = ("reward_accuracy", "reward_margin", "chosen_rewards", "rejected_rewards", "chosen_logps",
-               "rejected_logps")
+               "rejected_logps", "chosen_nll")
+"""chosen_nll: the preferred outputs' mean token negative log-likelihood (the loss adds nll_weight × it)."""
 DPO_CHECKPOINT_METRICS = SFT_METRICS + ("reward_accuracy", "reward_margin", "chosen_logps", "rejected_logps")
 """What a DPO checkpoint keeps per split (the rewards are derived from the logps)."""
 
