@@ -183,3 +183,31 @@ def test_bundled_model_is_cached_as_safetensors_and_answers(bundled_model_dir):
     answer = tok.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
     print(f"cached load {load_s:.2f}s")
+
+
+def test_gguf_conversion_parsed_once_changes_nothing(tiny_model_dir, tmp_path):
+    """registry._gguf_parsed_once shares transformers' GGUF parses during a conversion. Round trip: the tiny
+    model written as an all-f32 GGUF and read back through it gives the model's own weights bit for bit and its
+    own tokenizer's token ids; the module's attributes are put back afterwards."""
+    import gguf
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunery.inference.convert import model_to_gguf
+
+    path = model_to_gguf(tiny_model_dir, tmp_path / "tiny.gguf", f32=True)
+    originals = (gguf.GGUFReader, gguf.get_tensor_name_map)
+    with registry._gguf_parsed_once():
+        assert (gguf.GGUFReader, gguf.get_tensor_name_map) != originals
+        tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+        got = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name).state_dict()
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == originals
+    want = {}
+    for f in tiny_model_dir.glob("*.safetensors"):
+        want.update(load_file(str(f)))
+    assert len(want) > 10 and {k for k in want} <= got.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    own = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "Hello world! The ferry leaves at 7:45 am, costs 70 baht. สวัสดีครับ <|im_start|>user\n?"
+    assert tok(text)["input_ids"] == own(text)["input_ids"]
