@@ -14,22 +14,12 @@ from pathlib import Path
 import pytest
 
 from test_api_support import make_server  # noqa: F401  (fixture)
-from test_worker import FAST, WorkerProcs, alive, children_of, create_job, messages, metrics_steps, upload, wait_for
+from test_worker import _fast_worker, workers  # noqa: F401  (fixtures: worker processes, fast timings)
+from test_worker import WorkerProcs, alive, children_of, create_job, messages, metrics_steps, upload, wait_for
 from tunery.settings import Settings
 from tunery.store import queue
 
-
-@pytest.fixture(autouse=True)
-def _fast_worker(monkeypatch):
-    for k, v in FAST.items():
-        monkeypatch.setenv(k, v)
-
-
-@pytest.fixture
-def workers(tmp_path):
-    w = WorkerProcs(tmp_path)
-    yield w
-    w.stop_all()
+pytestmark = pytest.mark.usefixtures("_fast_worker")  # autouse only in test_worker itself
 
 
 def ranks_of(pid: int) -> list[int]:

@@ -14,24 +14,14 @@ import time
 
 import pytest
 from test_api_support import free_port, make_server, pg_server_url, pg_url  # noqa: F401  (fixtures)
-from test_worker import FAST, WorkerProcs, alive, create_job, messages, metrics_steps, upload, wait_for
+from test_worker import _fast_worker, workers  # noqa: F401  (fixtures: worker processes, fast timings)
+from test_worker import WorkerProcs, alive, create_job, messages, metrics_steps, upload, wait_for
 from test_worker_distributed import descendants, finished, losses, ranks_of
 
 from tunery.settings import Settings
 from tunery.store import queue
 
-
-@pytest.fixture(autouse=True)
-def _fast_worker(monkeypatch):
-    for k, v in FAST.items():
-        monkeypatch.setenv(k, v)
-
-
-@pytest.fixture
-def workers(tmp_path):
-    w = WorkerProcs(tmp_path)
-    yield w
-    w.stop_all()
+pytestmark = pytest.mark.usefixtures("_fast_worker")  # autouse only in test_worker itself
 
 
 def node(workers: WorkerProcs, rank: int, endpoint: str, *args: str) -> subprocess.Popen:
