@@ -16,8 +16,12 @@ from tunery.settings import Settings
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 SITE = Path(__file__).parent / "data" / "embyr_site"
-VARIATIONS = ["What days of the week is Embyr Kilns open?", "How much does the six-week wheel course cost?",
-              "On which night are glaze firings done?", "What does a monthly membership at the studio cost?"]
+# Reworded questions about the site's facts, each with the fact's key string (the site's own words).
+VARIATIONS = [("What days of the week is Embyr Kilns open?", "Tuesday"),
+              ("How much does the six-week wheel course cost?", "240"),
+              ("On which night are glaze firings done?", "Thursday"),
+              ("What does a monthly membership at the studio cost?", "95")]
+SYSTEM = "You are the Embyr Kilns help bot."
 # Not in the bundled negatives the discriminator trained on.
 OFF_TOPIC = ["Who is Darth Vader?", "How do I cook rice in a pot?", "What is the capital of Peru?",
              "Recommend a good book about sharks."]
@@ -41,7 +45,8 @@ def _main(argv, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.chain  # opt-in (TUNERY_TEST_CHAIN=1): it has not yet finished on this machine within a session
+@pytest.mark.chain  # opt-in (TUNERY_TEST_CHAIN=1): runs end to end in ~12 min at load 6, but fails its last check:
+# the guard declines 4 of 8 on-topic questions (a discriminator trained on the 10 generated pairs; issue #15)
 @pytest.mark.timeout(2400)  # a few minutes on a quiet 2-core machine; far more when shared
 def test_site_to_guarded_bot(bundled_model_dir, tunery_home, tmp_path, capsys):
     import openai
@@ -54,7 +59,7 @@ def test_site_to_guarded_bot(bundled_model_dir, tunery_home, tmp_path, capsys):
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
         qa = tmp_path / "qa.jsonl"
         _main(["data", "generate", str(SITE), "-o", str(qa), "-n", "4", "--min-grounding", "0.3",
-               "--system", "You are the Embyr Kilns help bot.", "--stop-suffix", " **STOP**", "--base-url", url,
+               "--system", SYSTEM, "--stop-suffix", " **STOP**", "--base-url", url,
                "--max-tokens", "400"], capsys)
         lines = qa.read_text().splitlines()
         sources = [json.loads(x) for x in Path(str(qa) + ".sources.jsonl").read_text().splitlines()]
@@ -88,7 +93,8 @@ def test_site_to_guarded_bot(bundled_model_dir, tunery_home, tmp_path, capsys):
         spec = tmp_path / "spec.jsonl"
         verbatim = [json.loads(x)["messages"] for x in lines[:4]]
         spec.write_text("".join(json.dumps({"messages": m, "kind": "verbatim"}) + "\n" for m in verbatim)
-                        + "".join(json.dumps({"question": q, "kind": "variation"}) + "\n" for q in VARIATIONS)
+                        + "".join(json.dumps({"question": q, "system": SYSTEM, "kind": "variation", "key_facts": [k]}) + "\n"
+                                  for q, k in VARIATIONS)
                         + "".join(json.dumps({"question": q, "kind": "off-topic", "should_decline": True}) + "\n"
                                   for q in OFF_TOPIC))
         out = tmp_path / "report"
