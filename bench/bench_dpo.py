@@ -24,7 +24,7 @@ Sixteen other prompts (4 topics never trained on) are held out. Reported, held-o
 --dev measures on the development split instead: trained on the first 8 training topics, judged on the other
 4 (candles, chess, volcanoes, honey), never on the held-out prompts. Settings are chosen there.
 
-Usage: python bench/bench_dpo.py [--topics 8] [--threads 1] [--dev] [--no-trl] [--epochs N ...]
+Usage: python bench/bench_dpo.py [--topics 8] [--threads 1] [--dev] [--no-trl] [--speed-only] [--epochs N ...]
 On a machine that other jobs keep busy, use --threads 1 (the default): two torch threads that the scheduler
 keeps waiting for each other made 8 greedy answers take 200 s (one thread: 48 answers in 87 s).
 """
@@ -116,6 +116,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-trl", action="store_true")
     p.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
+    p.add_argument("--speed-only", action="store_true",
+                   help="only the speed comparison (no DPO run, no judging)")
     p.add_argument("--nll-weight", type=auto_or(float), default="auto")
     p.add_argument("--answers", type=Path, help="JSON file of base answers: reused if present, else written "
                                                 "(saves the base generation when comparing settings)")
@@ -166,6 +168,9 @@ def measure(work: Path, args, train_q, train_a, eval_q, eval_before, base_tok, e
     train_file, valid_file = work / "pref.jsonl", work / "pref-valid.jsonl"
     n_train = write_pairs(train_file, train_q, train_a)
     n_valid = write_pairs(valid_file, eval_q, eval_before)
+    if args.speed_only:
+        speed(train_file, work, args)
+        return True
 
     marks: dict = {}
 
