@@ -1,5 +1,5 @@
 """tunery's DPO against TRL's DPOTrainer (the reference implementation): same tiny model, data, order, β,
-LoRA initialisation, optimizer and schedule → the same loss at every step (within 1e-4).
+LoRA initialisation, optimizer and schedule → the same loss at every step (within 2e-5, both in float32).
 
 TRL tokenizes with the chat template as we do, but also scores the newline the template writes after the
 end-of-turn token (a token a model never generates); the test checks that this is the only difference and
@@ -95,16 +95,17 @@ def test_per_step_losses_equal_trl_dpo_trainer(tiny_model_dir, tmp_path, nll_wei
     loss = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, weight]} if weight else {}
     args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=BETA, **loss, per_device_train_batch_size=BATCH,
                      gradient_accumulation_steps=1, num_train_epochs=1, max_grad_norm=0.0, use_cpu=True,
-                     report_to=[], save_strategy="no", logging_steps=1, seed=SEED, max_length=None,
-                     dataloader_num_workers=0, disable_tqdm=True)
+                     bf16=False, gradient_checkpointing=False, report_to=[], save_strategy="no",
+                     logging_steps=1, seed=SEED, max_length=None, dataloader_num_workers=0, disable_tqdm=True)
     Trainer(model=model, args=args, train_dataset=Dataset.from_list(theirs), processing_class=tok,
             optimizers=(opt, sched)).train()
 
     assert len(losses) == steps
     mine = [m["train_loss"] + weight * m["train_chosen_nll"] for m in ours.metrics]  # the objective minimised
-    # The likelihood term is ~10.8 nats a token on this random model, so float32 rounding alone moves the sum by
-    # ~1e-5 of it (ours matches an unpacked float64 computation within 1e-6; TRL's fused head differs from ours
-    # by 6e-5 at step 1, before any update): the plain DPO loss is held to 1e-4, the sum to 2e-5 of itself.
-    tolerance = [max(1e-4, 2e-5 * abs(b)) for b in losses]
-    assert all(abs(a - b) < t for a, b, t in zip(mine, losses, tolerance)), list(zip(mine, losses))
+    # Both sides in float32: TRL's DPOConfig defaults to bf16 autocast even on CPU (and to gradient
+    # checkpointing); under bf16 the losses differed by 6e-5 at the first step, and the bound was
+    # max(1e-4, 2e-5·|loss|). In float32 the plain DPO losses agree within 1.3e-6 and the sums with the
+    # likelihood term (~11.4 nats on this random model) within 3e-6, a few float32 roundings (2026-12-07);
+    # 2e-5 leaves a margin for other BLAS kernels and thread counts and is 5x tighter than the issue's 1e-4.
+    assert all(abs(a - b) < 2e-5 for a, b in zip(mine, losses)), list(zip(mine, losses))
     assert losses[-1] < losses[0] - 0.01  # the comparison covers real updates, not only the log 2 start
