@@ -1,11 +1,13 @@
 """/v1/chat/completions and /v1/completions through the official openai SDK over real HTTP (uvicorn),
-the same module on every backend (llama.cpp and the torch engine): each promise of the API holds on each."""
+the same module on every backend (llama.cpp, vLLM and the torch engine): each promise of the API holds on
+each. vLLM runs from its own venv (`make vllm`, which `make test` runs)."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -18,14 +20,28 @@ from tunery.settings import Settings
 MSG = [{"role": "user", "content": "Say something about cats."}]
 
 
-BACKENDS = ["llamacpp", "torch"]
+BACKENDS = ["llamacpp", "torch", "vllm"]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def backend(request) -> str:
     if request.param == "llamacpp":
         pytest.importorskip("xllamacpp")
+    if request.param == "vllm":
+        from tunery.inference.vllm import available
+
+        if not available(Settings.from_env()):
+            pytest.skip("vLLM is not installed for the vLLM backend: run `make vllm` (make test does it)")
     return request.param
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(bundled_model_dir, tmp_path_factory) -> Path:
+    """This module's tiny model: 2 layers, hidden 256 in 4 heads (head_dim 64, as the bundled model), since
+    vLLM's CPU attention kernels have no head_dim 16 (the shared tiny model's); every backend serves it."""
+    from conftest import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model-hd64"), bundled_model_dir, hidden=256)
 
 
 @pytest.fixture(scope="module")
@@ -323,10 +339,12 @@ def test_node_sdk_chat_on_each_backend(srv, tiny_model_dir, tmp_path, backend):
     assert "# pass 1" in proc.stdout and "# skipped 0" in proc.stdout, proc.stdout[-2000:]
 
 
-def test_default_backend_is_llamacpp_on_cpu(monkeypatch, tiny_model_dir):
-    """No TUNERY_INFERENCE_BACKEND: llama.cpp on CPU, the torch engine on a GPU; the variable overrides."""
+def test_default_backend_is_llamacpp_on_cpu(monkeypatch, tiny_model_dir, tmp_path):
+    """No TUNERY_INFERENCE_BACKEND: llama.cpp on CPU; on a GPU vLLM where its interpreter is found, else the
+    torch engine; the variable overrides."""
     pytest.importorskip("xllamacpp")
     from tunery.inference.router import Router, configured_backend
+    from tunery.inference.vllm import available
 
     monkeypatch.delenv("TUNERY_INFERENCE_BACKEND", raising=False)
     monkeypatch.setenv("TUNERY_DEVICE", "cpu")
@@ -334,10 +352,16 @@ def test_default_backend_is_llamacpp_on_cpu(monkeypatch, tiny_model_dir):
     assert Router(Settings.from_env()).backend_for(str(tiny_model_dir)) == "llamacpp"
     assert Router(Settings.from_env()).backend_for("smollm2-135m-instruct") == "llamacpp"
     monkeypatch.setenv("TUNERY_DEVICE", "cuda")
+    assert available(Settings.from_env())  # make test installs it
+    assert Router(Settings.from_env()).backend_for("smollm2-135m-instruct") == "vllm"
+    monkeypatch.setenv("TUNERY_VLLM_PYTHON", str(tmp_path / "no-such-python"))
     assert Router(Settings.from_env()).backend_for("smollm2-135m-instruct") == "torch"
+    monkeypatch.delenv("TUNERY_VLLM_PYTHON")
     monkeypatch.setenv("TUNERY_DEVICE", "cpu")
     monkeypatch.setenv("TUNERY_INFERENCE_BACKEND", "torch")
     assert Router(Settings.from_env()).backend_for("smollm2-135m-instruct") == "torch"
+    monkeypatch.setenv("TUNERY_INFERENCE_BACKEND", "vllm")
+    assert Router(Settings.from_env()).backend_for(str(tiny_model_dir)) == "vllm"
 
 
 def test_stream_in_flight_survives_hot_swap(client, srv, model, tiny_model_dir, tmp_path, backend):
