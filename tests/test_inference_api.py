@@ -52,12 +52,22 @@ def srv(backend, tiny_model_dir, tmp_path_factory):
     mp.setenv("TUNERY_INFERENCE_DTYPE", "float32")
     mp.setenv("TUNERY_INFERENCE_BACKEND", backend)
     server = start_server(Settings.from_env(home=home))
+    warm_up(server, backend, tiny_model_dir)
     yield server
     engine = getattr(server.app.state, "engine", None)
     server.stop()
     if engine is not None:
         engine.close()
     mp.undo()
+
+
+def warm_up(server, backend: str, model) -> None:
+    """vLLM: start the model's server before the SDK's 30 s timeouts run (on a loaded 2-core CPU a vLLM
+    server took 70-140 s to start); the other backends load at the first request, as tested."""
+    if backend == "vllm":
+        from tunery.inference.router import get_engine
+
+        get_engine(server.app).prepare(str(model))
 
 
 @pytest.fixture(scope="module")
@@ -257,6 +267,7 @@ def test_full_queue_gives_429(make_server, monkeypatch, model, backend):
     monkeypatch.setenv("TUNERY_MAX_QUEUE", "1")
     monkeypatch.setenv("TUNERY_INFERENCE_DTYPE", "float32")
     server = make_server()
+    warm_up(server, backend, model)
     client = server.client()
     try:
         stream = client.chat.completions.create(model=model, messages=MSG, max_tokens=900, temperature=0, stream=True)
@@ -391,3 +402,15 @@ def test_stream_in_flight_survives_hot_swap(client, srv, model, tiny_model_dir, 
         while before.server is not None and time.time() < deadline:
             time.sleep(0.05)
         assert before.server is None  # stopped once its last request ended
+
+
+def test_vllm_not_installed_is_a_400_naming_the_fix(make_server, monkeypatch, model, tmp_path):
+    """TUNERY_INFERENCE_BACKEND=vllm without vLLM's interpreter: each request is a 400 saying how to install
+    it (`make vllm` or TUNERY_VLLM_PYTHON), never a 500."""
+    monkeypatch.setenv("TUNERY_INFERENCE_BACKEND", "vllm")
+    monkeypatch.setenv("TUNERY_VLLM_PYTHON", str(tmp_path / "no-such-python"))
+    client = make_server().client()
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model=model, messages=MSG, max_tokens=2)
+    assert "make vllm" in exc.value.message and exc.value.code == "model_unavailable"
+    assert client.models.retrieve(model).model_extra["backend"] == "vllm"

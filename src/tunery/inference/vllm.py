@@ -76,6 +76,15 @@ class VllmModel:
     log_path: Path | None = None
     adapters: dict[str, str] = field(default_factory=dict)  # vLLM lora_name → model id
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _pieces: object = None
+
+    def token_text(self):
+        """Token id → (text, bytes) by the model's tokenizer, as the other backends report logprobs."""
+        if self._pieces is None:
+            from tunery.inference.text import TokenText
+
+            self._pieces = TokenText(self.tokenizer)
+        return self._pieces
 
 
 class VllmEngine:
@@ -222,8 +231,17 @@ class VllmEngine:
 
     def _dtype(self) -> str:
         name = self.config.dtype
-        if name == "auto":
-            return "auto"  # vLLM's choice for the device
+        if name == "auto":  # as the torch engine: bf16 on a CPU that has it, else fp32; vLLM's choice on a GPU
+            from tunery.models import pick_device
+
+            if pick_device(self.settings.compute.device) != "cpu":
+                return "auto"
+            import torch
+
+            try:
+                return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+            except (AttributeError, RuntimeError):
+                return "float32"
         table = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
                  "float16": "float16", "fp16": "float16"}
         if name not in table:
@@ -334,7 +352,7 @@ class VllmEngine:
         body["seed"] = seed & 0x7FFF_FFFF
         tokens = 0
         reason = None
-        pieces = _token_text(m) if p.logprobs else None
+        pieces = m.token_text() if p.logprobs else None
         try:
             with httpx.Client(timeout=httpx.Timeout(600, connect=10)) as client, client.stream(
                     "POST", m.url + "/v1/completions", json=body) as r:
@@ -379,12 +397,6 @@ class VllmEngine:
             if done and not gen.cancelled:
                 gen._emit(Done(Usage(n_prompt, state["tokens"])))
 
-    def generate(self, model, *, prompt=None, messages=None, **params) -> Generation:
-        handle = self.prepare(model)
-        ids = handle.encode_chat(messages) if messages is not None else (
-            handle.encode(prompt) if isinstance(prompt, str) else list(prompt or []))
-        return self.submit(handle, ids, SamplingParams(**params).validate())
-
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -393,19 +405,6 @@ class VllmEngine:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for m in models:
             self._stop(m)
-
-
-_TEXTS: dict[int, object] = {}
-
-
-def _token_text(m: VllmModel):
-    """The token text/bytes table of a model's tokenizer (what the other backends report in logprobs)."""
-    from tunery.inference.text import TokenText
-
-    t = _TEXTS.get(id(m.tokenizer))
-    if t is None:
-        t = _TEXTS[id(m.tokenizer)] = TokenText(m.tokenizer)
-    return t
 
 
 def _tid(token: str) -> int:
