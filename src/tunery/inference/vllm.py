@@ -95,15 +95,23 @@ class VllmEngine:
         return ModelHandle(model.id, m, adapter=name, adapter_dir=adapter_dir)
 
     def _model(self, key: str, make) -> VllmModel:
+        """The model's running server; a server that died (vLLM crashed, was killed) is started anew, and
+        its adapters are loaded again as they are asked for."""
+        def running(m):
+            return m is not None and m.proc is not None and m.proc.poll() is None
+
         with self._lock:
             m = self.models.get(key)
-            if m is not None and m.proc is not None:
+            if running(m):
                 return m
             start_lock = self._starting.setdefault(key, threading.Lock())
         with start_lock:  # one start per model; other requests for it wait here
             with self._lock:
                 m = self.models.get(key)
-            if m is None or m.proc is None:
+            if not running(m):
+                if m is not None:
+                    log.warning("the vLLM server for %s has stopped (log %s); starting it again", key, m.log_path)
+                    stop(m)
                 m = make()
                 start(m, self.python, self.settings, self.config)
                 with self._lock:
