@@ -414,3 +414,27 @@ def test_vllm_not_installed_is_a_400_naming_the_fix(make_server, monkeypatch, mo
         client.chat.completions.create(model=model, messages=MSG, max_tokens=2)
     assert "make vllm" in exc.value.message and exc.value.code == "model_unavailable"
     assert client.models.retrieve(model).model_extra["backend"] == "vllm"
+
+
+def test_vllm_server_that_died_is_started_again(make_server, monkeypatch, model):
+    """vLLM only (its servers are child processes; the other backends live in tunery's own process): a vLLM
+    server killed from outside is started anew by the next request, which answers as before."""
+    import os
+    import signal
+
+    monkeypatch.setenv("TUNERY_INFERENCE_BACKEND", "vllm")
+    monkeypatch.setenv("TUNERY_INFERENCE_DTYPE", "float32")
+    server = make_server()
+    warm_up(server, "vllm", model)
+    client = server.client().with_options(timeout=900)  # the second request waits for a new server
+    try:
+        before = client.chat.completions.create(model=model, messages=MSG, temperature=0, max_tokens=6)
+        m = server.app.state.engine.engine("vllm").models[model]
+        dead = m.proc
+        os.killpg(dead.pid, signal.SIGKILL)
+        dead.wait(timeout=30)
+        after = client.chat.completions.create(model=model, messages=MSG, temperature=0, max_tokens=6)
+        assert after.choices[0].message.content == before.choices[0].message.content
+        assert server.app.state.engine.engine("vllm").models[model].proc is not dead
+    finally:
+        server.app.state.engine.close()
