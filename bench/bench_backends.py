@@ -13,7 +13,10 @@ The torch engine's server runs beside the llama.cpp one and its requests are int
 Decode speed is (completion tokens - 1) / (last token time - first token time), from the streamed
 usage; the server runs in this process (uvicorn on a thread) like the API tests. Runs are interleaved
 (raw, API, raw, API, ...) and the best of each is kept, so load changes on a shared machine hit both.
-The vLLM backend is not built yet, so it has no row. Usage: python bench/bench_backends.py [--quick]
+4. the vLLM backend (when `make vllm` installed it): single-stream decode and time to first token through the
+   API vs the same vLLM server asked directly (token ids to its own /v1/completions: tunery's overhead),
+   and 8 concurrent over 4 adapters vs the same 8 one after another (vLLM batches mixed adapters).
+Usage: python bench/bench_backends.py [--quick] [--vllm-only]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 QUICK = "--quick" in sys.argv
+VLLM_ONLY = "--vllm-only" in sys.argv
 TOKENS = 48 if QUICK else 128
 ROUNDS = 2 if QUICK else 3
 BASE = "smollm2-135m-instruct"
@@ -148,7 +152,6 @@ def main() -> int:
     transformers.logging.disable_progress_bar()
 
     from bench_inference import make_adapters
-    from tunery.inference.config import EngineConfig
     from tunery.inference.convert import base_gguf
     from tunery.models import load_tokenizer, materialize, setup_threads
     from tunery.settings import Settings
@@ -157,7 +160,7 @@ def main() -> int:
     os.environ["TUNERY_HOME"] = str(home)
     settings = Settings.from_env(home=home)
     threads = setup_threads(settings.compute.num_threads)
-    cfg = EngineConfig.from_env()
+    cfg = settings.inference  # (EngineConfig is gone: its fields are InferenceSettings now)
     print(f"bundled {BASE}, {threads} threads, {TOKENS} tokens per single request; {uptime()}", flush=True)
     t_all = time.perf_counter()
 
@@ -166,6 +169,8 @@ def main() -> int:
     ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
     gguf = base_gguf(BASE, settings)
 
+    if VLLM_ONLY:
+        return bench_vllm(home, settings, ids, t_all)
     print("\n1. single-stream decode, greedy, streamed", flush=True)
     raw = raw_llamacpp(gguf, threads, cfg.max_batch)
     raw_url = raw.listening_address + "/v1/completions"
@@ -241,9 +246,65 @@ def main() -> int:
     print(f"  [{uptime()}]", flush=True)
     srv.stop()
     srv.app.state.engine.close()
-    print(f"\ntotal {time.perf_counter() - t_all:.0f} s; {uptime()}", flush=True)
+    return bench_vllm(home, settings, ids, t_all)
+
+
+def bench_vllm(home: Path, settings, ids: list[int], t_all: float) -> int:
     import shutil
 
+    import httpx
+
+    from bench_inference import make_adapters
+    from tunery.inference.vllm import available
+    from tunery.models import materialize
+    from tunery.store import ensure_org, register_model
+
+    print("\n4. vLLM backend (its OpenAI server from .venv-vllm), greedy, streamed", flush=True)
+    if not available(settings):
+        print("  vLLM is not installed (make vllm): no rows", flush=True)
+    else:
+        srv = start(home / "vllm", "vllm")
+        t = time.perf_counter()
+        m = srv.app.state.engine.prepare(BASE).backend
+        line("vLLM server start (bundled model)", f"{time.perf_counter() - t:.0f} s")
+        runs = [("raw", m.url + "/v1/completions", {"model": "base", "prompt": ids, "max_tokens": TOKENS,
+                                                     "temperature": 0, "stream": True,
+                                                     "stream_options": {"include_usage": True}}),
+                ("api", srv.url + "/v1/chat/completions", api_body(BASE, MSG, TOKENS))]
+        best = {k: (1e9, 0.0) for k, _, _ in runs}
+        with httpx.Client(timeout=900) as c:
+            for key, url, body in runs:
+                stream_timing(c, url, dict(body, max_tokens=8))
+            for _ in range(ROUNDS):
+                for key, url, body in runs:
+                    ttft, rate, _n = stream_timing(c, url, body)
+                    best[key] = (min(best[key][0], ttft), max(best[key][1], rate))
+        line("raw vLLM (its server, no tunery)", f"{best['raw'][1]:6.1f} tok/s, first token {best['raw'][0] * 1000:.0f} ms")
+        line("tunery API, vLLM backend", f"{best['api'][1]:6.1f} tok/s, first token {best['api'][0] * 1000:.0f} ms")
+        over = best["raw"][1] / best["api"][1] - 1
+        line("=> tunery overhead vs raw vLLM (decode)", f"{over * 100:+.1f}%  (goal <= 10%: {goal(over, 0.10, False)})")
+        n_tok = 32 if QUICK else 64
+        dirs = make_adapters(materialize(BASE, settings), home / "vllm-adapters", 4)
+        org = ensure_org(srv.store, "personal")
+        names = []
+        for i, d in enumerate(dirs):
+            names.append(f"ft:{BASE}:personal:vbench{i}:abcd000{i}")
+            register_model(srv.store, org, model_id=names[-1], base_model=BASE, job_id=None, path=d)
+        t = time.perf_counter()
+        for name in names:
+            chat_once(srv.url, name, MSG, 1)
+        line("first request for each of 4 adapters (runtime load)", f"{time.perf_counter() - t:.1f} s")
+        prompts = [[{"role": "user", "content": f"Tell me a long story about the number {i}."}] for i in range(8)]
+        jobs = [(names[i % 4], p, n_tok) for i, p in enumerate(prompts)]
+        seq, n_seq = sequential(srv.url, jobs)
+        conc, n_conc = concurrent(srv.url, jobs)
+        r = (n_conc / conc) / (n_seq / seq)
+        line("sequential, 4 adapters", f"{n_seq / seq:6.1f} tok/s aggregate ({seq:.1f} s, {n_seq} tokens)")
+        line("concurrent, 4 adapters x 2 requests", f"{n_conc / conc:6.1f} tok/s aggregate ({conc:.1f} s)")
+        line("=> concurrent vs sequential, mixed adapters", f"{r:.2f}x  (goal >= 2.5x: {goal(r, 2.5)})")
+        srv.stop()
+        srv.app.state.engine.close()
+    print(f"\ntotal {time.perf_counter() - t_all:.0f} s; {uptime()}", flush=True)
     shutil.rmtree(home, ignore_errors=True)
     return 0
 

@@ -1,11 +1,13 @@
 """/v1/chat/completions and /v1/completions through the official openai SDK over real HTTP (uvicorn),
-the same module on every backend (llama.cpp and the torch engine): each promise of the API holds on each."""
+the same module on every backend (llama.cpp, vLLM and the torch engine): each promise of the API holds on
+each. vLLM runs from its own venv (`make vllm`, which `make test` runs)."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -18,14 +20,28 @@ from tunery.settings import Settings
 MSG = [{"role": "user", "content": "Say something about cats."}]
 
 
-BACKENDS = ["llamacpp", "torch"]
+BACKENDS = ["llamacpp", "torch", "vllm"]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def backend(request) -> str:
     if request.param == "llamacpp":
         pytest.importorskip("xllamacpp")
+    if request.param == "vllm":
+        from tunery.inference.vllm import available
+
+        if not available(Settings.from_env()):
+            pytest.skip("vLLM is not installed for the vLLM backend: run `make vllm` (make test does it)")
     return request.param
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(bundled_model_dir, tmp_path_factory) -> Path:
+    """This module's tiny model: 2 layers, hidden 256 in 4 heads (head_dim 64, as the bundled model), since
+    vLLM's CPU attention kernels have no head_dim 16 (the shared tiny model's); every backend serves it."""
+    from conftest import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model-hd64"), bundled_model_dir, hidden=256)
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +52,22 @@ def srv(backend, tiny_model_dir, tmp_path_factory):
     mp.setenv("TUNERY_INFERENCE_DTYPE", "float32")
     mp.setenv("TUNERY_INFERENCE_BACKEND", backend)
     server = start_server(Settings.from_env(home=home))
+    warm_up(server, backend, tiny_model_dir)
     yield server
     engine = getattr(server.app.state, "engine", None)
     server.stop()
     if engine is not None:
         engine.close()
     mp.undo()
+
+
+def warm_up(server, backend: str, model) -> None:
+    """vLLM: start the model's server before the SDK's 30 s timeouts run (on a loaded 2-core CPU a vLLM
+    server took 70-140 s to start); the other backends load at the first request, as tested."""
+    if backend == "vllm":
+        from tunery.inference.router import get_engine
+
+        get_engine(server.app).prepare(str(model))
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +267,7 @@ def test_full_queue_gives_429(make_server, monkeypatch, model, backend):
     monkeypatch.setenv("TUNERY_MAX_QUEUE", "1")
     monkeypatch.setenv("TUNERY_INFERENCE_DTYPE", "float32")
     server = make_server()
+    warm_up(server, backend, model)
     client = server.client()
     try:
         stream = client.chat.completions.create(model=model, messages=MSG, max_tokens=900, temperature=0, stream=True)
@@ -275,8 +302,8 @@ def test_bundled_model_json_mode_and_alias(make_server, monkeypatch, backend):
             model="gpt-4o-mini", temperature=0, max_tokens=12, stream=True,
             messages=[{"role": "user", "content": "What is the capital of France?"}]) if c.choices)
         assert text.strip()
-        if backend == "torch":
-            # The fp32 weights answer "Paris". llama.cpp serves the Q4_1 GGUF with quantized activations and
+        if backend in ("torch", "vllm"):
+            # The safetensors weights (both serve the same directory) answer "Paris". llama.cpp serves the Q4_1 GGUF with quantized activations and
             # its greedy answer already diverges ("L'Étoile…", -1.85 vs "The" -2.01): the documented reason it
             # is not the default backend yet (README, Inference).
             assert "Paris" in text
@@ -323,10 +350,12 @@ def test_node_sdk_chat_on_each_backend(srv, tiny_model_dir, tmp_path, backend):
     assert "# pass 1" in proc.stdout and "# skipped 0" in proc.stdout, proc.stdout[-2000:]
 
 
-def test_default_backend_is_llamacpp_on_cpu(monkeypatch, tiny_model_dir):
-    """No TUNERY_INFERENCE_BACKEND: llama.cpp on CPU, the torch engine on a GPU; the variable overrides."""
+def test_default_backend_is_llamacpp_on_cpu(monkeypatch, tiny_model_dir, tmp_path):
+    """No TUNERY_INFERENCE_BACKEND: llama.cpp on CPU; on a GPU vLLM where its interpreter is found, else the
+    torch engine; the variable overrides."""
     pytest.importorskip("xllamacpp")
     from tunery.inference.router import Router, configured_backend
+    from tunery.inference.vllm import available
 
     monkeypatch.delenv("TUNERY_INFERENCE_BACKEND", raising=False)
     monkeypatch.setenv("TUNERY_DEVICE", "cpu")
@@ -334,10 +363,16 @@ def test_default_backend_is_llamacpp_on_cpu(monkeypatch, tiny_model_dir):
     assert Router(Settings.from_env()).backend_for(str(tiny_model_dir)) == "llamacpp"
     assert Router(Settings.from_env()).backend_for("smollm2-135m-instruct") == "llamacpp"
     monkeypatch.setenv("TUNERY_DEVICE", "cuda")
+    assert available(Settings.from_env())  # make test installs it
+    assert Router(Settings.from_env()).backend_for("smollm2-135m-instruct") == "vllm"
+    monkeypatch.setenv("TUNERY_VLLM_PYTHON", str(tmp_path / "no-such-python"))
     assert Router(Settings.from_env()).backend_for("smollm2-135m-instruct") == "torch"
+    monkeypatch.delenv("TUNERY_VLLM_PYTHON")
     monkeypatch.setenv("TUNERY_DEVICE", "cpu")
     monkeypatch.setenv("TUNERY_INFERENCE_BACKEND", "torch")
     assert Router(Settings.from_env()).backend_for("smollm2-135m-instruct") == "torch"
+    monkeypatch.setenv("TUNERY_INFERENCE_BACKEND", "vllm")
+    assert Router(Settings.from_env()).backend_for(str(tiny_model_dir)) == "vllm"
 
 
 def test_stream_in_flight_survives_hot_swap(client, srv, model, tiny_model_dir, tmp_path, backend):
@@ -367,3 +402,39 @@ def test_stream_in_flight_survives_hot_swap(client, srv, model, tiny_model_dir, 
         while before.server is not None and time.time() < deadline:
             time.sleep(0.05)
         assert before.server is None  # stopped once its last request ended
+
+
+def test_vllm_not_installed_is_a_400_naming_the_fix(make_server, monkeypatch, model, tmp_path):
+    """TUNERY_INFERENCE_BACKEND=vllm without vLLM's interpreter: each request is a 400 saying how to install
+    it (`make vllm` or TUNERY_VLLM_PYTHON), never a 500."""
+    monkeypatch.setenv("TUNERY_INFERENCE_BACKEND", "vllm")
+    monkeypatch.setenv("TUNERY_VLLM_PYTHON", str(tmp_path / "no-such-python"))
+    client = make_server().client()
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model=model, messages=MSG, max_tokens=2)
+    assert "make vllm" in exc.value.message and exc.value.code == "model_unavailable"
+    assert client.models.retrieve(model).model_extra["backend"] == "vllm"
+
+
+def test_vllm_server_that_died_is_started_again(make_server, monkeypatch, model):
+    """vLLM only (its servers are child processes; the other backends live in tunery's own process): a vLLM
+    server killed from outside is started anew by the next request, which answers as before."""
+    import os
+    import signal
+
+    monkeypatch.setenv("TUNERY_INFERENCE_BACKEND", "vllm")
+    monkeypatch.setenv("TUNERY_INFERENCE_DTYPE", "float32")
+    server = make_server()
+    warm_up(server, "vllm", model)
+    client = server.client().with_options(timeout=900)  # the second request waits for a new server
+    try:
+        before = client.chat.completions.create(model=model, messages=MSG, temperature=0, max_tokens=6)
+        m = server.app.state.engine.engine("vllm").models[model]
+        dead = m.proc
+        os.killpg(dead.pid, signal.SIGKILL)
+        dead.wait(timeout=30)
+        after = client.chat.completions.create(model=model, messages=MSG, temperature=0, max_tokens=6)
+        assert after.choices[0].message.content == before.choices[0].message.content
+        assert server.app.state.engine.engine("vllm").models[model].proc is not dead
+    finally:
+        server.app.state.engine.close()

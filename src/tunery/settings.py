@@ -200,8 +200,8 @@ def parse_procs(value) -> int | str:
 class InferenceSettings:
     """How models are served (the router and its backends)."""
 
-    backend: str = _var("TUNERY_INFERENCE_BACKEND", "str", "`auto` (llama.cpp on CPU, the torch engine on a "
-                        "GPU), `llamacpp` or `torch` (`vllm` is not built yet)", "auto")
+    backend: str = _var("TUNERY_INFERENCE_BACKEND", "str", "`auto` (llama.cpp on CPU; on a GPU vLLM where "
+                        "its interpreter is found, else the torch engine), `llamacpp`, `vllm` or `torch`", "auto")
     max_batch: int = _var("TUNERY_MAX_BATCH", "int", "sequences decoded together per model", 16)
     max_queue: int = _var("TUNERY_MAX_QUEUE", "int", "sequences allowed to wait; beyond it requests get 429", 64)
     max_adapters: int = _var("TUNERY_MAX_ADAPTERS", "int", "LoRA adapters kept attached per base model (least "
@@ -211,6 +211,16 @@ class InferenceSettings:
                       "`float32`, `bfloat16`, `float16`", "auto")
     llamacpp_ctx: int = _var("TUNERY_LLAMACPP_CTX", "int", "llama.cpp's KV window shared by a model's slots "
                              "(at least the model's context length)", 16384)
+    # A string, not a resolved path: resolving a venv's python symlink would leave the venv.
+    vllm_python: str | None = _var("TUNERY_VLLM_PYTHON", "str", "the Python interpreter that has vLLM (its "
+                                    "own venv: vLLM pins its own torch); the vLLM backend runs its OpenAI server "
+                                    "with it", None, shown="`.venv-vllm/bin/python` of the checkout (`make vllm`)")
+    vllm_args: str = _var("TUNERY_VLLM_ARGS", "str", "extra arguments for vLLM's server, e.g. "
+                          "`--gpu-memory-utilization 0.5`", "", shown="none")
+    vllm_max_lora_rank: int = _var("TUNERY_VLLM_MAX_LORA_RANK", "int", "largest LoRA rank the vLLM backend "
+                                   "accepts (vLLM reserves memory for it)", 64)
+    vllm_cpu_kv_gib: int = _var("TUNERY_VLLM_CPU_KV_GIB", "int", "KV cache of a vLLM server on CPU, in GiB",
+                                1)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,18 @@
 """The router in front of the inference backends: which backend serves a model, and one interface
 (prepare → submit → Generation events, unload, loaded) for the OpenAI routes, the CLI and benchmarks.
 
-Backends: `llamacpp` (llama.cpp's server in-process, through xllamacpp) and `torch` (tunery's own engine).
-TUNERY_INFERENCE_BACKEND=torch|llamacpp|auto picks one for everything it can serve. The default, `auto`,
+Backends: `llamacpp` (llama.cpp's server in-process, through xllamacpp), `vllm` (vLLM's OpenAI server as a
+child process from its own interpreter, see tunery.inference.vllm) and `torch` (tunery's own engine).
+TUNERY_INFERENCE_BACKEND=torch|llamacpp|vllm|auto picks one for everything it can serve. The default, `auto`,
 is llama.cpp on CPU: measured in one run of bench/bench_backends.py it decodes 4.6x faster than the torch
 engine through the API with tunery's overhead within noise of raw llama.cpp, and a fine-tune trained here
 keeps its facts on the Q4_1 base (bench/bench_backend_facts.py: the same recall as on the torch engine).
-On a GPU (TUNERY_DEVICE or a visible CUDA/MPS device) `auto` keeps the torch engine, since the wheel is a
-CPU build and vLLM, the intended GPU backend, is named but not built yet (a 400 saying so). The torch
-engine also serves what llama.cpp cannot: full fine-tunes and base models that are not Llama-architecture
-and have no GGUF (conversion here writes Llama GGUFs only), and every model when xllamacpp is missing.
+On a GPU (TUNERY_DEVICE or a visible CUDA/MPS device) `auto` picks vLLM when its interpreter is found
+(TUNERY_VLLM_PYTHON or the checkout's .venv-vllm), else the torch engine (the xllamacpp wheel is a CPU build).
+vLLM serves every Hugging Face model directory it supports, base models, LoRA adapters and full fine-tunes.
+The torch engine also serves what llama.cpp cannot: full fine-tunes and base models that are not
+Llama-architecture and have no GGUF (conversion here writes Llama GGUFs only), and every model when
+xllamacpp is missing.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from tunery.train.checkpoint import is_adapter_dir
 
 log = logging.getLogger("tunery.inference")
 BACKENDS = ("auto", "llamacpp", "torch", "vllm")
-DEFAULT_BACKEND = "auto"  # llama.cpp on CPU, the torch engine on a GPU (see the module docstring)
+DEFAULT_BACKEND = "auto"  # llama.cpp on CPU, vLLM (else the torch engine) on a GPU (see the module docstring)
 
 
 def configured_backend(backend: str) -> str:
@@ -34,18 +37,21 @@ def configured_backend(backend: str) -> str:
     name = (backend or DEFAULT_BACKEND).strip().lower()
     if name not in BACKENDS:
         raise InvalidRequest(f"TUNERY_INFERENCE_BACKEND must be one of {', '.join(BACKENDS)}, not {name!r}")
-    if name == "vllm":
-        raise InvalidRequest("TUNERY_INFERENCE_BACKEND=vllm: the vLLM backend is not built yet; use llamacpp or torch")
     return name
 
 
 def serving_backend(model: str | Servable, settings: Settings | None = None, choice: str | None = None, *,
                     listing: bool = False) -> str:
+    from tunery.inference import vllm
     from tunery.inference.llamacpp import available
 
     settings = settings or get_settings()
     choice = choice or configured_backend(settings.inference.backend)
-    if choice == "torch" or not available() or (choice == "auto" and _on_gpu(settings)):
+    if choice == "vllm":  # not installed: its engine says how to install it (a 400 naming `make vllm`)
+        return "vllm"
+    if choice == "auto" and _on_gpu(settings):
+        return "vllm" if vllm.available(settings) else "torch"
+    if choice == "torch" or not available():
         return "torch"
     adapter_dir = getattr(model, "adapter_dir", None)
     if adapter_dir is not None and not is_adapter_dir(adapter_dir):
@@ -112,6 +118,10 @@ class Router:
                     from tunery.inference.llamacpp import LlamaCppEngine
 
                     e = LlamaCppEngine(self.settings, self.config)
+                elif name == "vllm":
+                    from tunery.inference.vllm import VllmEngine
+
+                    e = VllmEngine(self.settings, self.config)
                 else:
                     from tunery.inference.engine import Engine
 
@@ -212,7 +222,7 @@ def unload_models(app, names) -> None:
 
 
 def with_backend(app, store, org, obj: dict, *, allow_paths: bool = True) -> dict:
-    """A /v1/models object plus `backend`: which backend serves it ("llamacpp" or "torch"), judged without
+    """A /v1/models object plus `backend`: which backend serves it ("llamacpp", "vllm" or "torch"), judged without
     loading or converting anything. OpenAI's fields stay as they are; the SDK keeps extras as model_extra."""
     from tunery.store.models import find_servable_model
 
