@@ -188,8 +188,11 @@ def bench_grammar(model_dir: Path) -> None:
 def main() -> int:
     import torch
 
-    from tunery.inference import Engine, EngineConfig, Servable
+    from dataclasses import replace
+
+    from tunery.inference import Engine, Servable
     from tunery.models import materialize, setup_threads
+    from tunery.settings import get_settings
 
     threads = setup_threads()
     model_dir = materialize("smollm2-135m-instruct")
@@ -211,7 +214,7 @@ def main() -> int:
             line(f"transformers {label}", f"failed: {type(exc).__name__}: {exc}"[:80])
     results = {}
     for dtype in ("float32", "auto"):
-        engine = Engine(config=EngineConfig(dtype=dtype, max_batch=16, max_adapters=16))
+        engine = Engine(config=replace(get_settings().inference, dtype=dtype, max_batch=16, max_adapters=16))
         try:
             results[dtype] = engine_single(engine, "smollm2-135m-instruct")
             label = f"tunery engine, {engine._dtype()}".replace("torch.", "")
