@@ -122,3 +122,25 @@ def test_explicit_epochs_train_the_file_as_given(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "t.jsonl", chat_rows(4))
     res, cb = run_auto(tiny_model_dir, tmp_path, "x", training_file=data, n_epochs=1, augment="auto")
     assert res.hyperparameters["replay"] == 0 and cb.resolved["n_train_examples"] == 4
+
+
+def test_pairs_are_made_once_per_model_prompt_and_questions_then_read_back(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNERY_MODEL_CACHE", str(tmp_path / "cache"))
+    data = [chat(f"When does gate {i} open?", f"Gate {i} opens at {i + 6} am. **STOP**", system="Desk.")
+            for i in range(3)]
+    made = replay.make_for_run(str(tiny_model_dir), data, 3, seed=1)
+    files = list((tmp_path / "cache" / "replay").glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text()) == made
+    # The next run with the same inputs reads the file instead of decoding: what the file says comes back.
+    files[0].write_text(json.dumps(PAIRS))
+    assert replay.make_for_run(str(tiny_model_dir), data, 3, seed=1) == PAIRS
+    # Another system prompt, other questions: other keys, decoded afresh.
+    other = [chat(m["content"], "x **STOP**", system="Front desk.") for m in (ex.messages[1] for ex in data)]
+    assert replay.make_for_run(str(tiny_model_dir), other, 3, seed=1) == made
+    assert replay.make_for_run(str(tiny_model_dir), data, 2, seed=1) == made[:2]
+    assert len(list((tmp_path / "cache" / "replay").glob("*.json"))) == 3
+    # A damaged file is decoded again and replaced; no temporary file is left behind.
+    files[0].write_text("{not json")
+    assert replay.make_for_run(str(tiny_model_dir), data, 3, seed=1) == made
+    assert json.loads(files[0].read_text()) == made
+    assert not list((tmp_path / "cache" / "replay").glob(".replay-*"))
