@@ -21,13 +21,13 @@ WATCHDOG = Path(__file__).with_name("watchdog.py")
 GRACE = 10.0  # seconds between SIGTERM and SIGKILL for the group (vLLM's children ignore SIGTERM longer)
 
 
-def spawn(cmd: list[str], *, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def spawn(cmd: list[str], *, env: dict[str, str], log_path: Path, grace: float = GRACE) -> subprocess.Popen:
     """Start `cmd` under the watchdog, stdout and stderr appended to `log_path`. The returned process is the
     watchdog: it exits with the server's status, and its pid is the process group of the server's tree."""
     read, write = os.pipe()  # both ends are not inherited by exec'd children: only the watchdog gets `read`
     try:
         with open(log_path, "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-I", str(WATCHDOG), str(GRACE), *cmd], stdin=read,
+            proc = subprocess.Popen([sys.executable, "-I", str(WATCHDOG), str(grace), *cmd], stdin=read,
                                     stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     except BaseException:
         os.close(write)
