@@ -6,31 +6,25 @@ when a request names an adapter the instance lacks (a job just succeeded, a chec
 a new instance starts with the longer list and takes over, while the old one finishes the requests it
 has (it is dropped when its last one ends). Deleting a model rebuilds the list without it.
 
-Requests go to the instance's own HTTP endpoint on 127.0.0.1 (streamed, one blocking client per
-sequence on a thread pool: no GIL held while llama.cpp decodes). Prompts are sent as token ids made
-by the model's Hugging Face tokenizer, so prompts, usage and echo are identical on every backend;
-n > 1 is n sequences (seed + i, as the torch engine); stop strings, grammar (JSON Schema through
-llama.cpp's llguidance), penalties and logprobs are llama.cpp's own.
+Requests go to the instance's own HTTP endpoint on 127.0.0.1 (admission, streaming and n > 1 are
+tunery.inference.http_backend's, shared with vLLM). Prompts are sent as token ids made by the model's
+Hugging Face tokenizer, so prompts, usage and echo are identical on every backend; stop strings, grammar
+(JSON Schema through llama.cpp's llguidance), penalties and logprobs are llama.cpp's own.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunery.errors import ModelUnavailable, RateLimited, TuneryError
-from tunery.inference.config import ModelHandle, Servable
-from tunery.inference.generation import (
-    Delta, Done, Failed, Finished, Generation, SamplingParams, TokenLogprob, Usage, check_context,
-)
-from tunery.settings import InferenceSettings, Settings, get_settings
-from tunery.train.checkpoint import is_adapter_dir
+from tunery.errors import ModelUnavailable
+from tunery.inference.config import ModelHandle, Servable, belongs_to
+from tunery.inference.generation import SamplingParams, TokenLogprob
+from tunery.inference.http_backend import HttpBackend, ServedModel
+from tunery.settings import InferenceSettings, Settings
 
 log = logging.getLogger("tunery.inference")
 
@@ -50,71 +44,48 @@ class _Instance:
     retired: bool = False
 
 
-@dataclass
-class GGUFModel:
-    """One served GGUF (a base model, or a converted full fine-tune) and its tokenizer."""
+@dataclass(kw_only=True)
+class GGUFModel(ServedModel):
+    """One served GGUF (a base model, or a converted full fine-tune); `adapters` maps GGUF LoRA paths to
+    model ids, and `lock` guards them and `current`."""
 
-    key: str
     gguf: Path
-    tokenizer: object
-    context_length: int
-    vocab_size: int
-    model_id: str | None = None  # set for full fine-tunes (what unload() matches)
-    adapters: dict[str, str] = field(default_factory=dict)  # GGUF LoRA path → model id (served ones)
     names: dict[str, str] = field(default_factory=dict)  # every path ever seen → model id (for loaded())
     current: _Instance | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)  # adapters and current
     build_lock: threading.Lock = field(default_factory=threading.Lock)  # one instance starts at a time
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(HttpBackend):
     name = "llamacpp"
+    label = "llama.cpp"
 
     def __init__(self, settings: Settings | None = None, config: InferenceSettings | None = None):
         from tunery.models import setup_threads
 
         if not available():
             raise ModelUnavailable("the llama.cpp backend needs the xllamacpp package (pip install xllamacpp)")
-        self.settings = settings or get_settings()
-        self.config = config or self.settings.inference
+        super().__init__(settings, config)
         self.threads = setup_threads(self.settings.compute.num_threads)
-        self.models: dict[str, GGUFModel] = {}
-        self._lock = threading.RLock()
-        self._pool = ThreadPoolExecutor(max_workers=self.config.max_batch + self.config.max_queue + 4,
-                                        thread_name_prefix="tunery-llamacpp")
-        self._seqs = 0  # sequences submitted and not finished
-        self._closed = False
 
     # -- models --
-
-    def _model(self, key: str, make) -> GGUFModel:
-        with self._lock:
-            m = self.models.get(key)
-            if m is None:
-                m = self.models[key] = make()
-            return m
 
     def prepare(self, model: str | Servable) -> ModelHandle:
         """Resolve what `model` needs (converting to GGUF once) and make sure a server instance has it.
 
         Blocks while a server instance starts (the first request for a model, a new adapter)."""
         from tunery.inference import convert
-        from tunery.models import context_length, load_tokenizer, resolve
+        from tunery.models import context_length, load_tokenizer
 
-        if isinstance(model, str):
-            model = Servable(id=model, base_model=resolve(model, self.settings).name, adapter_dir=None)
-        adapter_dir = Path(model.adapter_dir) if getattr(model, "adapter_dir", None) else None
-        if adapter_dir is not None and not is_adapter_dir(adapter_dir):
+        model, adapter_dir, full = self._resolve(model)
+        if full:
             gguf = adapter_dir / convert.MODEL_GGUF
             if not gguf.exists():
                 convert.model_to_gguf(adapter_dir, gguf, base=convert.base_gguf(model.base_model, self.settings))
 
             def make_full():
-                has_tok = (adapter_dir / "tokenizer.json").exists()
-                tok = load_tokenizer(str(adapter_dir) if has_tok else model.base_model, self.settings)
-                ctx = min(context_length(model.base_model, self.settings),
-                          json.loads((adapter_dir / "config.json").read_text()).get("max_position_embeddings", 2048))
-                return GGUFModel(str(adapter_dir.resolve()), gguf, tok, ctx, len(tok), model_id=model.id)
+                tok, ctx = self._full_model(model, adapter_dir)
+                return GGUFModel(key=str(adapter_dir.resolve()), gguf=gguf, tokenizer=tok, context_length=ctx,
+                                 model_id=model.id)
 
             m = self._model(str(adapter_dir.resolve()), make_full)
             self._ensure(m, None)
@@ -123,8 +94,8 @@ class LlamaCppEngine:
         gguf = self._base_gguf(base)
 
         def make_base():
-            tok = load_tokenizer(base, self.settings)
-            return GGUFModel(base, gguf, tok, context_length(base, self.settings), len(tok))
+            return GGUFModel(key=base, gguf=gguf, tokenizer=load_tokenizer(base, self.settings),
+                             context_length=context_length(base, self.settings))
 
         m = self._model(base, make_base)
         lora = None
@@ -205,29 +176,21 @@ class LlamaCppEngine:
     def _stop(self, inst: _Instance) -> None:
         inst.server = None  # the wheel's destructor stops the server's threads
 
-    def unload(self, model_id: str) -> None:
-        """Forget a deleted model: its adapter leaves the adapter list (a new instance starts without it;
-        requests already running on the old one finish), a full fine-tune's instance is dropped."""
-        def matches(mid):
-            return mid == model_id or mid.startswith(model_id + ":ckpt-step-")
+    def _discard(self, m: GGUFModel) -> None:
+        with m.lock:
+            if m.current is not None:
+                self._retire(m.current)
+                m.current = None
 
-        for m in list(self.models.values()):
-            if m.model_id is not None and matches(m.model_id):
-                with self._lock:
-                    self.models.pop(m.key, None)
-                with m.lock:
-                    if m.current is not None:
-                        self._retire(m.current)
-                        m.current = None
-                continue
-            with m.lock:
-                gone = [p for p, mid in m.adapters.items() if matches(mid)]
-                if not gone:
-                    continue
-                for p in gone:
-                    del m.adapters[p]
-                if m.current is not None and any(p in m.current.adapters for p in gone):
-                    self._pool.submit(self._rebuild, m)
+    def _unload_adapters(self, m: GGUFModel, model_id: str) -> None:
+        """The deleted adapters leave the adapter list: a new instance starts without them (requests
+        already running on the old one finish)."""
+        with m.lock:
+            gone = [p for p, mid in m.adapters.items() if belongs_to(mid, model_id)]
+            for p in gone:
+                del m.adapters[p]
+            if m.current is not None and any(p in m.current.adapters for p in gone):
+                self._pool.submit(self._rebuild, m)
 
     def _rebuild(self, m: GGUFModel) -> None:
         try:
@@ -253,39 +216,14 @@ class LlamaCppEngine:
             out[key] = [m.names[p] for p in (cur.adapters if cur else [])]
         return out
 
-    def waiting(self) -> int:
-        return max(0, self._seqs - self.config.max_batch)
-
     # -- requests --
 
-    def submit(self, handle: ModelHandle, prompt_ids: list[int], params: SamplingParams, loop=None,
-               prompt_param: str = "messages") -> Generation:
-        m: GGUFModel = handle.backend
-        check_context(m.context_length, len(prompt_ids), params, prompt_param)
-        if params.json_schema is not None:
-            from tunery.inference.grammar import check_schema
-
-            check_schema(params.json_schema)
-        with self._lock:
-            if self._closed:
-                raise ModelUnavailable("the inference engine is shut down")
-            waiting = self.waiting()
-            if self._seqs + params.n > self.config.max_batch + self.config.max_queue:
-                raise RateLimited(
-                    f"The server is busy: {waiting} sequences are already waiting (limit {self.config.max_queue}, "
-                    "TUNERY_MAX_QUEUE). Retry after a short wait.")
-            inst = m.current
-            if inst is None or (handle.adapter is not None and handle.adapter not in inst.adapters):
-                raise ModelUnavailable(f"model {handle.model_id!r} was unloaded; retry", param="model")
-            inst.active += params.n
-            self._seqs += params.n
-        gen = Generation(params.n, len(prompt_ids), loop)
-        state = {"left": params.n, "tokens": 0, "failed": False}
-        lock = threading.Lock()
-        body = self._body(inst, handle, prompt_ids, params)
-        for i in range(params.n):
-            self._pool.submit(self._run, inst, gen, body, params, i, state, lock, len(prompt_ids))
-        return gen
+    def _target(self, m: GGUFModel, handle: ModelHandle, n: int) -> _Instance | None:
+        inst = m.current
+        if inst is None or (handle.adapter is not None and handle.adapter not in inst.adapters):
+            return None
+        inst.active += n
+        return inst
 
     def _body(self, inst: _Instance, handle: ModelHandle, ids: list[int], p: SamplingParams) -> dict:
         m: GGUFModel = handle.backend
@@ -308,73 +246,16 @@ class LlamaCppEngine:
             body["json_schema"] = schema
         return body
 
-    def _run(self, inst, gen: Generation, body: dict, p: SamplingParams, index: int, state: dict, lock,
-             n_prompt: int) -> None:
-        import httpx
+    def _release(self, inst: _Instance) -> None:
+        inst.active -= 1
+        if inst.retired and inst.active == 0:
+            self._stop(inst)
 
-        body = dict(body)
-        seed = (p.seed + index) if p.seed is not None else int.from_bytes(os.urandom(4), "little")
-        body["seed"] = seed & 0x7FFF_FFFF
-        tokens = 0
-        reason = None
-        try:
-            with httpx.Client(timeout=httpx.Timeout(600, connect=10)) as client, client.stream(
-                    "POST", inst.url + "/v1/completions", json=body) as r:
-                if r.status_code != 200:
-                    raise ModelUnavailable(f"llama.cpp refused the request: {r.read().decode()[:300]}")
-                for line in r.iter_lines():
-                    if gen.cancelled:
-                        break
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    if "error" in chunk:
-                        raise ModelUnavailable(f"llama.cpp: {chunk['error'].get('message', chunk['error'])}")
-                    if chunk.get("usage"):
-                        tokens = chunk["usage"].get("completion_tokens", tokens)
-                    for c in chunk.get("choices", []):
-                        lps = _logprobs(c.get("logprobs"), p) if p.logprobs else None
-                        if c.get("text") or lps:
-                            gen._emit(Delta(index, c.get("text") or "", lps))
-                        if c.get("finish_reason"):
-                            reason = "length" if c["finish_reason"] == "length" else "stop"
-            if reason is not None:
-                gen._emit(Finished(index, reason))
-        except Exception as exc:  # fail this request, keep serving the others
-            if not gen.cancelled:
-                err = exc if isinstance(exc, TuneryError) else ModelUnavailable(
-                    f"generation failed ({type(exc).__name__}: {exc})")
-                with lock:
-                    first = not state["failed"]
-                    state["failed"] = True
-                if first:
-                    gen._emit(Failed(err))
-        finally:
-            with self._lock:
-                inst.active -= 1
-                self._seqs -= 1
-                if inst.retired and inst.active == 0:
-                    self._stop(inst)
-            with lock:
-                state["tokens"] += tokens
-                state["left"] -= 1
-                done = state["left"] == 0 and not state["failed"]
-            if done and not gen.cancelled:
-                gen._emit(Done(Usage(n_prompt, state["tokens"])))
+    def _url(self, inst: _Instance) -> str:
+        return inst.url
 
-    def generate(self, model, *, prompt=None, messages=None, **params) -> Generation:
-        handle = self.prepare(model)
-        ids = handle.encode_chat(messages) if messages is not None else (
-            handle.encode(prompt) if isinstance(prompt, str) else list(prompt or []))
-        return self.submit(handle, ids, SamplingParams(**params).validate())
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        for m in self.models.values():
-            if m.current is not None:
-                self._retire(m.current)
+    def _logprobs(self, inst: _Instance, lp: dict | None, p: SamplingParams) -> list[TokenLogprob] | None:
+        return _logprobs(lp, p)
 
 
 def _logprobs(lp: dict | None, p: SamplingParams) -> list[TokenLogprob] | None:

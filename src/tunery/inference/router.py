@@ -159,9 +159,7 @@ class Router:
 
     def generate(self, model, *, prompt=None, messages=None, **params) -> Generation:
         handle = self.prepare(model)
-        ids = handle.encode_chat(messages) if messages is not None else (
-            handle.encode(prompt) if isinstance(prompt, str) else list(prompt or []))
-        return self.submit(handle, ids, SamplingParams(**params).validate())
+        return self.submit(handle, handle.prompt_ids(prompt, messages), SamplingParams(**params).validate())
 
     def unload(self, model_id: str) -> None:
         for e in list(self._engines.values()):

@@ -1,7 +1,7 @@
 """The vLLM servers behind the vLLM backend (tunery.inference.vllm): where vLLM's interpreter is, starting
-`python -m vllm.entrypoints.openai.api_server` for one model directory as a child process in its own
-session (its output to `$TUNERY_HOME/logs/vllm-PORT.log`, never the terminal), and stopping it with its
-engine-core and worker children."""
+`python -m vllm.entrypoints.openai.api_server` for one model directory as a child process (its output to
+`$TUNERY_HOME/logs/vllm-PORT.log`, never the terminal) that dies with tunery (tunery.inference.child), and
+stopping it with its engine-core and worker children."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import json
 import logging
 import os
 import shlex
-import signal
 import socket
 import subprocess
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tunery.errors import InvalidRequest, ModelUnavailable
+from tunery.inference import child
+from tunery.inference.http_backend import ServedModel
 from tunery.settings import InferenceSettings, Settings, child_env, get_settings
 
 log = logging.getLogger("tunery.inference")
@@ -39,21 +39,16 @@ def available(settings: Settings | None = None) -> bool:
     return python_path(settings) is not None
 
 
-@dataclass
-class VllmModel:
-    """One vLLM server: a model directory, its tokenizer, and the LoRA adapters loaded into it."""
+@dataclass(kw_only=True)
+class VllmModel(ServedModel):
+    """One vLLM server: a model directory, its tokenizer, and the LoRA adapters loaded into it (`adapters`:
+    vLLM lora_name → model id)."""
 
-    key: str
     path: Path
-    tokenizer: object
-    context_length: int
-    model_id: str | None = None  # set for full fine-tunes (what unload() matches)
     lora: bool = True
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen | None = None  # the server's watchdog (tunery.inference.child)
     url: str = ""
     log_path: Path | None = None
-    adapters: dict[str, str] = field(default_factory=dict)  # vLLM lora_name → model id
-    lock: threading.Lock = field(default_factory=threading.Lock)
     _pieces: object = None
 
     def token_text(self):
@@ -96,11 +91,10 @@ def start(m: VllmModel, python: Path, settings: Settings, config: InferenceSetti
     m.url = f"http://127.0.0.1:{port}"
     with open(m.log_path, "ab") as out:
         out.write(f"$ {shlex.join(cmd)}\n".encode())
-        out.flush()
-        m.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                  start_new_session=True)
+    m.proc = child.spawn(cmd, env=env, log_path=m.log_path)
     log.info("vLLM server for %s starting at %s (log %s)", m.key, m.url, m.log_path)
     _wait_ready(m)
+
 
 def _wait_ready(m: VllmModel) -> None:
     import httpx
@@ -110,7 +104,7 @@ def _wait_ready(m: VllmModel) -> None:
         code = m.proc.poll()
         if code is not None:
             tail = m.log_path.read_text(errors="replace").strip().splitlines()[-3:]
-            m.proc = None
+            stop(m)  # whatever it started ends too
             raise ModelUnavailable(f"vLLM could not serve {m.path.name} (exit {code}): "
                                    f"{' | '.join(tail)[-400:]} (log: {m.log_path})", param="model")
         try:
@@ -122,6 +116,7 @@ def _wait_ready(m: VllmModel) -> None:
     stop(m)
     raise ModelUnavailable(f"vLLM did not start serving {m.path.name} within {START_TIMEOUT:.0f} s "
                            f"(log: {m.log_path})", param="model")
+
 
 def _dtype(settings: Settings, config: InferenceSettings) -> str:
     name = config.dtype
@@ -142,29 +137,8 @@ def _dtype(settings: Settings, config: InferenceSettings) -> str:
         raise InvalidRequest(f"TUNERY_INFERENCE_DTYPE must be auto, float32, bfloat16 or float16, not {name!r}")
     return table[name]
 
+
 def stop(m: VllmModel) -> None:
-    """Stop a server and its engine-core and worker children (its own process group): SIGTERM, then
-    SIGKILL for whatever is left after 10 s (the children have ignored SIGTERM for longer)."""
+    """Stop a server and its engine-core and worker children."""
     proc, m.proc = m.proc, None
-    if proc is None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            proc.poll()  # reaps the server itself once it exits
-            os.killpg(proc.pid, 0)  # ProcessLookupError once the whole group is gone
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
-def message(text: str) -> str:
-    try:
-        err = json.loads(text)
-        err = err.get("error", err) if isinstance(err, dict) else err
-        return str(err.get("message", err) if isinstance(err, dict) else err)[:300]
-    except ValueError:
-        return text[:300]
+    child.stop(proc)
