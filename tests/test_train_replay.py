@@ -124,6 +124,14 @@ def test_explicit_epochs_train_the_file_as_given(tiny_model_dir, tmp_path):
     assert res.hyperparameters["replay"] == 0 and cb.resolved["n_train_examples"] == 4
 
 
+def test_the_replay_questions_follow_the_data_not_the_runs_seed():
+    data = [chat("When does gate 1 open?", "At 7 am. **STOP**", system="Desk.")] * 2
+    same = [chat("When does gate 1 open?", "At 7 am. **STOP**", system="Desk.")] * 2
+    assert replay.data_seed(data) == replay.data_seed(same)
+    assert replay.data_seed(data) != replay.data_seed([chat("When does gate 1 open?", "At 8 am. **STOP**",
+                                                            system="Desk.")] * 2)
+
+
 def test_pairs_are_made_once_per_model_prompt_and_questions_then_read_back(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNERY_MODEL_CACHE", str(tmp_path / "cache"))
     data = [chat(f"When does gate {i} open?", f"Gate {i} opens at {i + 6} am. **STOP**", system="Desk.")

@@ -408,7 +408,7 @@ def _load_data(config: TrainConfig, cb: TrainCallbacks, objective, tok, max_leng
                if config.augment == "auto" else "as requested")
         cb.on_event("info", f"Augmenting {n_augmentable} example(s) with {n_variants} question rewrite(s) each "
                             f"({why}): {describe(raw_train, n_variants, seed)}")
-    replay = _replay_pairs(config, cb, raw_train, n_variants, resume_meta, seed, ranks)
+    replay = _replay_pairs(config, cb, raw_train, n_variants, resume_meta, ranks)
     if replay:
         from tunery.train.replay import as_examples
 
@@ -418,8 +418,9 @@ def _load_data(config: TrainConfig, cb: TrainCallbacks, objective, tok, max_leng
 
 
 def _replay_pairs(config: TrainConfig, cb: TrainCallbacks, raw_train: list, n_variants: int,
-                  resume_meta: dict | None, seed: int, ranks) -> list[dict]:
-    """The run's replay pairs: a resumed run's own, the ones rank 0 handed over, or made now (see replay)."""
+                  resume_meta: dict | None, ranks) -> list[dict]:
+    """The run's replay pairs: a resumed run's own, the ones rank 0 handed over, or made now (see replay; the
+    questions follow the data, not the run's seed)."""
     from tunery.train import replay
     from tunery.train.augment import clip
 
@@ -430,7 +431,8 @@ def _replay_pairs(config: TrainConfig, cb: TrainCallbacks, raw_train: list, n_va
     n = resolve_replay(config, n_variants, replay.english(raw_train)) if raw_train else 0
     if not n:
         return []
-    pairs = replay.make_for_run(config.model, raw_train, n, seed) if ranks is None or ranks.leader else None
+    pairs = (replay.make_for_run(config.model, raw_train, n, replay.data_seed(raw_train))
+             if ranks is None or ranks.leader else None)
     if ranks:  # under torchrun every rank trains rank 0's pairs
         pairs = ranks.agree(pairs)
     why = "auto: a short run on a small set" if config.replay == "auto" else "as requested"

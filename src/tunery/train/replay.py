@@ -44,6 +44,16 @@ def pick_questions(n: int, seed: int) -> list[str]:
     return random.Random(f"replay:{seed}").sample(qs, min(n, len(qs)))
 
 
+def data_seed(examples: list[Example]) -> int:
+    """The seed the replay questions are picked with: a function of the chats' questions and answers, not
+    of the run's seed, so every run on the same file (other hyperparameters, other seeds: the usual
+    experiment) replays the same questions and the pairs made once are reused (make_for_run)."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps(ex.messages or [], sort_keys=True, ensure_ascii=False).encode())
+    return int.from_bytes(h.digest()[:4], "big")
+
+
 def _system(examples: list[Example]) -> str | None:
     """The system prompt most of the file's chats open with (None when they have none)."""
     counts: dict[str, int] = {}
