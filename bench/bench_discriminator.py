@@ -54,6 +54,13 @@ def p_yes(top: dict) -> float:
     return min(1.0, sum(math.exp(lp) for tok, lp in top.items() if tok.strip().lower() == "yes"))
 
 
+def _finished_job(client, data: bytes):
+    for job in client.fine_tuning.jobs.list(limit=100):
+        if job.status == "succeeded" and job.hyperparameters and client.files.content(job.training_file).content == data:
+            return job
+    return None
+
+
 def run_one(client, domain: str, rewrites: int, work: Path) -> dict:
     from tunery.data.discriminator import _key, build_discriminator, bundled_negatives, classifier_prompt
 
@@ -80,16 +87,19 @@ def run_one(client, domain: str, rewrites: int, work: Path) -> dict:
     assert not (set(map(_key, on + off)) & trained), "a held-out question was trained on"
 
     t0 = time.perf_counter()
-    f = client.files.create(file=(f"{domain}_train.jsonl", io.BytesIO(Path(r.train_path).read_bytes())),
-                            purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="babbage-002", training_file=f.id, suffix="disc")
+    data = Path(r.train_path).read_bytes()
+    job = _finished_job(client, data)  # --home: a run that already trained this exact set is reused
+    reused = job is not None
+    if not reused:
+        f = client.files.create(file=(f"{domain}_train.jsonl", io.BytesIO(data)), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="babbage-002", training_file=f.id, suffix="disc")
     while job.status not in ("succeeded", "failed", "cancelled"):
         time.sleep(2)
         job = client.fine_tuning.jobs.retrieve(job.id)
     if job.status != "succeeded":
         raise SystemExit(f"job {job.status}: {job.error}")
     hp = job.hyperparameters
-    train_s = time.perf_counter() - t0
+    train_s = None if reused else time.perf_counter() - t0
     model = job.fine_tuned_model
 
     both = right = 0
@@ -118,6 +128,8 @@ def main() -> int:
                     f"{DEFAULT_REWRITES}, the default)")
     ap.add_argument("--domain", choices=sorted(DOMAINS), action="append")
     ap.add_argument("--json", type=Path, help="also write every figure (and each question's P(yes)) here")
+    ap.add_argument("--home", type=Path, help="TUNERY_HOME to use (default: a new temporary one); fine-tunes of "
+                    "the same set that finished there before are reused, so an interrupted bench resumes")
     args = ap.parse_args()
     settings = args.rewrites or [0, DEFAULT_REWRITES]
     domains = args.domain or list(DOMAINS)
@@ -128,7 +140,7 @@ def main() -> int:
     from tunery.settings import Settings
 
     work = Path(tempfile.mkdtemp(prefix="tunery-bench-disc-"))
-    os.environ["TUNERY_HOME"] = str(work / "home")
+    os.environ["TUNERY_HOME"] = str(args.home or work / "home")
     server = EmbeddedServer(Settings.from_env().ensure_dirs(), _free_port()).start()
     results = []
     header = ("  domain   rewrites | split: top-2 both  accuracy | held-out on-topic ACCEPTED / off-topic DECLINED at "
@@ -146,7 +158,8 @@ def main() -> int:
                 results.append(run_one(client, d, k, work))
                 m = results[-1]
                 print(f"  [{d}, rewrites {k}: {m['n_train']} training rows from {m['n_seeds']} seed questions, "
-                      f"trained in {m['train_s']:.0f}s ({m['hp']})]\n{row(m)}", flush=True)
+                      + (f"trained in {m['train_s']:.0f}s" if m["train_s"] is not None else "model reused from --home")
+                      + f" ({m['hp']})]\n{row(m)}", flush=True)
     finally:
         server.stop()
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]

@@ -32,7 +32,7 @@ DEFAULT_SEPARATOR = "\n\n###\n\n"
 POSITIVE = " yes"
 NEGATIVE = " no"
 DEFAULT_TEMPLATE = "{question}"
-DEFAULT_REWRITES = 8
+DEFAULT_REWRITES = 4
 """Rewritten forms of each question added (both labels); measured in bench/bench_discriminator.py."""
 
 
