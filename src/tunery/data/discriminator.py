@@ -126,14 +126,20 @@ def _forms(question: str, rewrites: int, seed: int) -> list[str]:
     return [question] + rewrite_question(question, rewrites, seed, 0) if rewrites else [question]
 
 
-def _negative_rows(pool: list[str], need: int, rewrites: int, seed: int) -> list[str]:
-    """`need` off-topic prompts from `pool` whose forms (original or rewrite number v) come in the same
-    proportions as the on-topic side's: distinct questions first, each under one form; when the pool is short,
-    its questions come back under other forms (the same question in the same form twice only when the pool has fewer questions than forms needed)."""
+def _negative_rows(pool: list[str], need: int, rewrites: int, seed: int, fresh) -> list[str]:
+    """Up to `need` off-topic questions from `pool`, not seen before (`fresh`), whose forms (original or rewrite
+    number v) come in the same proportions as the on-topic side's: distinct questions first, each under one
+    form; when the pool is short, its questions come back under other forms."""
     n_forms = rewrites + 1
-    pairs = [(j, (j + r) % n_forms) for r in range(n_forms) for j in range(len(pool))]
-    picked = [pairs[i % len(pairs)] for i in range(need)]  # repeats only if the pool is tiny
-    return [_forms(pool[j], rewrites, seed)[form] for j, form in picked]
+    out = []
+    for r in range(n_forms):
+        for j, q in enumerate(pool):
+            if len(out) == need:
+                return out
+            form = _forms(q, rewrites, seed)[(j + r) % n_forms]
+            if fresh(form):
+                out.append(form)
+    return out
 
 
 def build_discriminator(chat_file: str | PathLike, out: str | PathLike, *, negatives: str | PathLike | None = None,
@@ -173,13 +179,29 @@ def build_discriminator(chat_file: str | PathLike, out: str | PathLike, *, negat
     n_valid = max(1, round(n * valid_fraction))
     n_valid_neg = min(len(neg_s) - 1, max(1, round(len(neg_s) * n_valid / n)))
     pos_forms = [_forms(q, rewrites, seed) for q in pos_s]
+    seen: set[str] = set()
+
+    def fresh(q: str) -> bool:
+        # Near-identical questions can share a rewrite: each prompt once, and never on both sides of the split.
+        k = _key(classifier_prompt(q, separator, template))
+        if k in seen:
+            return False
+        seen.add(k)
+        return True
+
+    halves = [(pos_forms[n_valid:], neg_s[n_valid_neg:]), (pos_forms[:n_valid], neg_s[:n_valid_neg])]
+    pos_rows = [[q for g in groups for q in g if fresh(q)] for groups, _ in halves]
     sides = []
-    for groups, pool in ((pos_forms[n_valid:], neg_s[n_valid_neg:]), (pos_forms[:n_valid], neg_s[:n_valid_neg])):
-        rows = [(q, positive) for g in groups for q in g]
-        rows += [(q, negative) for q in _negative_rows(pool, len(rows), rewrites, seed)]
+    for ps, (_, pool) in zip(pos_rows, halves):
+        ns = _negative_rows(pool, len(ps), rewrites, seed, fresh)
+        if len(ns) < len(ps):  # too few off-topic questions left: keep the labels balanced
+            ps = rng.sample(ps, len(ns))
+        rows = [(q, positive) for q in ps] + [(q, negative) for q in ns]
         rng.shuffle(rows)
         sides.append(rows)
     train, valid = sides
+    if not train or not valid:
+        raise InvalidRequest("too few distinct questions for a training and a held-out split", param="file")
     out = Path(out)
     stem = out.name[:-len(out.suffix)] if out.suffix else out.name
     train_path = out.with_name(f"{stem}_train.jsonl")
