@@ -230,3 +230,21 @@ def test_discriminator_cli_custom_negatives_and_separator(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(["data", "discriminator", str(negs), "-o", str(tmp_path / "e.jsonl")])
     assert done.value.code == 1 and "no user questions" in capsys.readouterr().err
+
+
+def test_discriminator_near_identical_questions_give_no_duplicate_or_leaked_prompt(tmp_path):
+    """Generated questions often differ by a word; their rewrites can coincide (a keyword-only form). The trainer
+    refuses exact duplicates, and a shared rewrite on both sides would leak a trained prompt into the held-out."""
+    from tunery.data.discriminator import build_discriminator
+
+    qs = ["What is the difference between the wheel throwing and the clay throwing?",
+          "What is the difference between the wheel throwing and clay throwing?",
+          "What is the difference between wheel throwing and clay throwing?",
+          "What is the name of the studio?", "What is the name of the potter?", "What is the studio's location?"]
+    r = build_discriminator(_chat_file(tmp_path / "qa.jsonl", qs), tmp_path / "d.jsonl", valid_fraction=0.34)
+    sides = [[json.loads(x) for x in Path(p).read_text().splitlines()] for p in (r.train_path, r.valid_path)]
+    keys = [[" ".join(x["prompt"].lower().split()) for x in rows] for rows in sides]
+    assert all(len(k) == len(set(k)) for k in keys) and not set(keys[0]) & set(keys[1])
+    for rows in sides:
+        labels = [x["completion"] for x in rows]
+        assert labels.count(" yes") == labels.count(" no") > 0
