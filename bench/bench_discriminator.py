@@ -1,20 +1,30 @@
-"""A topic discriminator the way OpenAI's legacy babbage-002 recipe makes one, on tunery: on-topic questions
-(bench/data/embyr_questions.txt, an invented pottery studio) vs the bundled off-topic list, built with
-`tunery.data.discriminator`, fine-tuned through the API with default hyperparameters (babbage-002 → the bundled
-model), then asked on the HELD-OUT prompts with the official SDK: completions, max_tokens=1, logprobs=2.
+"""A topic discriminator the way OpenAI's legacy babbage-002 recipe makes one, on tunery, built from FEW on-topic
+questions (as `tunery data generate` leaves them: one question per generated pair), then judged on questions it
+never saw. For each of two invented domains — the Embyr Kilns pottery studio (bench/data/embyr_questions.txt) and
+the Hollin Street Library (bench/data/library_questions.txt) — a few seed questions go through
+`tunery.data.discriminator.build_discriminator` (bundled off-topic list), the set is fine-tuned through the API
+with default hyperparameters (babbage-002 → the bundled model), and the classifier is asked with the official SDK
+(completions, max_tokens=1, logprobs=5) about, held out:
 
-Reports, held-out first: the share of prompts with both " yes" and " no" among the top-2 logprobs (bar: ≥ 95%)
-and accuracy (bar: ≥ 90%), for the fine-tuned classifier and, as the baseline of the same run, the base model.
-Exits 1 when the fine-tuned classifier misses a bar. ~5-15 min on 2 shared cores.
+- the held-out split of its own set (seed questions it did not train on, their rewrites, off-topic questions):
+  top-2 has both labels (bar ≥ 95%) and accuracy (bar ≥ 90%);
+- every other on-topic question of the domain file: hand-written rewordings of the seeds and questions about
+  the same facts (what a visitor asks) — the share ACCEPTED, P(" yes") ≥ threshold;
+- off-topic questions never trained on (the split's held-out negatives + bench/data/offtopic_heldout.txt, none in
+  the bundled list) — the share DECLINED, P(" yes") < threshold;
+
+each at several thresholds (the guard's default is one of them), with `--rewrites 0` (no rewrites, the set as it
+was before) as the baseline of the same run. Exits 1 when the default set misses a bar. ~10-20 min on 2 shared
+cores. `--rewrites N` (repeatable) picks the settings compared; `--domain NAME` runs one domain.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,69 +32,149 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 HERE = Path(__file__).resolve().parent
+# Domain name → (question file, seed stride): every stride-th question is a seed (trained), the rest held out.
+DOMAINS = {"embyr": ("embyr_questions.txt", 8), "library": ("library_questions.txt", 4)}
+THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
+VALID_FRACTION = 0.25
 
 
-def classify(client, model: str, rows: list[dict]) -> dict:
-    """Top-2 coverage, accuracy and mean P(label) over rows of {prompt, completion}."""
-    both = correct = 0
-    p_true = []
-    for r in rows:
-        resp = client.completions.create(model=model, prompt=r["prompt"], max_tokens=1, temperature=0, logprobs=2)
-        ch = resp.choices[0]
-        top = ch.logprobs.top_logprobs[0] if ch.logprobs and ch.logprobs.top_logprobs else {}
-        both += " yes" in top and " no" in top
-        correct += ch.text.strip() == r["completion"].strip()
-        p_true.append(math.exp(top[r["completion"]]) if r["completion"] in top else 0.0)
-    n = len(rows)
-    return {"n": n, "top2_both": both / n, "accuracy": correct / n, "mean_p_label": sum(p_true) / n}
+def _questions(path: Path) -> list[str]:
+    return [q.strip() for q in path.read_text().splitlines() if q.strip() and not q.startswith("#")]
+
+
+def ask(client, model: str, prompt: str) -> tuple[dict, str]:
+    """The first token's top-5 logprobs and the greedy token, as an application reads them."""
+    resp = client.completions.create(model=model, prompt=prompt, max_tokens=1, temperature=0, logprobs=5)
+    ch = resp.choices[0]
+    return (ch.logprobs.top_logprobs[0] if ch.logprobs and ch.logprobs.top_logprobs else {}), ch.text
+
+
+def p_yes(top: dict) -> float:
+    """P(positive label) the way the guard reads it (tunery.api.guard.label_probability: variants summed)."""
+    return min(1.0, sum(math.exp(lp) for tok, lp in top.items() if tok.strip().lower() == "yes"))
+
+
+def _finished_job(client, data: bytes):
+    for job in client.fine_tuning.jobs.list(limit=100):
+        if job.status == "succeeded" and job.hyperparameters and client.files.content(job.training_file).content == data:
+            return job
+    return None
+
+
+def run_one(client, domain: str, rewrites: int, work: Path) -> dict:
+    from tunery.data.discriminator import _key, build_discriminator, bundled_negatives, classifier_prompt
+
+    fname, stride = DOMAINS[domain]
+    qs = _questions(HERE / "data" / fname)
+    seeds = qs[::stride]
+    reworded = [q for i, q in enumerate(qs) if i % stride]
+    chat = work / f"{domain}_qa.jsonl"
+    chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                                     {"role": "assistant", "content": "…"}]}) + "\n"
+                            for q in seeds))
+    r = build_discriminator(chat, work / f"{domain}_r{rewrites}.jsonl", valid_fraction=VALID_FRACTION, seed=0,
+                            rewrites=rewrites)
+    valid = [json.loads(x) for x in Path(r.valid_path).read_text().splitlines()]
+    trained = {_key(json.loads(x)["prompt"]) for x in Path(r.train_path).read_text().splitlines()}
+    bundled = {_key(q) for q in bundled_negatives()}
+    sep = "\n\n###\n\n"
+    # Held-out off-topic: the split's held-out negatives as written (not their rewrites) + the bench's own list.
+    off = [row["prompt"] for row in valid if row["completion"] == " no"
+           and any(row["prompt"] == classifier_prompt(q, sep) for q in bundled_negatives())]
+    off += [classifier_prompt(q, sep) for q in _questions(HERE / "data" / "offtopic_heldout.txt")
+            if _key(q) not in bundled]
+    on = [classifier_prompt(q, sep) for q in reworded]
+    assert not (set(map(_key, on + off)) & trained), "a held-out question was trained on"
+
+    t0 = time.perf_counter()
+    data = Path(r.train_path).read_bytes()
+    job = _finished_job(client, data)  # --home: a run that already trained this exact set is reused
+    reused = job is not None
+    if not reused:
+        f = client.files.create(file=(f"{domain}_train.jsonl", io.BytesIO(data)), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="babbage-002", training_file=f.id, suffix="disc")
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        time.sleep(2)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    if job.status != "succeeded":
+        raise SystemExit(f"job {job.status}: {job.error}")
+    hp = job.hyperparameters
+    train_s = None if reused else time.perf_counter() - t0
+    model = job.fine_tuned_model
+
+    both = right = 0
+    for row in valid:
+        top, text = ask(client, model, row["prompt"])
+        first2 = sorted(top, key=top.get, reverse=True)[:2]
+        both += " yes" in first2 and " no" in first2
+        right += text.strip() == row["completion"].strip()
+    p_on = [p_yes(ask(client, model, p)[0]) for p in on]
+    p_off = [p_yes(ask(client, model, p)[0]) for p in off]
+    return {"domain": domain, "rewrites": rewrites, "n_seeds": len(seeds), "n_train": r.n_train,
+            "n_valid": len(valid), "top2_both": both / len(valid), "accuracy": right / len(valid),
+            "n_on": len(on), "n_off": len(off),
+            "accept": {t: sum(p >= t for p in p_on) / len(on) for t in THRESHOLDS},
+            "decline": {t: sum(p < t for p in p_off) / len(off) for t in THRESHOLDS},
+            "p_on": p_on, "p_off": p_off, "train_s": train_s,
+            "hp": f"n_epochs {hp.n_epochs}, batch_size {hp.batch_size}, lr× {hp.learning_rate_multiplier}"}
 
 
 def main() -> int:
+    from tunery.data.discriminator import DEFAULT_REWRITES
+    from tunery.store.guards import DEFAULT_THRESHOLD
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rewrites", type=int, action="append", help=f"settings to compare (default 0 and "
+                    f"{DEFAULT_REWRITES}, the default)")
+    ap.add_argument("--domain", choices=sorted(DOMAINS), action="append")
+    ap.add_argument("--json", type=Path, help="also write every figure (and each question's P(yes)) here")
+    ap.add_argument("--home", type=Path, help="TUNERY_HOME to use (default: a new temporary one); fine-tunes of "
+                    "the same set that finished there before are reused, so an interrupted bench resumes")
+    args = ap.parse_args()
+    settings = args.rewrites or [0, DEFAULT_REWRITES]
+    domains = args.domain or list(DOMAINS)
+
     import openai
 
-    from tunery.data.discriminator import build_discriminator
     from tunery.quickstart import EmbeddedServer, _free_port
     from tunery.settings import Settings
 
     work = Path(tempfile.mkdtemp(prefix="tunery-bench-disc-"))
-    os.environ["TUNERY_HOME"] = str(work / "home")
-    chat = work / "qa.jsonl"
-    questions = [q.strip() for q in (HERE / "data" / "embyr_questions.txt").read_text().splitlines()
-                 if q.strip() and not q.startswith("#")]
-    chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
-                                                     {"role": "assistant", "content": "…"}]}) + "\n"
-                            for q in questions))
-    r = build_discriminator(chat, work / "disc.jsonl", valid_fraction=0.3, seed=0)
-    valid = [json.loads(x) for x in Path(r.valid_path).read_text().splitlines()]
-    print(f"data: {r.n_train} training and {r.n_valid} held-out prompt/completion examples "
-          f"({r.n_per_label} per label, separator \\n\\n###\\n\\n)")
+    os.environ["TUNERY_HOME"] = str(args.home or work / "home")
     server = EmbeddedServer(Settings.from_env().ensure_dirs(), _free_port()).start()
+    results = []
+    header = ("  domain   rewrites | split: top-2 both  accuracy | held-out on-topic ACCEPTED / off-topic DECLINED at "
+              "P(yes) ≥ " + " ".join(f"{t:<11}" for t in THRESHOLDS))
+
+    def row(m: dict) -> str:
+        cells = " ".join(f"{m['accept'][t]:>4.0%}/{m['decline'][t]:<6.0%}" for t in THRESHOLDS)
+        return (f"  {m['domain']:<8} {m['rewrites']:>8} | {m['top2_both']:>6.0%} of {m['n_valid']:<4} "
+                f"{m['accuracy']:>7.0%}   | {m['n_on']:>3} on / {m['n_off']:>2} off {'':>30}{cells}")
+
     try:
         client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)
-        t0 = time.perf_counter()
-        f = client.files.create(file=("disc_train.jsonl", io.BytesIO(Path(r.train_path).read_bytes())),
-                                purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(model="babbage-002", training_file=f.id, suffix="disc")
-        while job.status not in ("succeeded", "failed", "cancelled"):
-            time.sleep(2)
-            job = client.fine_tuning.jobs.retrieve(job.id)
-        if job.status != "succeeded":
-            print(f"job {job.status}: {job.error}")
-            return 1
-        hp = job.hyperparameters
-        print(f"fine-tuned in {time.perf_counter() - t0:.0f}s with default hyperparameters: n_epochs {hp.n_epochs}, "
-              f"batch_size {hp.batch_size}, learning_rate_multiplier {hp.learning_rate_multiplier}")
-        tuned = classify(client, job.fine_tuned_model, valid)
-        base = classify(client, "babbage-002", valid)
+        for d in domains:
+            for k in settings:
+                results.append(run_one(client, d, k, work))
+                m = results[-1]
+                print(f"  [{d}, rewrites {k}: {m['n_train']} training rows from {m['n_seeds']} seed questions, "
+                      + (f"trained in {m['train_s']:.0f}s" if m["train_s"] is not None else "model reused from --home")
+                      + f" ({m['hp']})]\n{row(m)}", flush=True)
     finally:
         server.stop()
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"held-out ({tuned['n']} prompts)          top-2 has both labels   accuracy   mean P(true label)")
-    for name, m in (("fine-tuned discriminator", tuned), ("base model (baseline)", base)):
-        print(f"  {name:<28} {m['top2_both']:>10.1%} {m['accuracy']:>17.1%} {m['mean_p_label']:>12.3f}")
-    print(f"uptime: {load}")
-    ok = tuned["top2_both"] >= 0.95 and tuned["accuracy"] >= 0.90
-    print("PASS" if ok else "FAIL: bars are top-2 ≥ 95% and accuracy ≥ 90%")
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
+    print(f"\nHELD OUT (never trained on). Guard default threshold: {DEFAULT_THRESHOLD}\n{header}")
+    for m in results:
+        print(row(m))
+    print(f"loadavg: {' '.join(load)}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    default = [m for m in results if m["rewrites"] == DEFAULT_REWRITES]
+    if not default:
+        print(f"no run with the default --rewrites {DEFAULT_REWRITES}: bars not judged")
+        return 0
+    ok = all(m["top2_both"] >= 0.95 and m["accuracy"] >= 0.90 for m in default)
+    print("PASS" if ok else "FAIL: bars (default rewrites) are top-2 ≥ 95% and accuracy ≥ 90% on the held-out split")
     return 0 if ok else 1
 
 

@@ -142,7 +142,7 @@ def test_discriminator_set_is_balanced_split_and_seeded(tmp_path):
     assert len(negs) >= 150 and len(set(negs)) == len(negs)
     qs = [f"When does class {i} start?" for i in range(40)] + ["What is Star Wars?"]  # also a negative
     chat = _chat_file(tmp_path / "qa.jsonl", qs)
-    r = build_discriminator(chat, tmp_path / "disc.jsonl", seed=3)
+    r = build_discriminator(chat, tmp_path / "disc.jsonl", seed=3, rewrites=0)
     train = [json.loads(x) for x in Path(r.train_path).read_text().splitlines()]
     valid = [json.loads(x) for x in Path(r.valid_path).read_text().splitlines()]
     assert r.n_per_label == 41 and r.n_dropped_overlap == 1
@@ -154,8 +154,64 @@ def test_discriminator_set_is_balanced_split_and_seeded(tmp_path):
     assert len(valid) == 2 * round(41 * 0.2)
     star = [x for x in train + valid if x["prompt"].startswith("What is Star Wars?")]
     assert [x["completion"] for x in star] == [" yes"]  # on-topic wins over the negative list
-    r2 = build_discriminator(chat, tmp_path / "again.jsonl", seed=3)
+    r2 = build_discriminator(chat, tmp_path / "again.jsonl", seed=3, rewrites=0)
     assert Path(r2.train_path).read_text() == Path(r.train_path).read_text()
+
+
+def test_discriminator_rewrites_both_labels_alike_and_keep_the_split_clean(tmp_path):
+    """Few on-topic questions: each also appears rewritten, on its own side of the split only, and the off-topic
+    side has as many rewritten rows (distinct off-topic questions, the same kinds of rewrite)."""
+    from tunery.data.discriminator import (DEFAULT_REWRITES, DEFAULT_SEPARATOR, build_discriminator,
+                                           bundled_negatives)
+    from tunery.train.augment import rewrites
+
+    qs = ["When is Embyr Kilns open?", "How much does the six-week wheel course cost?", "Who founded the studio?",
+          "What does a monthly membership cost?", "Can children join the hand-building workshop?",
+          "How do I cancel a class?", "What is the phone number of the front desk?", "When are glaze firings?"]
+    chat = _chat_file(tmp_path / "qa.jsonl", qs)
+    r = build_discriminator(chat, tmp_path / "disc.jsonl", valid_fraction=0.25, seed=1)
+    assert DEFAULT_REWRITES >= 2 and r.n_rewrites == DEFAULT_REWRITES
+    k = DEFAULT_REWRITES
+    sides = [[json.loads(x) for x in Path(p).read_text().splitlines()] for p in (r.train_path, r.valid_path)]
+    text = [{x["prompt"][:-len(DEFAULT_SEPARATOR)]: x["completion"] for x in rows} for rows in sides]
+    for rows in sides:
+        labels = [x["completion"] for x in rows]
+        assert labels.count(" yes") == labels.count(" no")
+    assert len(sides[0]) == 2 * 6 * (k + 1) and len(sides[1]) == 2 * 2 * (k + 1)
+    assert r.n_negative_used == 8 * (k + 1)  # enough off-topic questions: a different one for every row
+    for q in qs:  # the question and all its rewrites on exactly one side, labelled on topic
+        side = 0 if q in text[0] else 1
+        assert q in text[side] and q not in text[1 - side] and text[side][q] == " yes"
+        forms = [" ".join(f.split()) for f in rewrites(q, k, 1, 0)]
+        assert all(text[side].get(f) == " yes" and f not in text[1 - side] for f in forms)  # its rewrites beside it
+    bundled = set(bundled_negatives())
+    for side in text:
+        verbatim_pos = sum(q in qs for q, lab in side.items() if lab == " yes")
+        verbatim_neg = sum(q in bundled for q, lab in side.items() if lab == " no")
+        rewritten_neg = sum(q not in bundled for q, lab in side.items() if lab == " no")
+        assert verbatim_neg == verbatim_pos and rewritten_neg == k * verbatim_pos  # forms alike on both labels
+    assert not set(text[0]) & set(text[1])
+    r2 = build_discriminator(chat, tmp_path / "again.jsonl", valid_fraction=0.25, seed=1)
+    assert Path(r2.train_path).read_text() == Path(r.train_path).read_text()
+
+
+def test_discriminator_with_few_negatives_stays_balanced_and_clean(tmp_path):
+    from tunery.data.discriminator import DEFAULT_SEPARATOR, build_discriminator
+    from tunery.train.augment import rewrites
+
+    chat = _chat_file(tmp_path / "qa.jsonl", [f"How much is firing number {i} at the studio?" for i in range(6)])
+    negs = tmp_path / "neg.txt"
+    neg_qs = [f"Who won the chess match in round {i} of the tournament?" for i in range(6)]
+    negs.write_text("\n".join(neg_qs))
+    r = build_discriminator(chat, tmp_path / "d.jsonl", negatives=negs, rewrites=3, valid_fraction=0.34)
+    sides = [[json.loads(x) for x in Path(p).read_text().splitlines()] for p in (r.train_path, r.valid_path)]
+    for rows in sides:
+        labels = [x["completion"] for x in rows]
+        assert labels.count(" yes") == labels.count(" no") > 0
+        assert len({x["prompt"] for x in rows}) == len(rows)  # the pool covers every row without repeating
+    origin = {" ".join(f.split()): q for q in neg_qs for f in [q] + rewrites(q, 3, 0, 0)}
+    used = [{origin[x["prompt"][:-len(DEFAULT_SEPARATOR)]] for x in rows if x["completion"] == " no"} for rows in sides]
+    assert not used[0] & used[1]  # an off-topic question and its rewrites on one side only
 
 
 def test_discriminator_cli_custom_negatives_and_separator(tmp_path, capsys):
@@ -166,7 +222,7 @@ def test_discriminator_cli_custom_negatives_and_separator(tmp_path, capsys):
     negs.write_text("# comment\n" + "\n".join(f"Off topic {i}?" for i in range(10)) + "\n")
     with pytest.raises(SystemExit) as done:
         main(["data", "discriminator", str(chat), "-o", str(tmp_path / "d.jsonl"), "--negatives", str(negs),
-              "--separator", " ->", "--valid-fraction", "0.34"])
+              "--separator", " ->", "--valid-fraction", "0.34", "--rewrites", "0"])
     assert done.value.code in (0, None), capsys.readouterr()
     rows = [json.loads(x) for x in (tmp_path / "d_train.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and all(x["prompt"].endswith(" ->") for x in rows)
@@ -174,3 +230,21 @@ def test_discriminator_cli_custom_negatives_and_separator(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(["data", "discriminator", str(negs), "-o", str(tmp_path / "e.jsonl")])
     assert done.value.code == 1 and "no user questions" in capsys.readouterr().err
+
+
+def test_discriminator_near_identical_questions_give_no_duplicate_or_leaked_prompt(tmp_path):
+    """Generated questions often differ by a word; their rewrites can coincide (a keyword-only form). The trainer
+    refuses exact duplicates, and a shared rewrite on both sides would leak a trained prompt into the held-out."""
+    from tunery.data.discriminator import build_discriminator
+
+    qs = ["What is the difference between the wheel throwing and the clay throwing?",
+          "What is the difference between the wheel throwing and clay throwing?",
+          "What is the difference between wheel throwing and clay throwing?",
+          "What is the name of the studio?", "What is the name of the potter?", "What is the studio's location?"]
+    r = build_discriminator(_chat_file(tmp_path / "qa.jsonl", qs), tmp_path / "d.jsonl", valid_fraction=0.34)
+    sides = [[json.loads(x) for x in Path(p).read_text().splitlines()] for p in (r.train_path, r.valid_path)]
+    keys = [[" ".join(x["prompt"].lower().split()) for x in rows] for rows in sides]
+    assert all(len(k) == len(set(k)) for k in keys) and not set(keys[0]) & set(keys[1])
+    for rows in sides:
+        labels = [x["completion"] for x in rows]
+        assert labels.count(" yes") == labels.count(" no") > 0

@@ -45,8 +45,10 @@ def _main(argv, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.chain  # opt-in (TUNERY_TEST_CHAIN=1): runs end to end in ~12 min at load 6, but fails its last check:
-# the guard declines 4 of 8 on-topic questions (a discriminator trained on the 10 generated pairs; issue #15)
+@pytest.mark.chain  # opt-in (TUNERY_TEST_CHAIN=1): runs end to end in ~14 min at load 4-7, but fails its last check:
+# the guard declines 2 of 8 on-topic questions (2026-12-07, 4 rewrites per question; 4 of 8 without rewrites):
+# "What days of the week is Embyr Kilns open?" P(yes) 0.27, "How much does the six-week wheel course cost?" 0.38,
+# from a discriminator trained on 8 of the 10 generated questions, none about hours or prices (issue #15)
 @pytest.mark.timeout(2400)  # a few minutes on a quiet 2-core machine; far more when shared
 def test_site_to_guarded_bot(bundled_model_dir, tunery_home, tmp_path, capsys):
     import openai

@@ -63,7 +63,9 @@ def _show(g: dict) -> None:
 def set_cmd(
     model: str = typer.Argument(..., help="The chat model to guard (e.g. ft:…)."),
     classifier: str = typer.Option(..., "--classifier", "-c", help='The discriminator model (" yes"/" no").'),
-    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="P(yes) below this → refusal."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0,
+                                              help="P(yes) below this → refusal (default: the server's, "
+                                                   "measured in bench/bench_discriminator.py)."),
     refusal: Optional[str] = typer.Option(None, "--refusal", help="What the bot says to off-topic questions."),
     separator: str = typer.Option("\n\n###\n\n", "--separator", help="Ends every classifier prompt "
                                   "(as in its training data; escapes like \\n are understood)."),
@@ -76,8 +78,10 @@ def set_cmd(
 ) -> None:
     """Bind MODEL to a classifier (replacing any guard it had)."""
     unescape = (lambda s: s.encode("utf-8").decode("unicode_escape")) if "\\" in separator else (lambda s: s)
-    body = {"classifier": classifier, "threshold": threshold, "separator": unescape(separator),
-            "prompt_template": template, "check_answer": check_answer}
+    body = {"classifier": classifier, "separator": unescape(separator), "prompt_template": template,
+            "check_answer": check_answer}
+    if threshold is not None:
+        body["threshold"] = threshold
     if refusal:
         body["refusal"] = refusal
     if answer_template:

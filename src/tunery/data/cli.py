@@ -14,6 +14,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from tunery.data.discriminator import DEFAULT_REWRITES
+
 app = typer.Typer(help="Check, measure, split and convert fine-tuning data (JSONL).", no_args_is_help=True)
 console = Console()
 
@@ -345,6 +347,9 @@ def discriminator(
     valid_fraction: float = typer.Option(0.2, "--valid-fraction", min=0.01, max=0.9,
                                          help="Share of each label held out for validation."),
     max_per_label: Optional[int] = typer.Option(None, "--max-per-label", min=2),
+    rewrites: int = typer.Option(DEFAULT_REWRITES, "--rewrites", min=0, max=50,
+                                 help="Rewritten forms of every question to add (keywords, synonyms, frames, "
+                                      "typos), on both labels, so the classifier learns topics, not wordings."),
     seed: int = typer.Option(0, "--seed", help="Same inputs and seed → same files."),
 ) -> None:
     """Build a yes/no topic classifier set (prompt/completion, " yes" on topic, " no" off topic), balanced."""
@@ -352,9 +357,11 @@ def discriminator(
 
     sep = separator.encode("utf-8").decode("unicode_escape") if "\\" in separator else separator
     r = build_discriminator(chat_file, out, negatives=negatives, separator=sep, valid_fraction=valid_fraction,
-                            seed=seed, max_per_label=max_per_label)
+                            seed=seed, max_per_label=max_per_label, rewrites=rewrites)
     console.print(f"on-topic questions: {r.n_positive_available}, off-topic: {r.n_negative_available}"
                   + (f" ({r.n_dropped_overlap} dropped: also on topic)" if r.n_dropped_overlap else "")
-                  + f"; {r.n_per_label} per label")
+                  + f"; {r.n_per_label} on-topic questions used"
+                  + (f", each also in {r.n_rewrites} rewritten forms, against {r.n_negative_used} off-topic "
+                     "questions in the same forms" if r.n_rewrites else f" against {r.n_per_label} off-topic"))
     console.print(f"wrote {r.n_train} examples to {escape(r.train_path)}")
     console.print(f"wrote {r.n_valid} held-out examples to {escape(r.valid_path)}")

@@ -5,6 +5,12 @@ On-topic questions are the user turns of a chat file (what the bot was fine-tune
 from a bundled, varied list (offtopic_questions.txt) or a file of your own. The two labels are balanced,
 split into training and held-out validation files (stratified, seeded), and no question appears in both.
 
+A chat file often holds only a few questions (one per generated pair), each asked one way; a classifier
+trained on those alone learns their exact wordings and declines the same questions asked otherwise. So each
+question also appears in `rewrites` rewritten forms (tunery.train.augment: keywords only, synonyms, a request
+frame, typos, …) — and the off-topic side gets exactly the same kinds of rewrite, so that "looks rewritten" tells
+the classifier nothing about the label. A question and its rewrites always land on the same side of the split.
+
 The label keeps its leading space (" yes"): the prompt ends at the separator, and a byte-level BPE
 tokenizer writes " yes" as one token, so the classifier's whole answer is its first generated token and
 `logprobs` on that token is the probability an application reads.
@@ -26,6 +32,8 @@ DEFAULT_SEPARATOR = "\n\n###\n\n"
 POSITIVE = " yes"
 NEGATIVE = " no"
 DEFAULT_TEMPLATE = "{question}"
+DEFAULT_REWRITES = 4
+"""Rewritten forms of each question added (both labels); measured in bench/bench_discriminator.py."""
 
 
 def bundled_negatives() -> list[str]:
@@ -94,8 +102,13 @@ class DiscriminatorResult:
     n_train: int
     n_valid: int
     n_per_label: int
+    """On-topic questions used (before rewrites); the off-topic side has as many rows."""
     n_dropped_overlap: int
     """Off-topic questions dropped because they also occur among the on-topic ones."""
+    n_rewrites: int = 0
+    """Rewritten forms added per question (both labels)."""
+    n_negative_used: int = 0
+    """Distinct off-topic questions used (up to (1 + n_rewrites) per on-topic question)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,10 +118,34 @@ def _key(q: str) -> str:
     return " ".join(q.lower().split())
 
 
+def _forms(question: str, rewrites: int, seed: int) -> list[str]:
+    """The question itself (form 0) followed by its rewrites (forms 1..rewrites); a function of the question's
+    text and the seed only, so the same question gets the same rewrites wherever it lands."""
+    from tunery.train.augment import rewrites as rewrite_question  # pure Python, no torch
+
+    return [question] + rewrite_question(question, rewrites, seed, 0) if rewrites else [question]
+
+
+def _negative_rows(pool: list[str], need: int, rewrites: int, seed: int, fresh) -> list[str]:
+    """Up to `need` off-topic questions from `pool`, not seen before (`fresh`), whose forms (original or rewrite
+    number v) come in the same proportions as the on-topic side's: distinct questions first, each under one
+    form; when the pool is short, its questions come back under other forms."""
+    n_forms = rewrites + 1
+    out = []
+    for r in range(n_forms):
+        for j, q in enumerate(pool):
+            if len(out) == need:
+                return out
+            form = _forms(q, rewrites, seed)[(j + r) % n_forms]
+            if fresh(form):
+                out.append(form)
+    return out
+
+
 def build_discriminator(chat_file: str | PathLike, out: str | PathLike, *, negatives: str | PathLike | None = None,
                         separator: str = DEFAULT_SEPARATOR, valid_fraction: float = 0.2, seed: int = 0,
                         max_per_label: int | None = None, positive: str = POSITIVE, negative: str = NEGATIVE,
-                        template: str = DEFAULT_TEMPLATE) -> DiscriminatorResult:
+                        template: str = DEFAULT_TEMPLATE, rewrites: int = DEFAULT_REWRITES) -> DiscriminatorResult:
     """Write <out stem>_train.jsonl and <out stem>_valid.jsonl (prompt/completion) beside `out`."""
     if not separator:
         raise InvalidRequest("the separator must not be empty (it tells the classifier the question ended)",
@@ -119,6 +156,8 @@ def build_discriminator(chat_file: str | PathLike, out: str | PathLike, *, negat
         raise InvalidRequest("--valid-fraction must be between 0 and 1", param="valid_fraction")
     if "{question}" not in template:
         raise InvalidRequest("the template must contain {question}", param="template")
+    if not 0 <= rewrites <= 50:
+        raise InvalidRequest(f"--rewrites must be between 0 and 50, got {rewrites}", param="rewrites")
     pos = list(dict.fromkeys(q.strip() for q in chat_questions(chat_file)))
     if not pos:
         raise InvalidRequest(f"{chat_file} has no user questions (expected chat JSONL)", param="file")
@@ -133,12 +172,36 @@ def build_discriminator(chat_file: str | PathLike, out: str | PathLike, *, negat
     n = min(len(pos), len(neg), max_per_label or 10**9)
     if n < 2:
         raise InvalidRequest(f"need at least 2 questions per label for a held-out split, have {n}", param="file")
-    pos_s, neg_s = rng.sample(pos, n), rng.sample(neg, n)
+    n_forms = rewrites + 1
+    pos_s = rng.sample(pos, n)
+    # Off-topic questions are usually plentiful: use a distinct one for every on-topic row where there are enough.
+    neg_s = rng.sample(neg, min(len(neg), n * n_forms))
     n_valid = max(1, round(n * valid_fraction))
-    train = [(q, positive) for q in pos_s[n_valid:]] + [(q, negative) for q in neg_s[n_valid:]]
-    valid = [(q, positive) for q in pos_s[:n_valid]] + [(q, negative) for q in neg_s[:n_valid]]
-    rng.shuffle(train)
-    rng.shuffle(valid)
+    n_valid_neg = min(len(neg_s) - 1, max(1, round(len(neg_s) * n_valid / n)))
+    pos_forms = [_forms(q, rewrites, seed) for q in pos_s]
+    seen: set[str] = set()
+
+    def fresh(q: str) -> bool:
+        # Near-identical questions can share a rewrite: each prompt once, and never on both sides of the split.
+        k = _key(classifier_prompt(q, separator, template))
+        if k in seen:
+            return False
+        seen.add(k)
+        return True
+
+    halves = [(pos_forms[n_valid:], neg_s[n_valid_neg:]), (pos_forms[:n_valid], neg_s[:n_valid_neg])]
+    pos_rows = [[q for g in groups for q in g if fresh(q)] for groups, _ in halves]
+    sides = []
+    for ps, (_, pool) in zip(pos_rows, halves):
+        ns = _negative_rows(pool, len(ps), rewrites, seed, fresh)
+        if len(ns) < len(ps):  # too few off-topic questions left: keep the labels balanced
+            ps = rng.sample(ps, len(ns))
+        rows = [(q, positive) for q in ps] + [(q, negative) for q in ns]
+        rng.shuffle(rows)
+        sides.append(rows)
+    train, valid = sides
+    if not train or not valid:
+        raise InvalidRequest("too few distinct questions for a training and a held-out split", param="file")
     out = Path(out)
     stem = out.name[:-len(out.suffix)] if out.suffix else out.name
     train_path = out.with_name(f"{stem}_train.jsonl")
@@ -152,4 +215,4 @@ def build_discriminator(chat_file: str | PathLike, out: str | PathLike, *, negat
                                    ensure_ascii=False) + "\n")
         tmp.replace(path)
     return DiscriminatorResult(str(train_path), str(valid_path), len(pos), len(neg), len(train), len(valid), n,
-                               dropped)
+                               dropped, rewrites, len(neg_s))

@@ -145,6 +145,19 @@ def rewrite(text: str, variant: int, seed: int, index: int) -> str:
     return out if out and out != text.strip() else _frame(text, rng)
 
 
+def rewrites(text: str, n_variants: int, seed: int, index: int) -> list[str]:
+    """The first `n_variants` rewrites of one question, each differing from the question and (nearly always) from
+    the others; a pure function of its arguments (also used by tunery.data.discriminator)."""
+    seen, out = {text.strip()}, []
+    for v in range(n_variants):
+        new = rewrite(text, v, seed, index)
+        if new in seen:  # a short question can make two rewrites equal; ask a different frame
+            new = _frame(text, random.Random(f"{seed}:{index}:{v}:dup"))
+        seen.add(new)
+        out.append(new)
+    return out
+
+
 def _target_user_turn(messages: list[dict]) -> int | None:
     """Index of the user message answered by the last trained assistant message, if it is plain text."""
     last_assistant = None
@@ -176,13 +189,7 @@ def augment(examples: list[Example], n_variants: int, seed: int) -> list[Example
         if not augmentable(ex):
             continue
         u = _target_user_turn(ex.messages)
-        text = ex.messages[u]["content"]
-        seen = {text.strip()}
-        for v in range(n_variants):
-            new = rewrite(text, v, seed, index)
-            if new in seen:  # a short question can make two rewrites equal; ask a different frame
-                new = _frame(text, random.Random(f"{seed}:{index}:{v}:dup"))
-            seen.add(new)
+        for new in rewrites(ex.messages[u]["content"], n_variants, seed, index):
             msgs = [dict(m) for m in ex.messages]
             msgs[u]["content"] = new
             out.append(Example(line=ex.line, kind="chat", messages=msgs))
