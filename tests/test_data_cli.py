@@ -181,7 +181,7 @@ def test_stats_plans_the_run_the_trainer_makes(tmp_path, tiny_model_dir):
     from tunery.data.reading import read_examples
     from tunery.models.registry import load_tokenizer
     from tunery.train import TrainCallbacks, TrainConfig, train
-    from tunery.train.augment import augment
+    from tunery.data.augment import augment
     from tunery.train.tokenize import encode_example
 
     f = write(tmp_path / "train.jsonl", [chat(i) for i in range(20)])

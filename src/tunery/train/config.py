@@ -120,7 +120,7 @@ class TrainConfig:
     """Steps between validation-batch evaluations; None → ~20 times per run."""
     keep_checkpoints: int = 3
     augment: int | str = "auto"
-    """Rewrites of each chat example's question added to the training set (see tunery.train.augment);
+    """Rewrites of each chat example's question added to the training set (see tunery.data.augment);
     "auto": auto_variants() for small sets when n_epochs is auto, none when n_epochs is given; 0 turns it off."""
     early_stop: bool | str = "auto"
     """Stop once the model reproduces the training answers (token accuracy 100% on the original examples,

@@ -383,7 +383,7 @@ def _load_data(config: TrainConfig, cb: TrainCallbacks, objective, tok, max_leng
     valid_set = (objective.load(config.validation_file, tok, max_length, cb, "validation_file")
                  if config.validation_file else [])
 
-    from tunery.train.augment import augment, augmentable, describe
+    from tunery.data.augment import augment, augmentable, describe
 
     # Question rewrites are for chat SFT only; preference pairs are trained as given.
     supervised = config.objective == "supervised"
@@ -422,7 +422,7 @@ def _replay_pairs(config: TrainConfig, cb: TrainCallbacks, raw_train: list, n_va
     """The run's replay pairs: a resumed run's own, the ones rank 0 handed over, or made now (see replay; the
     questions follow the data, not the run's seed)."""
     from tunery.train import replay
-    from tunery.train.augment import clip
+    from tunery.data.augment import clip
 
     if resume_meta:
         return list(resume_meta.get("replay") or [])

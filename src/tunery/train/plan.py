@@ -31,7 +31,7 @@ class RunPlanner:
     n_augmentable: int = 0
 
     def add(self, example: Example, tokens: int, assistant_tokens: int) -> None:
-        from tunery.train.augment import augmentable
+        from tunery.data.augment import augmentable
 
         self.n += 1
         self.tokens += tokens

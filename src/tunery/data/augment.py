@@ -7,7 +7,7 @@ generic and model-free — they know nothing about any domain or any evaluation 
 
 - content words only (a keyword query: function words dropped), in order or shuffled;
 - other words for the same things: common English words swapped for WordNet synonyms of their most frequent
-  sense, or for what they are a kind of ("shut" for "close", "boat" for "ferry"; tunery.train.synonyms),
+  sense, or for what they are a kind of ("shut" for "close", "boat" for "ferry"; tunery.data.synonyms),
   names and words in other scripts kept;
 - the question with some words dropped;
 - casing and punctuation noise (all lower case, no question mark, a letter swapped);
@@ -26,7 +26,7 @@ import random
 import re
 
 from tunery.data.formats import Example
-from tunery.train import synonyms
+from tunery.data import synonyms
 
 # Function words of English questions. A generic list (articles, pronouns, auxiliaries, prepositions,
 # question words), not a lexicon of any dataset: dropping them leaves the content words of any question.

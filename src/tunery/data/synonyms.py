@@ -1,4 +1,4 @@
-"""English synonyms from WordNet 3.0, for question rewrites (tunery.train.augment).
+"""English synonyms from WordNet 3.0, for question rewrites (tunery.data.augment).
 
 People reword a question with other words for the same things: "shut" for "close", "grown-up" for "adult",
 "boat" for "ferry". Rewrites that only drop, shuffle or frame the question's words never show the model those
