@@ -67,6 +67,13 @@ def test_greedy_is_deterministic_and_counts_usage(engine, tiny_model_dir):
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (n_prompt, 12, n_prompt + 12)
 
 
+def test_the_cache_goes_by_the_name_the_model_takes(engine, tiny_model_dir, recwarn):
+    """transformers renamed forward's `past_key_values` to `cache` and warns about the old name on every
+    call (14 FutureWarnings in one test run): the engine passes the cache by the name the model declares."""
+    run(engine, str(tiny_model_dir), max_tokens=4, temperature=0)
+    assert not [w for w in recwarn if "past_key_values" in str(w.message)], [str(w.message) for w in recwarn]
+
+
 def _token_boundary_stop(engine, model) -> tuple[str, str]:
     """A greedy output and a stop string that straddles a token boundary in it."""
     handle = engine.prepare(model)

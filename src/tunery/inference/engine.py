@@ -233,8 +233,8 @@ class Engine(Residency, Sampling):
                     backend.kv = BatchKV()
 
     def _forward(self, backend: Backend, ids, cache, *, mask=None, positions=None, names=None):
-        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                      use_cache=True, logits_to_keep=1)
+        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        kwargs[backend.cache_kwarg] = cache
         if backend.lora is not None:
             backend.lora.set_batch(names)
         out = backend.model(**kwargs)

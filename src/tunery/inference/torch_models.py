@@ -40,6 +40,7 @@ class Backend:
         self.num_layers = self.config.num_hidden_layers
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.eos_ids = _eos_ids(model, tokenizer)
+        self.cache_kwarg = _cache_kwarg(model)
         self.lora = None  # MultiLora once an adapter is attached
         self.adapters: OrderedDict[str, _Adapter] = OrderedDict()
         self.kv = BatchKV()
@@ -62,6 +63,14 @@ class Backend:
     @property
     def busy(self) -> bool:
         return bool(self.running or self.waiting)
+
+
+def _cache_kwarg(model) -> str:
+    """The name the model's forward takes its KV cache by: `cache` (transformers >= 5.2x), else the older
+    `past_key_values` (deprecated there, warned about on every call)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
