@@ -149,6 +149,8 @@ class TrainConfig:
     """Start from a tunery fine-tuned model dir (an ft: model: adapter or full weights) instead of the bare
     base; its tunery.json names the base and method. For DPO it is also the reference."""
     extra: dict = field(default_factory=dict)
+    """Knobs for experiments with the auto rules, not part of the API: token_budget (AUTO_TOKEN_BUDGET),
+    passes, aug_batch, mult, lora_fraction, check_frac, min_epochs, stop_accuracy, repair, repair_lr."""
 
     def validate(self) -> None:
         if self.method not in BASE_LEARNING_RATE:
@@ -276,9 +278,9 @@ above. Full fine-tuning keeps auto_multiplier (not measured at this rate)."""
 EARLY_STOP_PATIENCE = 2
 
 
-def auto_passes(original_tokens: int) -> int:
+def auto_passes(original_tokens: int, budget: int = AUTO_TOKEN_BUDGET) -> int:
     lo, hi = AUTO_PASSES
-    return max(lo, min(hi, round(AUTO_TOKEN_BUDGET / max(1, original_tokens))))
+    return max(lo, min(hi, round(budget / max(1, original_tokens))))
 
 
 AUTO_NEFTUNE_ALPHA = 5.0
@@ -286,13 +288,13 @@ AUTO_NEFTUNE_ALPHA = 5.0
 rules above: reworded recall 68% → 71%, verbatim unchanged at 100%."""
 
 
-def auto_variants(n_augmentable: int, original_tokens: int) -> int:
+def auto_variants(n_augmentable: int, original_tokens: int, budget: int = AUTO_TOKEN_BUDGET) -> int:
     """Rewrites per example for a small set: half the passes go to new wordings (1..5). Measured at the same
     budget: ferry_short 3 → 5 rewrites, reworded recall 71% → 75%; the Chiang Mai demo 1 → 3 rewrites (with
     NEFTune), 95% → 98% verbatim and 57% → 71% reworded."""
     if n_augmentable == 0 or n_augmentable > AUTO_SMALL_SET:
         return 0
-    return max(1, min(AUTO_MAX_VARIANTS, auto_passes(original_tokens) // 2 - 1))
+    return max(1, min(AUTO_MAX_VARIANTS, auto_passes(original_tokens, budget) // 2 - 1))
 
 
 AUTO_LORA_LAYERS_FRACTION = 0.5
@@ -371,7 +373,11 @@ def resolve_augment(config: TrainConfig, n_augmentable: int, original_tokens: in
         return int(config.augment)
     if config.n_epochs != "auto":
         return 0  # an explicit n_epochs means passes over the file as given: no added examples
-    return auto_variants(n_augmentable, original_tokens)
+    return auto_variants(n_augmentable, original_tokens, _token_budget(config))
+
+
+def _token_budget(config: TrainConfig) -> int:
+    return int((config.extra or {}).get("token_budget", AUTO_TOKEN_BUDGET))
 
 
 def resolve_hyperparameters(config: TrainConfig, n_examples: int, n_variants: int = 0,
@@ -385,7 +391,7 @@ def resolve_hyperparameters(config: TrainConfig, n_examples: int, n_variants: in
     if config.n_epochs != "auto":
         n_epochs = int(config.n_epochs)
     elif n_variants > 0:
-        passes = int(extra.get("passes", auto_passes(original_tokens)))
+        passes = int(extra.get("passes", auto_passes(original_tokens, _token_budget(config))))
         n_epochs = max(1, passes // (n_variants + 1))
     else:
         n_epochs = auto_epochs(n_original)
