@@ -68,6 +68,11 @@ def test_auto_rules_small_sets_only_and_explicit_values_obeyed(tmp_path):
     assert hp["learning_rate_multiplier"] == AUTO_AUG_MULTIPLIER  # LoRA small-set rate
     full = TrainConfig(model="m", training_file="f", output_dir=tmp_path, method="full")
     assert resolve_hyperparameters(full, 28 * (k + 1), k, 28, 1736)["learning_rate_multiplier"] <= 5
+    # A half budget (an experiment knob) halves the passes: the Chiang Mai demo's 3,200 tokens get 1 rewrite
+    # and 2 epochs (4 passes) instead of 3 and 2 (8).
+    half = TrainConfig(model="m", training_file="f", output_dir=tmp_path, extra={"token_budget": 12_000})
+    assert (resolve_augment(cfg, 32, 3200), resolve_augment(half, 32, 3200)) == (3, 1)
+    assert resolve_hyperparameters(half, 64, 1, 32, 3200)["n_epochs"] == 2
     # An explicit n_epochs means passes over the file as given: no rewrites unless asked for.
     explicit = TrainConfig(model="m", training_file="f", output_dir=tmp_path, n_epochs=2, batch_size=3,
                            learning_rate_multiplier=0.5)
