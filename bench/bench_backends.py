@@ -260,7 +260,8 @@ def main() -> int:
     print(f"  [{uptime()}]", flush=True)
 
     # 2 and 3 on the same llama.cpp server (before the torch one: one heavy thing at a time).
-    print("\n2. 8 concurrent vs the same 8 one after another (llama.cpp backend; raw server beside)", flush=True)
+    print("\n2. 8 concurrent vs the same 8 one after another (llama.cpp backend; raw server beside)",
+          flush=True)
     n_tok = 32 if QUICK else 64
     prompts = [[{"role": "user", "content": f"Tell me a long story about the number {i}."}] for i in range(8)]
     prompt_ids = [encode(tok, p) for p in prompts]
@@ -268,8 +269,8 @@ def main() -> int:
                 raw.listening_address, [(i, n_tok) for i in prompt_ids], 4.0)
     raw = None  # its destructor stops the raw server
 
-    print("\n3. 8 concurrent over 4 LoRA adapters vs the same 8 one after another (llama.cpp backend; raw server "
-          "with the same 4 adapters beside)", flush=True)
+    print("\n3. 8 concurrent over 4 LoRA adapters vs the same 8 one after another (llama.cpp backend; "
+          "raw server with the same 4 adapters beside)", flush=True)
     from tunery.inference.convert import LORA_GGUF
     from tunery.store import ensure_org, register_model
 
