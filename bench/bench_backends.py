@@ -5,9 +5,10 @@
    llama.cpp backend vs raw llama.cpp without tunery (an `xllamacpp.Server` started here with the same
    settings, the same prompt token ids POSTed to its own /v1/completions; goal: overhead <= 10%) and
    vs tunery's torch engine through the same API (goal: >= 3x);
-2. 8 concurrent requests vs the same 8 one after another, llama.cpp backend through the API (goal >= 4x);
+2. 8 concurrent requests vs the same 8 one after another, llama.cpp backend through the API (goal >= 4x),
+   beside the same ratio of the raw llama.cpp server (what the hardware and the engine allow);
 3. 8 concurrent requests spread over 4 LoRA adapters (r=16, all linear layers, 2 requests each) vs the
-   same 8 one after another (goal >= 2.5x).
+   same 8 one after another (goal >= 2.5x), beside the raw server's ratio with the same 4 adapters.
 
 The torch engine's server runs beside the llama.cpp one and its requests are interleaved with theirs.
 Decode speed is (completion tokens - 1) / (last token time - first token time), from the streamed
@@ -16,7 +17,7 @@ usage; the server runs in this process (uvicorn on a thread) like the API tests.
 4. the vLLM backend (when `make vllm` installed it): single-stream decode and time to first token through the
    API vs the same vLLM server asked directly (token ids to its own /v1/completions: tunery's overhead),
    and 8 concurrent over 4 adapters vs the same 8 one after another (vLLM batches mixed adapters).
-Usage: python bench/bench_backends.py [--quick] [--vllm-only]
+Usage: python bench/bench_backends.py [--quick] [--vllm-only | --no-vllm]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ sys.path.insert(0, str(HERE))
 
 QUICK = "--quick" in sys.argv
 VLLM_ONLY = "--vllm-only" in sys.argv
+NO_VLLM = "--no-vllm" in sys.argv
 TOKENS = 48 if QUICK else 128
 ROUNDS = 2 if QUICK else 3
 BASE = "smollm2-135m-instruct"
@@ -85,6 +87,11 @@ def stream_timing(client, url: str, body: dict) -> tuple[float, float, int]:
     return first - t0, (tokens - 1) / max(last - first, 1e-9), tokens
 
 
+def encode(tok, messages) -> list[int]:
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
 def api_body(model: str, messages, max_tokens: int) -> dict:
     return {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
@@ -114,7 +121,50 @@ def concurrent(url, jobs) -> tuple[float, int]:
         return time.perf_counter() - t, n
 
 
-def raw_llamacpp(gguf: Path, threads: int, max_batch: int):
+def raw_once(url: str, ids: list[int], max_tokens: int, lora: list[dict] | None = None) -> int:
+    """One greedy request to the raw llama.cpp server, with the sampler settings tunery sends."""
+    import httpx
+
+    body = {"prompt": ids, "max_tokens": max_tokens, "temperature": 0, "cache_prompt": True, "top_k": 0,
+            "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0}
+    if lora is not None:
+        body["lora"] = lora
+    r = httpx.post(url + "/v1/completions", timeout=600, json=body)
+    r.raise_for_status()
+    return r.json()["usage"]["completion_tokens"]
+
+
+def seq_vs_conc(label: str, api_url: str, api_jobs, raw_url: str, raw_jobs, target: float) -> None:
+    """The same jobs one after another and all at once, on tunery's API and on the raw server, interleaved
+    (raw, API, raw, API), printed as aggregate tok/s and the two ratios."""
+    raw_seq = timed(lambda: sum(raw_once(raw_url, *j) for j in raw_jobs))
+    api_seq = timed(lambda: sequential(api_url, api_jobs)[1])
+    raw_conc = timed(lambda: fan_out(lambda j: raw_once(raw_url, *j), raw_jobs))
+    api_conc = timed(lambda: fan_out(lambda j: chat_once(api_url, *j), api_jobs))
+    for name, seq, conc in (("raw llama.cpp", raw_seq, raw_conc), ("tunery API", api_seq, api_conc)):
+        line(f"{name}: sequential / concurrent", f"{seq:6.1f} / {conc:6.1f} tok/s aggregate")
+    raw_r, api_r = raw_conc / raw_seq, api_conc / api_seq
+    line(f"=> raw llama.cpp, {label}", f"{raw_r:.2f}x  (what this machine and engine allow)")
+    line(f"=> tunery API, {label}", f"{api_r:.2f}x  (goal >= {target:g}x: {goal(api_r, target)}; "
+                                        f"{api_r / raw_r:.0%} of raw)")
+    print(f"  [{uptime()}]", flush=True)
+
+
+def timed(fn) -> float:
+    """Aggregate tok/s of `fn` (which returns the completion tokens it got)."""
+    t = time.perf_counter()
+    n = fn()
+    return n / (time.perf_counter() - t)
+
+
+def fan_out(fn, jobs) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return sum(pool.map(fn, jobs))
+
+
+def raw_llamacpp(gguf: Path, threads: int, max_batch: int, adapters: list[Path] = ()):
     """llama.cpp's server through xllamacpp, set up as the backend sets up its instances (no tunery)."""
     import xllamacpp
 
@@ -125,8 +175,11 @@ def raw_llamacpp(gguf: Path, threads: int, max_batch: int):
     p.n_ctx = 16384
     p.cpuparams.n_threads = threads
     p.cpuparams_batch.n_threads = threads
+    p.cpuparams.poll = p.cpuparams_batch.poll = 0  # as the backend (--poll 0)
     p.verbosity = -1
     p.warmup = False
+    p.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(a), 0.0) for a in adapters]
+    p.lora_init_without_apply = True
     return xllamacpp.Server(p)
 
 
@@ -165,8 +218,7 @@ def main() -> int:
     t_all = time.perf_counter()
 
     tok = load_tokenizer(BASE, settings)
-    ids = tok.apply_chat_template(MSG, add_generation_prompt=True, tokenize=True)
-    ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    ids = encode(tok, MSG)
     gguf = base_gguf(BASE, settings)
 
     if VLLM_ONLY:
@@ -193,7 +245,6 @@ def main() -> int:
                 tokens[key] = n
                 b = best[key]
                 best[key] = (min(b[0], ttft), max(b[1], rate))
-    raw = None  # its destructor stops the raw server
     tsrv.stop()
     tsrv.app.state.engine.close()
     line(f"raw llama.cpp (xllamacpp server, no tunery), {tokens['raw']} tokens", f"{best['raw'][1]:6.1f} tok/s")
@@ -209,20 +260,18 @@ def main() -> int:
     print(f"  [{uptime()}]", flush=True)
 
     # 2 and 3 on the same llama.cpp server (before the torch one: one heavy thing at a time).
-    print("\n2. 8 concurrent vs the same 8 one after another (llama.cpp backend, API)", flush=True)
+    print("\n2. 8 concurrent vs the same 8 one after another (llama.cpp backend; raw server beside)",
+          flush=True)
     n_tok = 32 if QUICK else 64
     prompts = [[{"role": "user", "content": f"Tell me a long story about the number {i}."}] for i in range(8)]
-    jobs = [(BASE, p, n_tok) for p in prompts]
-    seq, n_seq = sequential(srv.url, jobs)
-    conc, n_conc = concurrent(srv.url, jobs)
-    r = (n_conc / conc) / (n_seq / seq)
-    line("sequential", f"{n_seq / seq:6.1f} tok/s aggregate ({seq:.1f} s, {n_seq} tokens)")
-    line("concurrent", f"{n_conc / conc:6.1f} tok/s aggregate ({conc:.1f} s, {n_conc} tokens)")
-    line("=> concurrent vs sequential (aggregate tok/s)", f"{r:.2f}x  (goal >= 4x: {goal(r, 4.0)})")
-    print(f"  [{uptime()}]", flush=True)
+    prompt_ids = [encode(tok, p) for p in prompts]
+    seq_vs_conc("8 concurrent vs sequential", srv.url, [(BASE, p, n_tok) for p in prompts],
+                raw.listening_address, [(i, n_tok) for i in prompt_ids], 4.0)
+    raw = None  # its destructor stops the raw server
 
-    print("\n3. 8 concurrent over 4 LoRA adapters vs the same 8 one after another (llama.cpp backend, API)",
-          flush=True)
+    print("\n3. 8 concurrent over 4 LoRA adapters vs the same 8 one after another (llama.cpp backend; "
+          "raw server with the same 4 adapters beside)", flush=True)
+    from tunery.inference.convert import LORA_GGUF
     from tunery.store import ensure_org, register_model
 
     dirs = make_adapters(materialize(BASE, settings), home / "adapters", 4)
@@ -236,14 +285,13 @@ def main() -> int:
     for name in names:  # first use: conversion to GGUF and one new instance per new adapter
         chat_once(srv.url, name, MSG, 1)
     line("first request for each of 4 adapters (convert + new instance)", f"{time.perf_counter() - t:.1f} s")
-    jobs = [(names[i % 4], p, n_tok) for i, p in enumerate(prompts)]
-    seq, n_seq = sequential(srv.url, jobs)
-    conc, n_conc = concurrent(srv.url, jobs)
-    r = (n_conc / conc) / (n_seq / seq)
-    line("sequential", f"{n_seq / seq:6.1f} tok/s aggregate ({seq:.1f} s, {n_seq} tokens)")
-    line("concurrent, 4 adapters x 2 requests", f"{n_conc / conc:6.1f} tok/s aggregate ({conc:.1f} s, {n_conc} tokens)")
-    line("=> concurrent vs sequential, mixed adapters", f"{r:.2f}x  (goal >= 2.5x: {goal(r, 2.5)})")
-    print(f"  [{uptime()}]", flush=True)
+    raw = raw_llamacpp(gguf, threads, cfg.max_batch, [d / LORA_GGUF for d in dirs])
+    lora = [[{"id": k, "scale": 1.0 if k == i % 4 else 0.0} for k in range(4)] for i in range(8)]
+    raw_once(raw.listening_address, prompt_ids[0], 1, lora[0])  # warm-up
+    seq_vs_conc("8 concurrent over 4 adapters vs sequential", srv.url,
+                [(names[i % 4], p, n_tok) for i, p in enumerate(prompts)],
+                raw.listening_address, [(ids_, n_tok, lora[i]) for i, ids_ in enumerate(prompt_ids)], 2.5)
+    raw = None
     srv.stop()
     srv.app.state.engine.close()
     return bench_vllm(home, settings, ids, t_all)
@@ -260,7 +308,9 @@ def bench_vllm(home: Path, settings, ids: list[int], t_all: float) -> int:
     from tunery.store import ensure_org, register_model
 
     print("\n4. vLLM backend (its OpenAI server from .venv-vllm), greedy, streamed", flush=True)
-    if not available(settings):
+    if NO_VLLM:
+        print("  skipped (--no-vllm)", flush=True)
+    elif not available(settings):
         print("  vLLM is not installed (make vllm): no rows", flush=True)
     else:
         srv = start(home / "vllm", "vllm")
