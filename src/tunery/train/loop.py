@@ -463,7 +463,7 @@ def _hyperparameters(config: TrainConfig, data: _Data, resume_meta: dict | None,
     hp["max_length"] = max_length
     hp["augment"] = data.n_variants
     hp["replay"] = len(data.replay)
-    hp["neftune_alpha"] = resolve_neftune(config, data.n_variants) if supervised else 0.0
+    hp["neftune_alpha"] = resolve_neftune(config, data.n_variants, classifier) if supervised else 0.0
     hp["label_smoothing"] = resolve_label_smoothing(config, data_labels(data.originals)) if supervised else 0.0
     hp["early_stop"] = supervised and ((config.n_epochs == "auto") if config.early_stop == "auto"
                                        else bool(config.early_stop))
@@ -525,7 +525,8 @@ def _explain_dpo(cb: TrainCallbacks, config: TrainConfig, hp: dict) -> None:
 
 
 def _explain_labels(cb: TrainCallbacks, config: TrainConfig, hp: dict, data: _Data, tok) -> None:
-    """One event when auto treats the file as classifier data (label smoothing among its labels, its rate)."""
+    """One event when auto treats the file as classifier data (label smoothing among its labels, its rate and
+    noise)."""
     labels = data_labels(data.originals) if hp.get("objective", "supervised") == "supervised" else []
     rules = []
     if config.label_smoothing == "auto" and hp.get("label_smoothing"):
@@ -533,6 +534,8 @@ def _explain_labels(cb: TrainCallbacks, config: TrainConfig, hp: dict, data: _Da
                      "top logprobs (an application reads their probabilities)")
     if config.learning_rate_multiplier == "auto" and config.method == "lora":
         rules.append(f"learning rate multiplier {hp['learning_rate_multiplier']:g} ({hp['learning_rate']:.2e})")
+    if config.neftune_alpha == "auto" and hp.get("neftune_alpha"):
+        rules.append(f"NEFTune embedding noise {hp['neftune_alpha']:g}")
     if not labels or not rules:
         return
     names = ", ".join(repr(tok.decode([t])) for t in labels)
