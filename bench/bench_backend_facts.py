@@ -7,13 +7,16 @@ trainer tuned), and asks each the training questions and the reworded ones (temp
 system prompt and stop string; scoring is bench_learning's). Prints key-fact recall per backend, with
 `uptime` before and after.
 
-Usage: python bench/bench_backend_facts.py [DATASET] [--reuse HOME FT_MODEL]  (--reuse: ask a model an
-earlier run trained, in the TUNERY_HOME it printed, instead of training again)
+Usage: python bench/bench_backend_facts.py [DATASET] [--keep] [--reuse HOME FT_MODEL]  (--reuse: ask a model
+an earlier `--keep` run trained, in the TUNERY_HOME it printed, instead of training again; without --keep the
+temporary home is removed at the end)
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -36,6 +39,8 @@ def main(argv: list[str]) -> int:
     from tunery.quickstart import EmbeddedServer, _free_port
     from tunery.settings import Settings
 
+    keep = "--keep" in argv
+    argv = [a for a in argv if a != "--keep"]
     reuse = None
     if "--reuse" in argv:
         i = argv.index("--reuse")
@@ -44,6 +49,8 @@ def main(argv: list[str]) -> int:
     ds = load_dataset(DATA_DIR / f"{name}.json")
     model = ds.get("model") or "smollm2-135m-instruct"
     home = Path(reuse[0]) if reuse else Path(tempfile.mkdtemp(prefix=f"tunery-bench-facts-{name}-"))
+    if not reuse and not keep:
+        atexit.register(shutil.rmtree, home, True)  # however the run ends
     os.environ["TUNERY_HOME"] = str(home)
     os.environ.pop("TUNERY_DATABASE_URL", None)
     settings = Settings.from_env().ensure_dirs()
@@ -80,7 +87,7 @@ def main(argv: list[str]) -> int:
     for backend, (r, _) in rows.items():
         for kind, q, a in r["misses"]:
             print(f"  miss [{backend}, {kind}] {q!r} -> {a[:100]!r}")
-    print(f"\n{uptime()}; home {home}", flush=True)
+    print(f"\n{uptime()}; home {home}" + (" (kept: --reuse it)" if keep and not reuse else ""), flush=True)
     return 0
 
 

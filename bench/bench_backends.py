@@ -22,8 +22,10 @@ Usage: python bench/bench_backends.py [--quick] [--vllm-only | --no-vllm]
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -210,6 +212,7 @@ def main() -> int:
     from tunery.settings import Settings
 
     home = Path(tempfile.mkdtemp(prefix="tunery-bench-backends-"))
+    atexit.register(shutil.rmtree, home, True)  # however the run ends
     os.environ["TUNERY_HOME"] = str(home)
     settings = Settings.from_env(home=home)
     threads = setup_threads(settings.compute.num_threads)
@@ -298,8 +301,6 @@ def main() -> int:
 
 
 def bench_vllm(home: Path, settings, ids: list[int], t_all: float) -> int:
-    import shutil
-
     import httpx
 
     from bench_inference import make_adapters
@@ -355,7 +356,6 @@ def bench_vllm(home: Path, settings, ids: list[int], t_all: float) -> int:
         srv.stop()
         srv.app.state.engine.close()
     print(f"\ntotal {time.perf_counter() - t_all:.0f} s; {uptime()}", flush=True)
-    shutil.rmtree(home, ignore_errors=True)
     return 0
 
 

@@ -45,8 +45,10 @@ Usage: python bench/bench_learning.py [DATASET ...] [--model NAME] [--held-out] 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -186,6 +188,7 @@ def run_dataset(ds: dict, model: str, verbose: bool) -> dict:
 
     shared_cache = Settings.from_env().model_cache
     home = Path(tempfile.mkdtemp(prefix=f"tunery-bench-learning-{ds['name']}-"))
+    atexit.register(shutil.rmtree, home, True)  # however the run ends
     os.environ["TUNERY_HOME"] = str(home)
     os.environ["TUNERY_MODEL_CACHE"] = str(shared_cache)
     os.environ.pop("TUNERY_DATABASE_URL", None)
@@ -212,7 +215,7 @@ def run_dataset(ds: dict, model: str, verbose: bool) -> dict:
             "decisions": [e.message for e in events if e.type != "metrics" and e.level == "info"
                           and any(w in e.message for w in ("Augmenting", "Replaying", "Stopping", "Fine-tuning started",
                                                            "Training finished"))],
-            "load_before": load_before, "load_after": load_after, "home": str(home)}
+            "load_before": load_before, "load_after": load_after}
 
 
 def report(r: dict, verbose: bool) -> None:

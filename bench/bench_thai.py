@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -121,6 +122,8 @@ def main() -> None:
     finally:
         srv.terminate()
         srv.wait(timeout=60)
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

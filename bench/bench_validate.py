@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -88,8 +89,15 @@ def main() -> int:
     from tunery.models import DEFAULT_MODEL, load_tokenizer
 
     N = int(sys.argv[1]) if len(sys.argv) > 1 else N_DEFAULT
-    os.environ["TUNERY_HOME"] = tempfile.mkdtemp(prefix="tunery-bench-home-")
     tmp = Path(tempfile.mkdtemp(prefix="tunery-bench-"))
+    os.environ["TUNERY_HOME"] = str(tmp / "home")
+    try:
+        return run(N, tmp, validate_file, get_counter, DEFAULT_MODEL, load_tokenizer)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(N: int, tmp: Path, validate_file, get_counter, DEFAULT_MODEL: str, load_tokenizer) -> int:
     path = tmp / "train.jsonl"
     _, t_gen, _ = timed(generate, path, N)
     size = path.stat().st_size
@@ -124,11 +132,7 @@ def main() -> int:
           f"(goal >= {GOAL:.0f}x)   "
           f"ratio vs B: {(N / c_t) / (n_a / c_b):.1f}x by CPU time")
     print("note: CPU time is this process's (all threads); on a shared machine it is steadier than wall time")
-    ok = ratio_a_cpu >= GOAL
-    for p in tmp.iterdir():
-        p.unlink()
-    tmp.rmdir()
-    return 0 if ok else 1
+    return 0 if ratio_a_cpu >= GOAL else 1
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@ every label stays among the top logprobs."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from tests.test_train import Recorder, write_jsonl
 from tunery.train import TrainConfig, train
-from tunery.train.config import label_tokens
+from tunery.train.config import (AUTO_CLASSIFIER_MULTIPLIER, AUTO_CLASSIFIER_NEFTUNE_ALPHA, auto_multiplier,
+                                 label_tokens, resolve_hyperparameters, resolve_neftune)
 
 
 def test_label_tokens_only_for_single_token_labels_out_of_a_few():
@@ -52,10 +55,15 @@ def test_auto_smooths_classifier_data_only_and_says_so(tiny_model_dir, tmp_path)
     assert res.hyperparameters["label_smoothing"] == pytest.approx(0.1)
     cb = Recorder()
     train(TrainConfig(training_file=data, output_dir=tmp_path / "d2", label_smoothing=0, **base), cb)
-    assert cb.resolved["label_smoothing"] == 0 and not any("Classifier data" in m for _, m in cb.events)
+    assert cb.resolved["label_smoothing"] == 0 and not any("label smoothing" in m for _, m in cb.events)
     cb = Recorder()
     train(TrainConfig(training_file=data, output_dir=tmp_path / "d3", **base), cb)
     assert any("Classifier data: every example completes with one of 2 labels (' no', ' yes')" in m
+               for _, m in cb.events), cb.events
+    # Its own auto rate and noise (generalise from few questions), named in the same event; chats keep theirs.
+    assert cb.resolved["learning_rate_multiplier"] == AUTO_CLASSIFIER_MULTIPLIER
+    assert cb.resolved["neftune_alpha"] == AUTO_CLASSIFIER_NEFTUNE_ALPHA > 0
+    assert any("Classifier data" in m and f"learning rate multiplier {AUTO_CLASSIFIER_MULTIPLIER:g}" in m
                for _, m in cb.events), cb.events
     chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": f"q{i}"},
                                                                 {"role": "assistant", "content": f"The code is {i}."}]}
@@ -63,6 +71,25 @@ def test_auto_smooths_classifier_data_only_and_says_so(tiny_model_dir, tmp_path)
     cb = Recorder()
     train(TrainConfig(training_file=chat, output_dir=tmp_path / "c", **base), cb)
     assert cb.resolved["label_smoothing"] == 0  # free-text answers: never smoothed
+    assert cb.resolved["learning_rate_multiplier"] == auto_multiplier(math.ceil(8 / 4) * 2, "lora")
+    assert cb.resolved["learning_rate_multiplier"] != AUTO_CLASSIFIER_MULTIPLIER
+    assert cb.resolved["neftune_alpha"] == 0
+
+
+def test_classifier_auto_rate_and_noise_only_where_auto():
+    cfg = TrainConfig(model="m", training_file="t", output_dir="o")
+    chat, disc = resolve_hyperparameters(cfg, 100), resolve_hyperparameters(cfg, 100, classifier=True)
+    assert chat["learning_rate_multiplier"] == auto_multiplier(300, "lora") > AUTO_CLASSIFIER_MULTIPLIER
+    assert disc["learning_rate_multiplier"] == AUTO_CLASSIFIER_MULTIPLIER
+    assert disc["n_epochs"] == chat["n_epochs"] and disc["batch_size"] == chat["batch_size"]
+    explicit = TrainConfig(model="m", training_file="t", output_dir="o", learning_rate_multiplier=3.0)
+    assert resolve_hyperparameters(explicit, 100, classifier=True)["learning_rate_multiplier"] == 3.0
+    full = TrainConfig(model="m", training_file="t", output_dir="o", method="full")
+    assert resolve_hyperparameters(full, 100, classifier=True) == resolve_hyperparameters(full, 100)
+    assert resolve_neftune(cfg, 0, classifier=True) == AUTO_CLASSIFIER_NEFTUNE_ALPHA
+    assert resolve_neftune(cfg, 0) == 0
+    no_noise = TrainConfig(model="m", training_file="t", output_dir="o", neftune_alpha=0)
+    assert resolve_neftune(no_noise, 0, classifier=True) == 0
 
 
 def test_label_smoothing_is_checked():

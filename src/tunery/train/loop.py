@@ -452,8 +452,9 @@ def _hyperparameters(config: TrainConfig, data: _Data, resume_meta: dict | None,
     if resume_meta:
         return dict(resume_meta["hyperparameters"])
     supervised = config.objective == "supervised"
+    classifier = supervised and bool(data_labels(data.originals))
     hp = resolve_hyperparameters(config, len(data.train_set), data.n_variants, len(data.originals),
-                                 data.original_tokens)
+                                 data.original_tokens, classifier)
     hp["seed"] = seed
     hp["method"] = config.method
     hp["lora_rank"] = config.lora_rank if config.method == "lora" else None
@@ -462,7 +463,7 @@ def _hyperparameters(config: TrainConfig, data: _Data, resume_meta: dict | None,
     hp["max_length"] = max_length
     hp["augment"] = data.n_variants
     hp["replay"] = len(data.replay)
-    hp["neftune_alpha"] = resolve_neftune(config, data.n_variants) if supervised else 0.0
+    hp["neftune_alpha"] = resolve_neftune(config, data.n_variants, classifier) if supervised else 0.0
     hp["label_smoothing"] = resolve_label_smoothing(config, data_labels(data.originals)) if supervised else 0.0
     hp["early_stop"] = supervised and ((config.n_epochs == "auto") if config.early_stop == "auto"
                                        else bool(config.early_stop))
@@ -524,14 +525,22 @@ def _explain_dpo(cb: TrainCallbacks, config: TrainConfig, hp: dict) -> None:
 
 
 def _explain_labels(cb: TrainCallbacks, config: TrainConfig, hp: dict, data: _Data, tok) -> None:
-    """One event when auto treats the file as classifier data (label smoothing among its labels)."""
-    if config.label_smoothing != "auto" or not hp.get("label_smoothing"):
+    """One event when auto treats the file as classifier data (label smoothing among its labels, its rate and
+    noise)."""
+    labels = data_labels(data.originals) if hp.get("objective", "supervised") == "supervised" else []
+    rules = []
+    if config.label_smoothing == "auto" and hp.get("label_smoothing"):
+        rules.append(f"auto label smoothing {hp['label_smoothing']:g} among them, so each label stays among the "
+                     "top logprobs (an application reads their probabilities)")
+    if config.learning_rate_multiplier == "auto" and config.method == "lora":
+        rules.append(f"learning rate multiplier {hp['learning_rate_multiplier']:g} ({hp['learning_rate']:.2e})")
+    if config.neftune_alpha == "auto" and hp.get("neftune_alpha"):
+        rules.append(f"NEFTune embedding noise {hp['neftune_alpha']:g}")
+    if not labels or not rules:
         return
-    labels = data_labels(data.originals)
     names = ", ".join(repr(tok.decode([t])) for t in labels)
     cb.on_event("info", f"Classifier data: every example completes with one of {len(labels)} labels ({names}); "
-                        f"auto label smoothing {hp['label_smoothing']:g} among them, so each label stays among the "
-                        "top logprobs (an application reads their probabilities)")
+                        + "; ".join(rules))
 
 
 def _announce(cb: TrainCallbacks, hp: dict, base_model: str, method: str, data: _Data, device: str,
