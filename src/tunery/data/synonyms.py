@@ -112,12 +112,6 @@ class _WordNet:
             self._counts = counts
         return self._counts.get((lemma.lower(), offset), 0)
 
-    def first_sense(self, lemma: str, pos: str) -> int | None:
-        """The synset offset of `lemma`'s most frequent sense as a `pos`, or None."""
-        forms = self.base_forms(lemma.lower(), pos)
-        offsets = self.index(pos)[forms[0]][1] if forms else []
-        return offsets[0] if offsets else None
-
     def base_forms(self, word: str, pos: str) -> list[str]:
         idx = self.index(pos)
         forms = [word] if word in idx else []
@@ -140,14 +134,9 @@ def _clean(lemma: str) -> str:
 @functools.cache
 def alternatives(word: str) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
     """Other words for `word` (lower case), per part of speech it can be: (the part of speech, how often it is
-    the one meant in WordNet's tagged corpus plus one, the synonyms of its most frequent sense and — for nouns
-    whose most frequent sense is the one usually meant — of that sense's direct generalisation). Empty for
-    words WordNet does not know.
-
-    A word is swapped in only where it means that sense first of all, and is a common word for it: "clip"
-    shares the first sense of "time" (an occasion) but means a fastener first and is seldom used for an
-    occasion, so "What clip does it open?" is never written. Generalising needs a dominant first sense: a
-    question's "time" is as often a clock reading as an occasion, but a ferry is always a boat."""
+    the one meant in WordNet's tagged corpus plus one, the common synonyms of its most frequent sense and —
+    for nouns — of that sense's direct generalisation). Words seldom used in that sense ("canid" for "dog")
+    are left out. Empty for words WordNet does not know."""
     wnet = _wordnet()
     if wnet is None or not word.isascii() or not word.replace("-", "").isalpha():
         return ()
@@ -157,12 +146,11 @@ def alternatives(word: str) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
             tagged, offsets = wnet.index(pos)[base]
             if not offsets:
                 continue
-            first = offsets[0]
-            words, hypernyms = wnet.synset(pos, first)
-            cands = _common_for(wnet, words, pos, first)
-            if pos == "noun" and _dominant(wnet, base, pos, offsets):
+            words, hypernyms = wnet.synset(pos, offsets[0])
+            cands = [w for w in words if wnet.used(w, offsets[0])]
+            if pos == "noun":
                 for hpos, hoff in hypernyms[:1]:
-                    cands += [w for w in _common_for(wnet, wnet.synset(hpos, hoff)[0], hpos, hoff) if "_" not in w]
+                    cands += [w for w in wnet.synset(hpos, hoff)[0] if "_" not in w and wnet.used(w, hoff)]
             seen = {word, base}
             uniq = []
             for c in map(_clean, cands):
@@ -171,21 +159,6 @@ def alternatives(word: str) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
                     uniq.append(c)
             out.append((pos, tagged + 1, tuple(uniq)))
     return tuple(out)
-
-
-def _common_for(wnet: _WordNet, words: list[str], pos: str, offset: int) -> list[str]:
-    """The words of a synset that mean it first of all and are used for it at least a tenth as often as its
-    most used word ("person", not "mortal", for a person)."""
-    used = {w: wnet.used(w, offset) for w in words}
-    top = max(used.values(), default=0)
-    return [w for w in words if used[w] and used[w] >= 0.1 * top and wnet.first_sense(w, pos) == offset]
-
-
-def _dominant(wnet: _WordNet, base: str, pos: str, offsets: list[int]) -> bool:
-    """The first sense is at least half of the word's tagged uses, or the word has none (a rare word, whose
-    first sense in WordNet's order is as good a guess as any)."""
-    counts = [wnet.used(base, o) for o in offsets]
-    return sum(counts) == 0 or counts[0] >= 0.5 * sum(counts)
 
 
 # The word before tells the part of speech well enough to pick the right sense: "the close" is a noun,
@@ -210,22 +183,13 @@ def guess_pos(previous: str | None) -> str | None:
 
 def pick(word: str, rng: random.Random, previous: str | None = None) -> str | None:
     """One other word for `word`, or None: of the part of speech the previous word suggests when the word can
-    be that, else of one drawn by how often each is the one meant, among those that are at least a quarter of
-    its uses ("open" in "the street open" is not read as the noun "the open"); None when the drawn part of
-    speech has no common synonym."""
+    be that, else of one drawn by how often each is the one meant."""
     alts = alternatives(word.lower())
     hint = guess_pos(previous)
     if hint and any(pos == hint for pos, _, _ in alts):  # the word can be what it looks like: only that
         alts = tuple(a for a in alts if a[0] == hint)
-    else:
-        total = sum(w for _, w, _ in alts)
-        alts = tuple(a for a in alts if a[1] >= MIN_POS_SHARE * total)
+    alts = tuple(a for a in alts if a[2])
     if not alts:
         return None
     _, _, cands = rng.choices(alts, weights=[w for _, w, _ in alts])[0]
-    return rng.choice(cands) if cands else None
-
-
-MIN_POS_SHARE = 0.25
-"""Without a hint from the previous word, parts of speech a word has in less than this share of its tagged
-uses are not guessed."""
+    return rng.choice(cands)
