@@ -27,6 +27,19 @@ print(proc.pid, flush=True)
 time.sleep(600)
 """
 
+FORKING_OWNER = """
+import os, sys, time
+from pathlib import Path
+from tunery.inference import child
+proc = child.spawn(["sleep", "300"], env={"PATH": "/usr/bin:/bin"}, log_path=Path(sys.argv[1]), grace=2)
+pid = os.fork()
+if pid == 0:  # a forked, not exec'd, child: it outlives its parent
+    time.sleep(120)
+    os._exit(0)
+print(proc.pid, pid, flush=True)
+time.sleep(600)
+"""
+
 VLLM_OWNER = """
 import sys, time
 from tunery.inference.vllm import VllmEngine
@@ -74,6 +87,30 @@ def free_port() -> int:
 
 def owner_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_a_forked_child_does_not_keep_the_server_alive(tmp_path):
+    """The owner forks (no exec) a child that outlives it: the server still ends with the owner, since the
+    forked child closed its copy of the pipe's write end."""
+    owner = subprocess.Popen([sys.executable, "-c", FORKING_OWNER, str(tmp_path / "server.log")],
+                             stdout=subprocess.PIPE, text=True, env=owner_env())
+    pgid, forked = map(int, owner.stdout.readline().split())
+    try:
+        deadline = time.monotonic() + 20
+        while len(group(pgid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(group(pgid)) == 2  # the watchdog and sleep
+    finally:
+        owner.kill()
+        owner.wait()
+    try:
+        gone_within(pgid, 10)
+        os.kill(forked, 0)  # the forked child is still there: it did not take the server with it
+    finally:
+        try:
+            os.kill(forked, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.mark.parametrize("term", ["obeyed", "ignored"])

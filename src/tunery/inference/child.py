@@ -6,6 +6,8 @@ only tunery holds. When tunery's process ends in any way, SIGKILL included, the 
 the watchdog ends the whole group: SIGTERM, then SIGKILL after a grace period. (PR_SET_PDEATHSIG alone would
 not do: it fires when the *thread* that forked the child exits, and tunery starts servers from pool threads
 that come and go; nor would it reach the server's own children.) `stop()` ends the group from tunery's side.
+A child that tunery forks without exec (multiprocessing's fork start method, a DataLoader worker) would inherit
+the write ends and keep the servers alive after tunery is gone, so a forked child closes them at once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,19 @@ from pathlib import Path
 
 WATCHDOG = Path(__file__).with_name("watchdog.py")
 GRACE = 10.0  # seconds between SIGTERM and SIGKILL for the group (vLLM's children ignore SIGTERM longer)
+_LIFELINES: set[int] = set()  # write ends this process holds, one per live watchdog
+
+
+def _close_lifelines_in_forked_child() -> None:
+    for fd in _LIFELINES:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LIFELINES.clear()
+
+
+os.register_at_fork(after_in_child=_close_lifelines_in_forked_child)
 
 
 def spawn(cmd: list[str], *, env: dict[str, str], log_path: Path, grace: float = GRACE) -> subprocess.Popen:
@@ -35,6 +50,7 @@ def spawn(cmd: list[str], *, env: dict[str, str], log_path: Path, grace: float =
     finally:
         os.close(read)
     proc.lifeline = write  # closed by stop(), or by the kernel when tunery dies
+    _LIFELINES.add(write)
     return proc
 
 
@@ -57,4 +73,5 @@ def stop(proc: subprocess.Popen | None, grace: float = GRACE) -> None:
     lifeline = getattr(proc, "lifeline", None)
     if lifeline is not None:
         proc.lifeline = None
+        _LIFELINES.discard(lifeline)
         os.close(lifeline)
