@@ -213,7 +213,7 @@ def run_dataset(ds: dict, model: str, verbose: bool) -> dict:
             "hyperparameters": {"n_epochs": hp.n_epochs, "batch_size": hp.batch_size,
                                 "learning_rate_multiplier": hp.learning_rate_multiplier},
             "decisions": [e.message for e in events if e.type != "metrics" and e.level == "info"
-                          and any(w in e.message for w in ("Augmenting", "Replaying", "Stopping", "Fine-tuning started",
+                          and any(w in e.message for w in ("Augmenting", "Paraphrased", "Replaying", "Stopping", "Fine-tuning started",
                                                            "Training finished"))],
             "load_before": load_before, "load_after": load_after}
 

@@ -151,4 +151,4 @@ def test_pairs_are_made_once_per_model_prompt_and_questions_then_read_back(tiny_
     files[0].write_text("{not json")
     assert replay.make_for_run(str(tiny_model_dir), data, 3, seed=1) == made
     assert json.loads(files[0].read_text()) == made
-    assert not list((tmp_path / "cache" / "replay").glob(".replay-*"))
+    assert not list((tmp_path / "cache" / "replay").glob(".tmp-*"))

@@ -158,7 +158,7 @@ def rewrites(text: str, n_variants: int, seed: int, index: int) -> list[str]:
     return out
 
 
-def _target_user_turn(messages: list[dict]) -> int | None:
+def question_turn(messages: list[dict]) -> int | None:
     """Index of the user message answered by the last trained assistant message, if it is plain text."""
     last_assistant = None
     for i, m in enumerate(messages):
@@ -177,7 +177,7 @@ def _target_user_turn(messages: list[dict]) -> int | None:
 
 def augmentable(example: Example) -> bool:
     return example.kind == "chat" and not example.tools and example.messages is not None \
-        and _target_user_turn(example.messages) is not None
+        and question_turn(example.messages) is not None
 
 
 def augment(examples: list[Example], n_variants: int, seed: int) -> list[Example]:
@@ -188,7 +188,7 @@ def augment(examples: list[Example], n_variants: int, seed: int) -> list[Example
     for index, ex in enumerate(examples):
         if not augmentable(ex):
             continue
-        u = _target_user_turn(ex.messages)
+        u = question_turn(ex.messages)
         for new in rewrites(ex.messages[u]["content"], n_variants, seed, index):
             msgs = [dict(m) for m in ex.messages]
             msgs[u]["content"] = new
@@ -200,7 +200,7 @@ def describe(examples: list[Example], n_variants: int, seed: int, shown: int = 3
     """A short sample of what augmentation does, for the job's events: the first question and rewrites."""
     for index, ex in enumerate(examples):
         if augmentable(ex):
-            u = _target_user_turn(ex.messages)
+            u = question_turn(ex.messages)
             text = ex.messages[u]["content"]
             rewrites = [rewrite(text, v, seed, index) for v in range(min(shown, n_variants))]
             return f"{clip(text)!r} also as " + ", ".join(repr(clip(r)) for r in rewrites) + \

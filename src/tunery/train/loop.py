@@ -20,7 +20,8 @@ from tunery.train.batching import (Packed, epoch_order, forward_logits, load_enc
 from tunery.train.callbacks import CheckpointInfo, TrainCallbacks, TrainResult
 from tunery.train.config import (BASE_LEARNING_RATE, EARLY_STOP_PATIENCE, TrainConfig, label_tokens,
                                  resolve_augment, resolve_hyperparameters, resolve_label_smoothing,
-                                 resolve_lora_layers, resolve_neftune, resolve_objective, resolve_replay)
+                                 resolve_lora_layers, resolve_neftune, resolve_objective, resolve_paraphrase,
+                                 resolve_replay)
 from tunery.train.metric_names import SFT_METRICS, per_split
 from tunery.train.tokenize import Encoded
 
@@ -375,6 +376,7 @@ class _Data:
     n_variants: int
     original_tokens: int
     replay: list  # [{"question", "answer"}]: the replay pairs trained beside the file (tunery.train.replay)
+    paraphrases: list  # [[str]] per augmentable example: its questions' paraphrases (tunery.train.paraphrase)
 
 
 def _load_data(config: TrainConfig, cb: TrainCallbacks, objective, tok, max_length: int,
@@ -383,7 +385,8 @@ def _load_data(config: TrainConfig, cb: TrainCallbacks, objective, tok, max_leng
     valid_set = (objective.load(config.validation_file, tok, max_length, cb, "validation_file")
                  if config.validation_file else [])
 
-    from tunery.data.augment import augment, augmentable, describe
+    from tunery.data.augment import augment, augmentable, describe, question_turn
+    from tunery.train import paraphrase
 
     # Question rewrites are for chat SFT only; preference pairs are trained as given.
     supervised = config.objective == "supervised"
@@ -398,23 +401,55 @@ def _load_data(config: TrainConfig, cb: TrainCallbacks, objective, tok, max_leng
     if not resume_meta and n_augmentable:
         n_variants = resolve_augment(config, n_augmentable, original_tokens)
     train_set = list(originals)
-    if n_variants:
-        # Rewrites depend only on (file, seed), so a resumed run rebuilds the same set.
-        extra_ex = augment(raw_train, n_variants, seed)[len(raw_train):]
-        train_set += load_encoded(config.training_file, tok, max_length, TrainCallbacks(), "training_file",
-                                  extra_ex)
     if n_variants and not resume_meta:
         why = ("auto: a small set of chats, so each question is also trained in other wordings"
                if config.augment == "auto" else "as requested")
         cb.on_event("info", f"Augmenting {n_augmentable} example(s) with {n_variants} question rewrite(s) each "
                             f"({why}): {describe(raw_train, n_variants, seed)}")
+    paraphrases: list = []
+    if n_variants:
+        # Rewrites depend only on (file, seed), so a resumed run rebuilds the same set.
+        extra_ex = augment(raw_train, n_variants, seed)[len(raw_train):]
+        paraphrases = _paraphrases(config, cb, raw_train, n_variants, resume_meta, ranks)
+        if paraphrases:
+            extra_ex = paraphrase.place(extra_ex, n_variants, paraphrases, question_turn)
+        train_set += load_encoded(config.training_file, tok, max_length, TrainCallbacks(), "training_file",
+                                  extra_ex)
     replay = _replay_pairs(config, cb, raw_train, n_variants, resume_meta, ranks)
     if replay:
         from tunery.train.replay import as_examples
 
         train_set += load_encoded(config.training_file, tok, max_length, TrainCallbacks(), "training_file",
                                   as_examples(replay, raw_train))
-    return _Data(originals, train_set, valid_set, n_variants, original_tokens, replay)
+    return _Data(originals, train_set, valid_set, n_variants, original_tokens, replay, paraphrases)
+
+
+def _paraphrases(config: TrainConfig, cb: TrainCallbacks, raw_train: list, n_variants: int,
+                 resume_meta: dict | None, ranks) -> list[list[str]]:
+    """The run's paraphrases, per augmentable example: a resumed run's own, the ones rank 0 handed over, or
+    made now (see paraphrase)."""
+    from tunery.data.augment import augmentable, clip, question_turn
+    from tunery.train import paraphrase, replay
+
+    if resume_meta:
+        return list(resume_meta.get("paraphrases") or [])
+    if config.paraphrases is not None:  # a rank started by our rank 0
+        return list(config.paraphrases)
+    n = resolve_paraphrase(config, n_variants, replay.english(raw_train))
+    if not n:
+        return []
+    questions = [e.messages[question_turn(e.messages)]["content"] for e in raw_train if augmentable(e)]
+    t = time.perf_counter()
+    made = paraphrase.make_for_run(config.model, questions, n) if ranks is None or ranks.leader else None
+    if ranks:
+        made = ranks.agree(made)
+    kept = sum(len(ps) for ps in made)
+    why = "auto: a small set of English chats" if config.paraphrase == "auto" else "as requested"
+    shown = "; ".join(f"{q!r} → {clip(ps[0])!r}" for q, ps in zip(questions, made) if ps)
+    cb.on_event("info", f"Paraphrased the questions with the base model ({why}): {kept} of {n * len(questions)} "
+                        f"samples kept, in place of as many rule-based rewrites, in {time.perf_counter() - t:.0f} s"
+                        + (f": {clip(shown, 240)}" if shown else ""))
+    return made
 
 
 def _replay_pairs(config: TrainConfig, cb: TrainCallbacks, raw_train: list, n_variants: int,
@@ -463,6 +498,7 @@ def _hyperparameters(config: TrainConfig, data: _Data, resume_meta: dict | None,
     hp["max_length"] = max_length
     hp["augment"] = data.n_variants
     hp["replay"] = len(data.replay)
+    hp["paraphrase"] = max((len(ps) for ps in data.paraphrases), default=0)
     hp["neftune_alpha"] = resolve_neftune(config, data.n_variants, classifier) if supervised else 0.0
     hp["label_smoothing"] = resolve_label_smoothing(config, data_labels(data.originals)) if supervised else 0.0
     hp["early_stop"] = supervised and ((config.n_epochs == "auto") if config.early_stop == "auto"
@@ -585,6 +621,7 @@ def _split_run(config: TrainConfig, cb: TrainCallbacks, hp: dict, data: _Data, w
 
     config.seed = hp["seed"]  # every rank must build the same data, order and adapter
     config.replay_pairs = data.replay
+    config.paraphrases = data.paraphrases
     backend = "NCCL" if device.startswith("cuda") else "gloo"
     if config.nnodes > 1:
         cb.on_event("info", f"Waiting for the workers of nodes 1-{config.nnodes - 1} at "
@@ -795,7 +832,8 @@ def _run(config: TrainConfig, cb: TrainCallbacks, objective, tok, data: _Data, h
     step, trained_tokens, last_metrics, history = _start_state(cb, opt, resume_dir, hp, len(train_set), device,
                                                                total_steps, model, ranks)
     meta_base = {"base_model": base_model, "method": config.method, "hyperparameters": hp,
-                 "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "replay": data.replay}
+                 "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "replay": data.replay,
+                 "paraphrases": data.paraphrases}
     save = _Saver(model, tok, objective, opt, meta_base, history, leader, ranks)
     checkpoints: list[CheckpointInfo] = []
     session_tokens = 0

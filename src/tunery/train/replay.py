@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
-import tempfile
 from importlib import resources
-from pathlib import Path
 
 from tunery.data.formats import Example
 
@@ -130,14 +127,16 @@ CACHE_VERSION = 1
 
 def make_for_run(model_name: str, examples: list[Example], n: int, seed: int) -> list[dict]:
     """make() with the run's base model, loaded for the purpose and released after; the pairs are kept
-    beside the converted models (`replay/`), so the next run with the same model, system prompt, answer
-    ending and questions reuses them (they are greedy answers: the same inputs give the same pairs). A run
-    repeated with other hyperparameters, the usual experiment, then skips ~15 s of decoding on 2 cores."""
-    from tunery.models.registry import load_model, materialize
-    from tunery.settings import get_settings
+    beside the converted models (`replay/`, tunery.train.runcache), so the next run with the same model, system
+    prompt, answer ending and questions reuses them (they are greedy answers: the same inputs give the same
+    pairs). A run repeated with other hyperparameters, the usual experiment, then skips ~15 s of decoding on
+    2 cores."""
+    from tunery.models.registry import load_model
+    from tunery.train import runcache
 
-    path = _cache_path(get_settings().model_cache, materialize(model_name), examples, n, seed)
-    cached = _read_cache(path)
+    path = runcache.path_for("replay", model_name, [CACHE_VERSION, _system(examples), answer_suffix(examples),
+                                                    pick_questions(n, seed), MAX_ANSWER_TOKENS])
+    cached = runcache.read(path, _valid_pairs)
     if cached is not None:
         return cached
     model, tokenizer = load_model(model_name)
@@ -145,43 +144,13 @@ def make_for_run(model_name: str, examples: list[Example], n: int, seed: int) ->
         pairs = make(model, tokenizer, examples, n, seed)
     finally:
         del model
-    _write_cache(path, pairs)
+    runcache.write(path, pairs)
     return pairs
 
 
-def _cache_path(cache: Path, model_dir: Path, examples: list[Example], n: int, seed: int) -> Path:
-    """Where the pairs for these inputs live (under the model cache, whichever directory the model is in):
-    keyed by the model's weight files (path, name, size, mtime), the system prompt, the answer ending, the
-    questions and the decoding limit."""
-    model_dir = Path(model_dir)
-    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in model_dir.glob("*.safetensors"))
-    key = json.dumps([CACHE_VERSION, str(model_dir.resolve()), weights, _system(examples), answer_suffix(examples),
-                      pick_questions(n, seed), MAX_ANSWER_TOKENS])
-    return Path(cache) / "replay" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
-
-
-def _read_cache(path: Path) -> list[dict] | None:
-    try:
-        pairs = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    ok = isinstance(pairs, list) and all(isinstance(p, dict) and isinstance(p.get("question"), str)
-                                         and isinstance(p.get("answer"), str) for p in pairs)
-    return pairs if ok else None
-
-
-def _write_cache(path: Path, pairs: list[dict]) -> None:
-    """Written whole (a temporary file renamed into place); a cache that cannot be written is skipped."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".replay-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(pairs, f, ensure_ascii=False)
-        os.replace(tmp, path)
-    except OSError:
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
+def _valid_pairs(pairs) -> bool:
+    return isinstance(pairs, list) and all(isinstance(p, dict) and isinstance(p.get("question"), str)
+                                           and isinstance(p.get("answer"), str) for p in pairs)
 
 
 def as_examples(pairs: list[dict], examples: list[Example]) -> list[Example]:
