@@ -46,8 +46,9 @@ def test_paraphrases_take_the_places_of_the_weakest_rewrites():
 
 def test_auto_rule_english_augmented_runs_and_explicit_values(tmp_path):
     cfg = TrainConfig(model="m", training_file="f", output_dir=tmp_path)
-    assert resolve_paraphrase(cfg, n_variants=5, english=True) == AUTO_PARAPHRASES
-    assert resolve_paraphrase(cfg, n_variants=2, english=True) == 2  # never more than the rewrites
+    assert resolve_paraphrase(cfg, n_variants=5, english=True) == min(AUTO_PARAPHRASES, 5)
+    on = TrainConfig(model="m", training_file="f", output_dir=tmp_path, paraphrase=3)
+    assert resolve_paraphrase(on, n_variants=2, english=True) == 2  # never more than the rewrites
     assert resolve_paraphrase(cfg, n_variants=0, english=True) == 0  # an explicit n_epochs: no auto rules
     assert resolve_paraphrase(cfg, n_variants=5, english=False) == 0  # the prompt and checks are English
     given = TrainConfig(model="m", training_file="f", output_dir=tmp_path, augment=4)

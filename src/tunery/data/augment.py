@@ -196,14 +196,14 @@ def augment(examples: list[Example], n_variants: int, seed: int) -> list[Example
     return out
 
 
-def describe(examples: list[Example], n_variants: int, seed: int, shown: int = 3) -> str:
-    """A short sample of what augmentation does, for the job's events: the first question and rewrites."""
-    for index, ex in enumerate(examples):
+def describe(examples: list[Example], rewritten: list[Example], n_variants: int, shown: int = 3) -> str:
+    """A short sample of what augmentation does, for the job's events: the first question and its first
+    rewrites as trained (`rewritten`: what augment() added, n_variants per augmentable example, in order)."""
+    for ex in examples:
         if augmentable(ex):
-            u = question_turn(ex.messages)
-            text = ex.messages[u]["content"]
-            rewrites = [rewrite(text, v, seed, index) for v in range(min(shown, n_variants))]
-            return f"{clip(text)!r} also as " + ", ".join(repr(clip(r)) for r in rewrites) + \
+            text = ex.messages[question_turn(ex.messages)]["content"]
+            firsts = [r.messages[question_turn(r.messages)]["content"] for r in rewritten[:min(shown, n_variants)]]
+            return f"{clip(text)!r} also as " + ", ".join(repr(clip(r)) for r in firsts) + \
                 (", …" if n_variants > shown else "")
     return "no chat example to rewrite"
 

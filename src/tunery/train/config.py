@@ -137,8 +137,9 @@ class TrainConfig:
     """The replay pairs a run made, handed by its rank 0 to the ranks it starts (leave None)."""
     paraphrase: int | str = "auto"
     """How many of each question's rewrites are the starting model's own paraphrases of it (tunery.train.
-    paraphrase) instead of rule-based ones; "auto": AUTO_PARAPHRASES for auto small-set runs on English chats
-    (those that augment), 0 otherwise. At most the run's rewrites per question."""
+    paraphrase) instead of rule-based ones; "auto": AUTO_PARAPHRASES (0 for now, see there) for auto
+    small-set runs on English chats (those that augment), 0 otherwise. At most the run's rewrites per
+    question."""
     paraphrases: list | None = None
     """The paraphrases a run made, handed by its rank 0 to the ranks it starts (leave None)."""
     label_smoothing: float | str = "auto"
@@ -356,11 +357,16 @@ def resolve_replay(config: TrainConfig, n_variants: int, english: bool) -> int:
     return AUTO_REPLAY if auto_run and config.objective == "supervised" else 0
 
 
-AUTO_PARAPHRASES = 3
-"""Paraphrases per question for auto small-set runs on English chats, in place of 3 of the 5 rule-based
-rewrites (same trained tokens). Measured with the trainer directly (SmolLM2-135M, dev sets, verbatim /
-reworded recall, 2026-12-08): ferry_short seed 0 100/64.3 -> 100/82.1, brewtide_long seed 0 100/66.7 ->
-100/68.8 (see the README's trainer section for every seed and the held-out sets)."""
+AUTO_PARAPHRASES = 0
+"""Paraphrases per question that "auto" asks for: none yet, for their cost. Measured with paraphrase=3 (3 of
+the 5 rule-based rewrites replaced, same trained tokens; trainer directly, SmolLM2-135M, verbatim 100%
+everywhere, reworded recall against today's rules at the same seeds, 2026-12-08): ferry_short 64.3 -> 82.1
+and 82.1 -> 78.6, brewtide_long 66.7 -> 68.8 and 70.8 -> 70.8 (mean 71.0 -> 75.1, the lowest run 64.3 ->
+68.8); the held-out sets through the server 75% (orrin_station) and 76% (vellmora_garden), inside their
+earlier 42-79% and 76-80%. But sampling them with transformers' generate takes ~120 s for 28 questions on
+2 quiet cores (the few-shot prompt is prefilled for every sample), as long as the training itself; cached
+per model and questions, so only a file's first run pays. It becomes the auto value once the prompt's
+prefix is shared across samples (one prefill) and the cost is a few seconds."""
 
 
 def resolve_paraphrase(config: TrainConfig, n_variants: int, english: bool) -> int:

@@ -401,11 +401,6 @@ def _load_data(config: TrainConfig, cb: TrainCallbacks, objective, tok, max_leng
     if not resume_meta and n_augmentable:
         n_variants = resolve_augment(config, n_augmentable, original_tokens)
     train_set = list(originals)
-    if n_variants and not resume_meta:
-        why = ("auto: a small set of chats, so each question is also trained in other wordings"
-               if config.augment == "auto" else "as requested")
-        cb.on_event("info", f"Augmenting {n_augmentable} example(s) with {n_variants} question rewrite(s) each "
-                            f"({why}): {describe(raw_train, n_variants, seed)}")
     paraphrases: list = []
     if n_variants:
         # Rewrites depend only on (file, seed), so a resumed run rebuilds the same set.
@@ -415,6 +410,11 @@ def _load_data(config: TrainConfig, cb: TrainCallbacks, objective, tok, max_leng
             extra_ex = paraphrase.place(extra_ex, n_variants, paraphrases, question_turn)
         train_set += load_encoded(config.training_file, tok, max_length, TrainCallbacks(), "training_file",
                                   extra_ex)
+        if not resume_meta:
+            why = ("auto: a small set of chats, so each question is also trained in other wordings"
+                   if config.augment == "auto" else "as requested")
+            cb.on_event("info", f"Augmenting {n_augmentable} example(s) with {n_variants} question rewrite(s) "
+                                f"each ({why}): {describe(raw_train, extra_ex, n_variants)}")
     replay = _replay_pairs(config, cb, raw_train, n_variants, resume_meta, ranks)
     if replay:
         from tunery.train.replay import as_examples

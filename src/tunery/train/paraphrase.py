@@ -10,7 +10,8 @@ examples as without them.
 
 Made once per run before training, like the replay pairs: sampled with a seed that follows the data, cached
 beside the converted models (tunery.train.runcache), carried in the checkpoint metadata and handed to the
-ranks a run starts, so a resumed or split run trains exactly the same set.
+ranks a run starts, so a resumed or split run trains exactly the same set. Opt-in for now
+(TrainConfig.paraphrase; see AUTO_PARAPHRASES for what it measured and what it costs).
 """
 
 from __future__ import annotations
