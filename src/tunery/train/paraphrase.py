@@ -100,23 +100,14 @@ def data_seed(questions: list[str]) -> int:
 
 def make_for_run(model_name: str, questions: list[str], n: int) -> list[list[str]]:
     """make() with the run's base model, loaded for the purpose and released after, cached (`paraphrase/`)."""
-    from tunery.models.registry import load_model
     from tunery.train import runcache
 
     seed = data_seed(questions)
-    path = runcache.path_for("paraphrase", model_name, [CACHE_VERSION, SYSTEM, SHOTS, questions, n, seed,
-                                                        MAX_NEW_TOKENS, TRIES])
-    cached = runcache.read(path, lambda v: isinstance(v, list) and len(v) == len(questions) and all(
-        isinstance(ps, list) and all(isinstance(p, str) for p in ps) for ps in v))
-    if cached is not None:
-        return cached
-    model, tokenizer = load_model(model_name)
-    try:
-        made = make(model, tokenizer, questions, n, seed)
-    finally:
-        del model
-    runcache.write(path, made)
-    return made
+    return runcache.made_with_model(
+        "paraphrase", model_name, [CACHE_VERSION, SYSTEM, SHOTS, questions, n, seed, MAX_NEW_TOKENS, TRIES],
+        lambda v: isinstance(v, list) and len(v) == len(questions) and all(
+            isinstance(ps, list) and all(isinstance(p, str) for p in ps) for ps in v),
+        lambda model, tokenizer: make(model, tokenizer, questions, n, seed))
 
 
 def place(rewritten: list[Example], n_variants: int, paraphrases: list[list[str]], user_turn) -> list[Example]:

@@ -131,21 +131,11 @@ def make_for_run(model_name: str, examples: list[Example], n: int, seed: int) ->
     prompt, answer ending and questions reuses them (they are greedy answers: the same inputs give the same
     pairs). A run repeated with other hyperparameters, the usual experiment, then skips ~15 s of decoding on
     2 cores."""
-    from tunery.models.registry import load_model
     from tunery.train import runcache
 
-    path = runcache.path_for("replay", model_name, [CACHE_VERSION, _system(examples), answer_suffix(examples),
-                                                    pick_questions(n, seed), MAX_ANSWER_TOKENS])
-    cached = runcache.read(path, _valid_pairs)
-    if cached is not None:
-        return cached
-    model, tokenizer = load_model(model_name)
-    try:
-        pairs = make(model, tokenizer, examples, n, seed)
-    finally:
-        del model
-    runcache.write(path, pairs)
-    return pairs
+    key = [CACHE_VERSION, _system(examples), answer_suffix(examples), pick_questions(n, seed), MAX_ANSWER_TOKENS]
+    return runcache.made_with_model("replay", model_name, key, _valid_pairs,
+                                    lambda model, tokenizer: make(model, tokenizer, examples, n, seed))
 
 
 def _valid_pairs(pairs) -> bool:

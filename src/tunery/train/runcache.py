@@ -44,3 +44,21 @@ def write(path: Path, value) -> None:
     except OSError:
         if tmp and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def made_with_model(kind: str, model_name: str, key: list, valid, make):
+    """The cached result for these inputs, else `make(model, tokenizer)` with the model loaded for the purpose
+    (released after), written to the cache."""
+    from tunery.models.registry import load_model
+
+    path = path_for(kind, model_name, key)
+    cached = read(path, valid)
+    if cached is not None:
+        return cached
+    model, tokenizer = load_model(model_name)
+    try:
+        value = make(model, tokenizer)
+    finally:
+        del model
+    write(path, value)
+    return value
